@@ -1,0 +1,86 @@
+"""Alembic environment for taskdb.
+
+The database URL comes from ``-x url=...``, else ``TASKDB_DATABASE_URL``, else ``DATABASE_URL``
+(never from alembic.ini). A caller may instead hand in a connection via
+``config.attributes["connection"]`` (the Alembic cookbook's "sharing a connection" recipe; the CLI
+and the tests do). Each revision runs in its own transaction (``transaction_per_migration``): the
+online-safe steps commit as they go, so a crash leaves finished revisions recorded.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection
+
+from taskdb.config import redact, resolve_url
+from taskdb.db import connect, create_engine
+from taskdb.errors import TaskdbError
+from taskdb.migration import acquire_upgrade_lock, release_upgrade_lock
+
+config = context.config
+if config.config_file_name is not None and not config.attributes.get("configure_logging") is False:
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def database_url() -> str:
+    try:
+        return resolve_url(context.get_x_argument(as_dictionary=True).get("url"))
+    except TaskdbError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def run_migrations_offline() -> None:
+    """Emit the SQL of the chain to stdout (``alembic upgrade --sql``) without a database."""
+    url = context.get_x_argument(as_dictionary=True).get("url") or "postgresql+psycopg://"
+    context.configure(
+        url=url,
+        literal_binds=True,
+        transaction_per_migration=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_with(connection: Connection) -> None:
+    context.configure(connection=connection, transaction_per_migration=True)
+    acquire_upgrade_lock(connection)
+    connection.commit()  # the advisory lock is session-level; Alembic must start from a clean slate
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        release_upgrade_lock(connection)
+        if connection.in_transaction():
+            connection.commit()
+
+
+def run_migrations_online() -> None:
+    """Run the migrations on one connection, under the session advisory upgrade lock."""
+    shared = config.attributes.get("connection")
+    if shared is not None:
+        run_with(shared)
+        return
+    url = database_url()
+    engine = create_engine(url)
+    try:
+        try:
+            connection = connect(engine)
+        except TaskdbError as exc:
+            raise CommandError(str(exc)) from None
+        with connection:
+            try:
+                run_with(connection)
+            except TaskdbError as exc:
+                raise CommandError(redact(str(exc), url)) from None
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

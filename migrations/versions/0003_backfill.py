@@ -1,0 +1,55 @@
+"""Backfill and flag: give every task its user and run type, or flag it and never leave it Queued.
+
+Revision ID: 0003_backfill
+Revises: 0002_columns
+Create Date: 2026-11-28
+
+Why: constraints can only be validated once every row satisfies them, and the autoscaler must stop
+counting rows no worker can process. The rules (README "Backfill rules"): user_id from the row itself
+if it references a user, else the project's owner, else params.user_id, else the healthy orchestrator
+task's; run_type normalised ('gpu' = 'cloud') from the row, else params.run_type, else the orchestrator
+task's; a row still lacking either is flagged in legacy_reason, and Cancelled if it was Queued. Every
+changed value is logged in task_hygiene_log with its previous value; downgrade restores them.
+Locks: row locks only, one keyset batch (one short transaction) at a time, SKIP LOCKED; resumable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskdb.backfill import restore, run_backfill
+from taskdb.catalog import table_exists
+from taskdb.db import execute_script, transaction
+from taskdb.migration import actor, online_step, revision_sql
+
+revision: str = "0003_backfill"
+down_revision: str | None = "0002_columns"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SQL = revision_sql(__file__)
+OBJECTS = (
+    "task_hygiene_log",
+    "taskdb_backfill_progress",
+    "taskdb_canonical_status",
+    "taskdb_canonical_run_type",
+    "taskdb_try_uuid",
+)
+
+
+def upgrade() -> None:
+    """Create the log, the checkpoint table and the helper functions, then run the backfill."""
+    with online_step(revision) as conn:
+        with transaction(conn):
+            for name in OBJECTS:
+                execute_script(conn, SQL[name])
+        run_backfill(conn, job=revision, actor=actor(revision))
+
+
+def downgrade() -> None:
+    """Restore every value the backfill changed, then drop the log, checkpoint and helper functions."""
+    with online_step(revision) as conn:
+        if table_exists(conn, "task_hygiene_log"):
+            restore(conn, actor=actor(revision))
+        with transaction(conn):
+            execute_script(conn, SQL["drop_objects"])

@@ -1,0 +1,233 @@
+"""The backfill engine: derive ``user_id`` / ``run_type``, normalise ``status``, flag what cannot be derived.
+
+Algorithm (:func:`run_backfill`):
+
+1. Count the rows that need work, exactly (``needs_work`` in ``sql/backfill.sql``): the progress total.
+2. Read the checkpoint of this job (``taskdb_backfill_progress``). A run that crashed resumes in the
+   same sweep, after the last id it committed; nothing is redone, and redoing would change nothing.
+3. Sweep the table in keyset batches (``ORDER BY id LIMIT n``). Each batch is ONE statement, so one
+   short transaction: it locks its rows ``FOR NO KEY UPDATE SKIP LOCKED`` (never waiting on a worker),
+   applies the rules, writes ``task_hygiene_log``, and moves the checkpoint, all or nothing.
+4. A child whose orchestrator task still needs work waits for the next sweep; sweeps repeat while they
+   make progress. Then a *final* sweep flags whatever still waits (missing parents, cycles).
+5. Rows skipped because a worker held them are picked up by a *waiting* sweep that does wait for row
+   locks, bounded by ``lock_timeout`` with jittered retries.
+6. The job is marked finished. Progress is reported as ``progress(done, total)`` before every batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from string import Template
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from taskdb.catalog import columns
+from taskdb.db import rows, scalar
+from taskdb.locks import LockPolicy, run_locked
+from taskdb.sql import queries
+
+log = logging.getLogger("taskdb.backfill")
+
+ProgressFn = Callable[[int, int], None]
+
+NORMAL, FINAL, WAITING = "normal", "final", "waiting"
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Batch size and pacing. ``TASKDB_BACKFILL_BATCH_SIZE`` / ``TASKDB_BACKFILL_DELAY_MS`` override."""
+
+    batch_size: int = 1000
+    batch_delay_s: float = 0.0  # pause between batches, to leave I/O to the application
+    max_sweeps: int = 50  # a chain of orchestrator tasks this deep resolves; deeper ones are flagged
+
+    @classmethod
+    def from_env(cls) -> BackfillConfig:
+        config = cls(
+            batch_size=int(os.environ.get("TASKDB_BACKFILL_BATCH_SIZE") or cls.batch_size),
+            batch_delay_s=int(os.environ.get("TASKDB_BACKFILL_DELAY_MS") or 0) / 1000,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.batch_delay_s < 0:
+            raise ValueError(f"batch_delay_s must be >= 0, not {self.batch_delay_s}")
+        if self.max_sweeps < 2:
+            raise ValueError(f"max_sweeps must be >= 2, not {self.max_sweeps}")
+
+
+@dataclass
+class BackfillResult:
+    total: int  # rows that needed work when the run started
+    done: int  # rows backfilled or flagged by this run
+    flagged: int
+    sweeps: int
+    resumed_from: str | None  # the checkpoint's cursor when this run resumed a crashed one
+
+
+def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LOCKED") -> str:
+    """Fill the placeholders of a backfill query (the predicate once, for each alias it needs)."""
+    predicate = Template(queries("backfill")["needs_work"])
+    return Template(queries("backfill")[query]).substitute(
+        needs_work_t=predicate.substitute(t="t"),
+        needs_work_p=predicate.substitute(t="p"),
+        status_type=status_type,
+        lock_clause=lock_clause,
+    )
+
+
+def status_type(conn: Connection) -> str:
+    return columns(conn, "tasks")["status"].type
+
+
+def count_needs_work(conn: Connection) -> int:
+    return int(scalar(conn, render("count_needs_work")))
+
+
+def run_backfill(
+    conn: Connection,
+    *,
+    job: str,
+    actor: str,
+    config: BackfillConfig | None = None,
+    progress: ProgressFn | None = None,
+    lock_policy: LockPolicy | None = None,
+) -> BackfillResult:
+    """Backfill and flag every row that needs it; ``conn`` must be in AUTOCOMMIT mode. See module doc."""
+    config = config or BackfillConfig.from_env()
+    config.validate()
+    lock_policy = lock_policy or LockPolicy.from_env()
+    st = status_type(conn)
+    statements = {
+        lock: sa.text(render("resolve_batch", status_type=st, lock_clause=lock))
+        for lock in ("SKIP LOCKED", "")
+    }
+
+    total = count_needs_work(conn)
+    sweep, mode, after = _checkpoint(conn, job)
+    result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after)
+    if after:
+        log.info("backfill %s: resuming sweep %d (%s) after id %s", job, sweep, mode, after)
+    if progress:
+        progress(0, total)
+
+    while True:
+        done, flagged, waiting = _sweep(
+            conn, statements, job=job, actor=actor, sweep=sweep, mode=mode, after=after,
+            config=config, lock_policy=lock_policy, progress=progress, result=result,
+        )
+        result.sweeps += 1
+        remaining = count_needs_work(conn)
+        log.info(
+            "backfill %s: sweep %d (%s) done: %d rows, %d flagged, %d waiting; %d remaining",
+            job, sweep, mode, done, flagged, waiting, remaining,
+        )
+        if remaining == 0:
+            break
+        if sweep >= config.max_sweeps and mode == WAITING:
+            log.warning("backfill %s: %d rows still need work after %d sweeps", job, remaining, sweep)
+            break
+        # More normal sweeps while children keep finding healthy parents; then flag the rest; then
+        # wait for the rows that workers held locked.
+        if mode == NORMAL and waiting and done and sweep < config.max_sweeps - 1:
+            next_mode = NORMAL
+        elif mode == NORMAL:
+            next_mode = FINAL
+        else:
+            next_mode = WAITING
+        sweep, mode, after = sweep + 1, next_mode, None
+
+    conn.execute(
+        sa.text("UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = :job"),
+        {"job": job},
+    )
+    if progress:
+        progress(result.done, max(total, result.done))
+    return result
+
+
+def _checkpoint(conn: Connection, job: str) -> tuple[int, str, str | None]:
+    found = rows(
+        conn,
+        "SELECT sweep, mode, last_id::text AS last_id, finished_at FROM taskdb_backfill_progress WHERE job = :job",
+        {"job": job},
+    )
+    if not found or found[0]["finished_at"] is not None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO taskdb_backfill_progress (job, sweep, mode) VALUES (:job, 1, :mode) "
+                "ON CONFLICT (job) DO UPDATE SET sweep = 1, mode = :mode, last_id = NULL, rows_done = 0, "
+                "started_at = clock_timestamp(), updated_at = clock_timestamp(), finished_at = NULL"
+            ),
+            {"job": job, "mode": NORMAL},
+        )
+        return 1, NORMAL, None
+    return int(found[0]["sweep"]), str(found[0]["mode"]), found[0]["last_id"]
+
+
+def _sweep(
+    conn: Connection,
+    statements: dict[str, sa.TextClause],
+    *,
+    job: str,
+    actor: str,
+    sweep: int,
+    mode: str,
+    after: str | None,
+    config: BackfillConfig,
+    lock_policy: LockPolicy,
+    progress: ProgressFn | None,
+    result: BackfillResult,
+) -> tuple[int, int, int]:
+    statement = statements["" if mode == WAITING else "SKIP LOCKED"]
+    done = flagged = waiting = 0
+    while True:
+        params = {
+            "after": after, "batch_size": config.batch_size, "final": mode != NORMAL,
+            "actor": actor, "job": job, "sweep": sweep, "mode": mode,
+        }
+        batch: dict[str, object] = {}
+
+        def run_batch(c: Connection, params: dict[str, object] = params, batch: dict = batch) -> None:
+            batch.update(c.execute(statement, params).one()._mapping)
+
+        started = time.monotonic()
+        run_locked(conn, run_batch, policy=lock_policy, in_transaction=False)
+        if not batch["scanned"]:
+            return done, flagged, waiting
+        after = str(batch["last_id"])
+        done += int(batch["done"])
+        flagged += int(batch["flagged"])
+        waiting += int(batch["waiting"])
+        result.done += int(batch["done"])
+        result.flagged += int(batch["flagged"])
+        log.debug(
+            "backfill %s: sweep %d batch of %d rows in %.0f ms", job, sweep, batch["scanned"],
+            (time.monotonic() - started) * 1000,
+        )
+        if progress:
+            progress(result.done, max(result.total, result.done))
+        if config.batch_delay_s:
+            time.sleep(config.batch_delay_s)
+
+
+def restore(conn: Connection, *, actor: str, batch_size: int = 1000) -> int:
+    """Undo what ``actor`` logged, in keyset batches over task ids; returns rows restored."""
+    statement = sa.text(render("restore_batch", status_type=status_type(conn)))
+    after: str | None = None
+    restored = 0
+    while True:
+        batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size}).one()
+        if not batch.scanned:
+            return restored
+        restored += int(batch.restored)
+        after = str(batch.last_id)

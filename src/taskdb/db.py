@@ -1,0 +1,91 @@
+"""Connections and explicit transactions.
+
+The online-safe steps run on a connection in AUTOCOMMIT mode (inside Alembic's ``autocommit_block``)
+and open their own short transactions, so that a backfill batch, a DDL statement or a VALIDATE each
+commit on their own instead of inside one long migration transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from taskdb.config import driver_of, redact
+from taskdb.errors import ConnectError
+
+APPLICATION_NAME = "taskdb"
+
+
+def create_engine(url: str, application_name: str = APPLICATION_NAME) -> Engine:
+    """An engine without a pool (one upgrade, one connection) that names itself in pg_stat_activity."""
+    connect_args: dict[str, Any] = {"application_name": application_name}
+    return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+def connect(engine: Engine) -> Connection:
+    """Connect, turning any driver error into one line that names the server but never the password."""
+    url = engine.url.render_as_string(hide_password=False)
+    try:
+        return engine.connect()
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConnectError(
+            f"cannot connect to {engine.url.render_as_string(hide_password=True)} "
+            f"({driver_of(url)}): {redact(reason, url)}"
+        ) from None
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, for psycopg 3 and pg8000 alike."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlstate", None)  # psycopg 3
+    if code:
+        return str(code)
+    for arg in getattr(orig, "args", ()):  # pg8000: the server's error fields as a dict
+        if isinstance(arg, dict) and "C" in arg:
+            return str(arg["C"])
+    return None
+
+
+def is_autocommit(conn: Connection) -> bool:
+    # get_isolation_level() reports the server's level, not the driver's autocommit switch
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """A real server-side transaction on an AUTOCOMMIT connection: BEGIN ... COMMIT, or ROLLBACK."""
+    if not is_autocommit(conn):
+        raise RuntimeError("taskdb steps need a connection in AUTOCOMMIT mode (use autocommit_block)")
+    conn.exec_driver_sql("BEGIN")
+    try:
+        yield conn
+    except BaseException:
+        try:
+            conn.exec_driver_sql("ROLLBACK")
+        except DBAPIError:
+            pass  # the connection is gone; the server rolled back already
+        raise
+    conn.exec_driver_sql("COMMIT")
+
+
+def scalar(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+    return conn.execute(sa.text(sql), dict(params or {})).scalar()
+
+
+def rows(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in conn.execute(sa.text(sql), dict(params or {}))]
+
+
+def execute_script(conn: Connection, script: str) -> None:
+    """Run a multi-statement SQL script one statement at a time (pg8000 takes one per call)."""
+    from taskdb.sql import split_statements
+
+    for statement in split_statements(script):
+        conn.exec_driver_sql(statement)

@@ -1,0 +1,123 @@
+"""Lock discipline for DDL on a live table.
+
+Every DDL statement runs under ``SET LOCAL lock_timeout``: if a long transaction holds a conflicting
+lock, our ALTER gives up quickly instead of queueing behind it (and making every writer queue behind
+*us*). Only SQLSTATE 55P03 (lock_not_available) is retried, with jittered exponential backoff; the
+whole transaction is rerun. When the budget is spent the error names the sessions holding locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from taskdb.db import rows, sqlstate, transaction
+from taskdb.errors import LockRetriesExhausted
+
+log = logging.getLogger("taskdb.locks")
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+# Sessions that hold a lock on one of the relations we need, oldest transaction first.
+BLOCKERS_SQL = """
+SELECT DISTINCT ON (a.pid)
+       a.pid, a.application_name, a.state, l.mode, l.relation::regclass::text AS relation,
+       date_trunc('second', now() - a.xact_start)::text AS xact_age,
+       left(a.query, 120) AS query
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+  AND l.relation = ANY (SELECT to_regclass(r)::oid FROM unnest(CAST(:relations AS text[])) AS r)
+ORDER BY a.pid, a.xact_start
+"""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long one attempt may wait for a lock, and how many attempts a statement gets."""
+
+    lock_timeout_ms: int = 2000
+    attempts: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> LockPolicy:
+        return cls(
+            lock_timeout_ms=_env_int("TASKDB_LOCK_TIMEOUT_MS", cls.lock_timeout_ms),
+            attempts=_env_int("TASKDB_LOCK_ATTEMPTS", cls.attempts),
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: several pods retrying at once do not retry in step."""
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
+
+def find_blockers(conn: Connection, relations: Sequence[str]) -> list[dict[str, object]]:
+    return rows(conn, BLOCKERS_SQL, {"relations": list(relations)})
+
+
+def run_locked(
+    conn: Connection,
+    statements: Sequence[str] | Callable[[Connection], None],
+    *,
+    relations: Sequence[str] = ("tasks",),
+    policy: LockPolicy | None = None,
+    in_transaction: bool = True,
+) -> None:
+    """Run DDL (or one batch) with a bounded lock wait, retrying only lock_not_available.
+
+    ``statements`` run together in one transaction (or, with ``in_transaction=False``, one statement
+    outside any transaction, for CREATE INDEX CONCURRENTLY). A callable gets the connection instead.
+    """
+    policy = policy or LockPolicy.from_env()
+    label = statements[0] if isinstance(statements, Sequence) and statements else getattr(
+        statements, "__name__", "DDL"
+    )
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            if in_transaction:
+                with transaction(conn):
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(policy.lock_timeout_ms)}ms'")
+                    _run(conn, statements)
+            else:
+                conn.exec_driver_sql(f"SET lock_timeout = '{int(policy.lock_timeout_ms)}ms'")
+                try:
+                    _run(conn, statements)
+                finally:
+                    conn.exec_driver_sql("RESET lock_timeout")
+            return
+        except DBAPIError as exc:
+            if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                raise
+            blockers = find_blockers(conn, relations)
+            if attempt == policy.attempts:
+                raise LockRetriesExhausted(str(label), attempt, blockers) from None
+            pause = policy.backoff(attempt)
+            log.warning(
+                "lock not available for %r (attempt %d/%d), held by pids %s; retrying in %.1fs",
+                str(label).strip().splitlines()[0], attempt, policy.attempts,
+                [b["pid"] for b in blockers], pause,
+            )
+            time.sleep(pause)
+
+
+def _run(conn: Connection, statements: Sequence[str] | Callable[[Connection], None]) -> None:
+    if callable(statements):
+        statements(conn)
+    else:
+        for statement in statements:
+            conn.execute(sa.text(statement))

@@ -1,0 +1,86 @@
+"""The package's SQL, kept as readable ``.sql`` files and loaded by name.
+
+A file holds either one piece of SQL (``load("name")``) or several named queries, each introduced by
+a ``-- name --`` line and a one-line ``-- description`` (``queries("backfill")["resolve_batch"]``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.resources import files
+
+_QUERY_HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+
+
+@cache
+def load(name: str) -> str:
+    return files(__package__).joinpath(f"{name}.sql").read_text(encoding="utf-8")
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a query file on ``-- name --`` headers; the text before the first header is dropped."""
+    parts = _QUERY_HEADER.split(text)
+    named = dict(zip(parts[1::2], (body.strip() for body in parts[2::2]), strict=True))
+    if len(named) != len(parts[1::2]):
+        raise ValueError("duplicate query name in query file")
+    return named
+
+
+@cache
+def queries(name: str) -> dict[str, str]:
+    return parse_queries(load(name))
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script on top-level semicolons (not inside quotes, dollar quotes or comments).
+
+    pg8000 runs one statement per call, so scripts are sent statement by statement.
+    """
+    statements: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(script)
+    quote: str | None = None  # "'", '"', or a dollar tag such as "$$" / "$body$"
+    while i < n:
+        ch = script[i]
+        if quote:
+            if script.startswith(quote, i):
+                current.append(quote)
+                i += len(quote)
+                quote = None
+                continue
+            current.append(ch)
+            i += 1
+            continue
+        if script.startswith("--", i):
+            end = script.find("\n", i)
+            end = n if end == -1 else end
+            current.append(script[i:end])
+            i = end
+            continue
+        if ch in ("'", '"'):
+            quote = ch
+        elif ch == "$":
+            match = re.match(r"\$[A-Za-z_]*\$", script[i:])
+            if match:
+                quote = match.group(0)
+                current.append(quote)
+                i += len(quote)
+                continue
+        elif ch == ";":
+            statement = "".join(current).strip()
+            if _has_code(statement):
+                statements.append(statement)
+            current = []
+            i += 1
+            continue
+        current.append(ch)
+        i += 1
+    statement = "".join(current).strip()
+    if _has_code(statement):
+        statements.append(statement)
+    return statements
+
+
+def _has_code(statement: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())

@@ -1,0 +1,229 @@
+-- The backfill engine's queries (see taskdb/backfill.py for the algorithm).
+--
+-- Placeholders filled in by Python before execution:
+--   ${needs_work_t} / ${needs_work_p}  the needs_work predicate below, for alias t / p
+--   ${status_type}                     the type of tasks.status: text, or the enum task_status
+--   ${lock_clause}                     'SKIP LOCKED' in normal sweeps, '' when waiting for locked rows
+-- Bind parameters: :after (keyset cursor, NULL = start), :batch_size, :final (flag rows still waiting
+-- for a parent), :actor (recorded in task_hygiene_log), and the checkpoint's :job, :sweep, :mode.
+
+-- needs_work --
+-- A row the backfill has not finished: not flagged, and its status, user or run type is not yet right.
+(${t}.legacy_reason IS NULL AND (
+       ${t}.status::text IS DISTINCT FROM taskdb_canonical_status(${t}.status::text)
+    OR ${t}.run_type IS NULL OR ${t}.run_type NOT IN ('cloud', 'local')
+    OR ${t}.user_id IS NULL
+    OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = ${t}.user_id)))
+
+-- count_needs_work --
+-- The exact number of rows still to backfill or flag: the progress total and the done test.
+SELECT count(*) FROM tasks t WHERE ${needs_work_t}
+
+-- resolve_batch --
+-- One keyset batch in one statement (so one transaction): derive what can be derived, flag what
+-- cannot, log every changed value, and move the resumable cursor, all or nothing.
+WITH batch AS (
+    SELECT t.id
+    FROM tasks t
+    WHERE (CAST(:after AS uuid) IS NULL OR t.id > CAST(:after AS uuid))
+      AND ${needs_work_t}
+    ORDER BY t.id
+    LIMIT :batch_size
+    FOR NO KEY UPDATE OF t ${lock_clause}
+),
+current_row AS (
+    SELECT t.id, t.status::text AS status, t.user_id, t.run_type, t.error_message,
+           taskdb_canonical_status(t.status::text) AS canonical_status,
+           own_user.id AS own_user_id,
+           project_user.id AS project_user_id,
+           params_user.id AS params_user_id,
+           taskdb_canonical_run_type(t.run_type) AS own_run_type,
+           taskdb_canonical_run_type(t.params ->> 'run_type') AS params_run_type,
+           parent.user_id AS parent_user_id,
+           parent.run_type AS parent_run_type,
+           coalesce(parent.pending, false) AS parent_pending
+    FROM batch
+    JOIN tasks t ON t.id = batch.id
+    LEFT JOIN users own_user ON own_user.id = t.user_id
+    LEFT JOIN LATERAL (
+        SELECT u.id FROM projects pr JOIN users u ON u.id = pr.user_id WHERE pr.id = t.project_id
+    ) project_user ON true
+    LEFT JOIN users params_user ON params_user.id = taskdb_try_uuid(t.params ->> 'user_id')
+    -- The parent orchestrator task lends its user and run type only once it is healthy itself;
+    -- while it still needs work the child waits for a later sweep (never for a self-reference).
+    LEFT JOIN LATERAL (
+        SELECT CASE WHEN NOT s.pending AND p.legacy_reason IS NULL THEN p.user_id END AS user_id,
+               CASE WHEN NOT s.pending AND p.legacy_reason IS NULL THEN p.run_type END AS run_type,
+               s.pending
+        FROM tasks p
+        CROSS JOIN LATERAL (SELECT ${needs_work_p} AS pending) s
+        WHERE p.id = taskdb_try_uuid(t.params ->> 'orchestrator_task_id_ref') AND p.id <> t.id
+    ) parent ON true
+),
+derived AS (
+    SELECT c.*,
+           coalesce(c.own_user_id, c.project_user_id, c.params_user_id, c.parent_user_id) AS new_user_id,
+           coalesce(c.own_run_type, c.params_run_type, c.parent_run_type) AS new_run_type,
+           concat_ws('; ',
+               CASE WHEN c.canonical_status IS NOT NULL AND c.canonical_status <> c.status
+                    THEN 'status normalised' END,
+               CASE WHEN c.user_id IS NOT NULL AND c.own_user_id IS NULL
+                    THEN 'user_id references no user' END,
+               CASE WHEN c.own_user_id IS NOT NULL THEN NULL
+                    WHEN c.project_user_id IS NOT NULL THEN 'user_id from the project owner'
+                    WHEN c.params_user_id IS NOT NULL THEN 'user_id from params.user_id'
+                    WHEN c.parent_user_id IS NOT NULL THEN 'user_id from the orchestrator task' END,
+               CASE WHEN c.own_run_type IS NOT NULL
+                    THEN CASE WHEN c.own_run_type <> c.run_type THEN 'run_type normalised' END
+                    WHEN c.params_run_type IS NOT NULL THEN 'run_type from params.run_type'
+                    WHEN c.parent_run_type IS NOT NULL THEN 'run_type from the orchestrator task' END
+           ) AS notes
+    FROM current_row c
+),
+verdict AS (
+    SELECT d.*,
+           -- Why the row cannot be made healthy; '' when it can. The vocabulary is the CHECK
+           -- tasks_legacy_reason_known.
+           concat_ws(',',
+               CASE WHEN d.canonical_status IS NULL
+                    THEN CASE WHEN d.status IS NULL THEN 'missing_status' ELSE 'invalid_status' END END,
+               CASE WHEN d.new_user_id IS NULL
+                    THEN CASE WHEN d.user_id IS NOT NULL THEN 'unknown_user' ELSE 'missing_user_id' END END,
+               CASE WHEN d.new_run_type IS NULL
+                    THEN CASE WHEN nullif(btrim(d.run_type), '') IS NULL THEN 'missing_run_type'
+                              ELSE 'invalid_run_type' END END
+           ) AS reasons
+    FROM derived d
+),
+outcome AS (
+    SELECT v.*,
+           CASE WHEN v.reasons = '' THEN 'backfill'
+                WHEN v.parent_pending AND NOT CAST(:final AS boolean) AND v.canonical_status IS NOT NULL
+                THEN 'wait'
+                ELSE 'flag' END AS action
+    FROM verdict v
+),
+new_values AS (
+    -- Derived values are applied to every row; a flagged row keeps what cannot be derived as it was
+    -- (an invalid run type stays for the DBA to read) and is never left Queued.
+    SELECT o.id, o.action, o.status AS old_status, o.user_id AS old_user_id, o.run_type AS old_run_type,
+           o.error_message AS old_error_message,
+           CASE WHEN o.action = 'flag' AND (o.canonical_status IS NULL OR o.canonical_status = 'Queued')
+                THEN 'Cancelled' ELSE o.canonical_status END AS status,
+           o.new_user_id AS user_id,
+           coalesce(o.new_run_type, o.run_type) AS run_type,
+           CASE WHEN o.action = 'flag' AND (o.canonical_status IS NULL OR o.canonical_status = 'Queued')
+                THEN 'Cancelled by taskdb (' || :actor || '): legacy row flagged ' || o.reasons
+                     || ' while its status was ' || coalesce(quote_literal(o.status), 'NULL')
+                ELSE o.error_message END AS error_message,
+           nullif(o.reasons, '') AS legacy_reason,
+           CASE WHEN o.action = 'flag' THEN concat_ws('; ', 'flagged ' || o.reasons, nullif(o.notes, ''))
+                ELSE o.notes END AS notes
+    FROM outcome o
+    WHERE o.action <> 'wait'
+),
+changes AS (
+    SELECT n.*,
+           -- one key per changed column (the values are markers; the log reads the real ones)
+           jsonb_strip_nulls(jsonb_build_object(
+               'status', CASE WHEN n.status IS DISTINCT FROM n.old_status THEN 'true'::jsonb END,
+               'user_id', CASE WHEN n.user_id IS DISTINCT FROM n.old_user_id THEN 'true'::jsonb END,
+               'run_type', CASE WHEN n.run_type IS DISTINCT FROM n.old_run_type THEN 'true'::jsonb END,
+               'error_message', CASE WHEN n.error_message IS DISTINCT FROM n.old_error_message
+                                     THEN 'true'::jsonb END,
+               'legacy_reason', CASE WHEN n.legacy_reason IS NOT NULL THEN 'true'::jsonb END
+           )) AS changed_keys
+    FROM new_values n
+),
+logged AS (
+    -- previous: each changed column's value before (JSON null for a filled NULL); applied: after.
+    INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor)
+    SELECT c.id, c.action, coalesce(nullif(c.notes, ''), c.action),
+           (SELECT jsonb_object_agg(k, CASE k WHEN 'status' THEN to_jsonb(c.old_status)
+                                             WHEN 'user_id' THEN to_jsonb(c.old_user_id)
+                                             WHEN 'run_type' THEN to_jsonb(c.old_run_type)
+                                             WHEN 'error_message' THEN to_jsonb(c.old_error_message)
+                                             WHEN 'legacy_reason' THEN 'null'::jsonb END)
+            FROM jsonb_object_keys(c.changed_keys) AS k),
+           (SELECT jsonb_object_agg(k, CASE k WHEN 'status' THEN to_jsonb(c.status)
+                                             WHEN 'user_id' THEN to_jsonb(c.user_id)
+                                             WHEN 'run_type' THEN to_jsonb(c.run_type)
+                                             WHEN 'error_message' THEN to_jsonb(c.error_message)
+                                             WHEN 'legacy_reason' THEN to_jsonb(c.legacy_reason) END)
+            FROM jsonb_object_keys(c.changed_keys) AS k),
+           :actor
+    FROM changes c
+    WHERE c.changed_keys <> '{}'::jsonb
+),
+updated AS (
+    UPDATE tasks t
+    SET status = CAST(c.status AS ${status_type}),
+        user_id = c.user_id,
+        run_type = c.run_type,
+        error_message = c.error_message,
+        legacy_reason = c.legacy_reason
+    FROM changes c
+    WHERE t.id = c.id AND c.changed_keys <> '{}'::jsonb
+    RETURNING t.id
+),
+moved AS (
+    INSERT INTO taskdb_backfill_progress AS p (job, sweep, mode, last_id, rows_done, updated_at)
+    SELECT :job, :sweep, :mode, last.id, (SELECT count(*) FROM updated), clock_timestamp()
+    FROM (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last
+    ON CONFLICT (job) DO UPDATE
+    SET sweep = EXCLUDED.sweep, mode = EXCLUDED.mode, last_id = EXCLUDED.last_id,
+        rows_done = p.rows_done + EXCLUDED.rows_done, updated_at = EXCLUDED.updated_at
+)
+SELECT (SELECT count(*) FROM batch) AS scanned,
+       (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM updated) AS done,
+       (SELECT count(*) FROM changes WHERE action = 'flag') AS flagged,
+       (SELECT count(*) FROM outcome WHERE action = 'wait') AS waiting
+
+-- restore_batch --
+-- Downgrade: put back, per task and column, the value from before this actor's first change, but
+-- only where the column still holds the value this actor last wrote (a later change by the
+-- application wins). Idempotent: a restored column no longer matches, so a rerun skips it.
+WITH batch AS (
+    SELECT DISTINCT l.task_id
+    FROM task_hygiene_log l
+    WHERE l.actor = :actor AND (CAST(:after AS uuid) IS NULL OR l.task_id > CAST(:after AS uuid))
+    ORDER BY l.task_id
+    LIMIT :batch_size
+),
+history AS (
+    SELECT l.task_id,
+           (array_agg(l.previous -> 'status' ORDER BY l.id) FILTER (WHERE l.previous -> 'status' IS NOT NULL))[1] AS status_before,
+           (array_agg(l.applied -> 'status' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'status' IS NOT NULL))[1] AS status_after,
+           (array_agg(l.previous -> 'user_id' ORDER BY l.id) FILTER (WHERE l.previous -> 'user_id' IS NOT NULL))[1] AS user_id_before,
+           (array_agg(l.applied -> 'user_id' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'user_id' IS NOT NULL))[1] AS user_id_after,
+           (array_agg(l.previous -> 'run_type' ORDER BY l.id) FILTER (WHERE l.previous -> 'run_type' IS NOT NULL))[1] AS run_type_before,
+           (array_agg(l.applied -> 'run_type' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'run_type' IS NOT NULL))[1] AS run_type_after,
+           (array_agg(l.previous -> 'error_message' ORDER BY l.id) FILTER (WHERE l.previous -> 'error_message' IS NOT NULL))[1] AS error_message_before,
+           (array_agg(l.applied -> 'error_message' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'error_message' IS NOT NULL))[1] AS error_message_after,
+           (array_agg(l.previous -> 'legacy_reason' ORDER BY l.id) FILTER (WHERE l.previous -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_before,
+           (array_agg(l.applied -> 'legacy_reason' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_after
+    FROM task_hygiene_log l
+    JOIN batch USING (task_id)
+    WHERE l.actor = :actor
+    GROUP BY l.task_id
+),
+restored AS (
+    UPDATE tasks t
+    SET status = CASE WHEN h.status_before IS NOT NULL AND t.status::text IS NOT DISTINCT FROM (h.status_after #>> '{}')
+                      THEN CAST(h.status_before #>> '{}' AS ${status_type}) ELSE t.status END,
+        user_id = CASE WHEN h.user_id_before IS NOT NULL AND t.user_id IS NOT DISTINCT FROM CAST(h.user_id_after #>> '{}' AS uuid)
+                       THEN CAST(h.user_id_before #>> '{}' AS uuid) ELSE t.user_id END,
+        run_type = CASE WHEN h.run_type_before IS NOT NULL AND t.run_type IS NOT DISTINCT FROM (h.run_type_after #>> '{}')
+                        THEN h.run_type_before #>> '{}' ELSE t.run_type END,
+        error_message = CASE WHEN h.error_message_before IS NOT NULL AND t.error_message IS NOT DISTINCT FROM (h.error_message_after #>> '{}')
+                             THEN h.error_message_before #>> '{}' ELSE t.error_message END,
+        legacy_reason = CASE WHEN h.legacy_reason_before IS NOT NULL AND t.legacy_reason IS NOT DISTINCT FROM (h.legacy_reason_after #>> '{}')
+                             THEN h.legacy_reason_before #>> '{}' ELSE t.legacy_reason END
+    FROM history h
+    WHERE t.id = h.task_id
+    RETURNING t.id
+)
+SELECT (SELECT count(*) FROM batch) AS scanned,
+       (SELECT task_id FROM batch ORDER BY task_id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM restored) AS restored
