@@ -19,7 +19,7 @@ from taskdb.errors import TaskdbError
 from taskdb.migration import acquire_upgrade_lock, release_upgrade_lock
 
 config = context.config
-if config.config_file_name is not None and not config.attributes.get("configure_logging") is False:
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     from logging.config import fileConfig
 
     fileConfig(config.config_file_name, disable_existing_loggers=False)
@@ -53,9 +53,10 @@ def run_with(connection: Connection) -> None:
         with context.begin_transaction():
             context.run_migrations()
     finally:
-        release_upgrade_lock(connection)
         if connection.in_transaction():
-            connection.commit()
+            connection.rollback()  # after a failure the transaction is aborted; either way it is done
+        release_upgrade_lock(connection)
+        connection.commit()
 
 
 def run_migrations_online() -> None:

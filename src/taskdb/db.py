@@ -87,5 +87,10 @@ def execute_script(conn: Connection, script: str) -> None:
     """Run a multi-statement SQL script one statement at a time (pg8000 takes one per call)."""
     from taskdb.sql import split_statements
 
-    for statement in split_statements(script):
-        conn.exec_driver_sql(statement)
+    # The DBAPI cursor, without parameters: neither driver then treats % as a placeholder.
+    cursor = conn.connection.cursor()
+    try:
+        for statement in split_statements(script):
+            cursor.execute(statement)
+    finally:
+        cursor.close()

@@ -44,7 +44,11 @@ def online_step(revision: str) -> Iterator[Connection]:
             "for it is not available yet: run the upgrade online"
         )
     with context.autocommit_block():
-        yield op.get_bind()
+        conn = op.get_bind()
+        # pg8000 may already have opened a transaction (Alembic reads the isolation level before
+        # switching to AUTOCOMMIT); end it so that every statement below really commits on its own.
+        conn.exec_driver_sql("COMMIT")
+        yield conn
 
 
 def revision_sql(revision_file: str) -> dict[str, str]:
