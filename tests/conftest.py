@@ -19,3 +19,14 @@ def db(pg_url: str) -> Iterator[Db]:
         yield Db(pg_url, engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def other_db(pg_server, pg_database_factory) -> Iterator[Db]:
+    """A second fresh database on the same server (for side-by-side comparisons)."""
+    url = pg_server.url(pg_database_factory())
+    engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool)
+    try:
+        yield Db(url, engine)
+    finally:
+        engine.dispose()

@@ -12,6 +12,12 @@ from taskdb import api, seeds
 
 DRIVERS = ("psycopg", "pg8000")
 
+# The constraints on tasks that DESIGN.md makes public.
+CONSTRAINTS = frozenset({
+    "tasks_status_valid", "tasks_attempts_nonnegative", "tasks_legacy_reason_known",
+    "tasks_healthy_has_owner_and_run_type", "tasks_flagged_not_queued", "tasks_user_id_fkey",
+})
+
 
 def with_driver(url: str, driver: str) -> str:
     return make_url(url).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
