@@ -29,6 +29,8 @@ def database_url() -> str:
     try:
         return resolve_url(context.get_x_argument(as_dictionary=True).get("url"))
     except TaskdbError as exc:
+        if config.attributes.get("raise_taskdb_errors"):
+            raise
         raise CommandError(str(exc)) from None
 
 
@@ -71,12 +73,17 @@ def run_migrations_online() -> None:
         try:
             connection = connect(engine)
         except TaskdbError as exc:
+            if config.attributes.get("raise_taskdb_errors"):
+                raise
             raise CommandError(str(exc)) from None
         with connection:
             try:
                 run_with(connection)
             except TaskdbError as exc:
-                raise CommandError(redact(str(exc), url)) from None
+                exc.args = (redact(str(exc), url),)
+                if config.attributes.get("raise_taskdb_errors"):
+                    raise  # the taskdb CLI maps the error's type to its exit code
+                raise CommandError(str(exc)) from None
     finally:
         engine.dispose()
 

@@ -21,18 +21,27 @@ def alembic_ini() -> Path:
     raise FileNotFoundError("alembic.ini not found next to the taskdb package or in its checkout")
 
 
-def alembic_config(url: str, *, configure_logging: bool = False) -> Config:
-    """An Alembic Config for ``url`` (passed as ``-x url=...``, exactly as on the command line)."""
+def alembic_config(url: str, *, configure_logging: bool = False, raise_taskdb_errors: bool = False) -> Config:
+    """An Alembic Config for ``url`` (passed as ``-x url=...``, exactly as on the command line).
+
+    With ``raise_taskdb_errors`` a :class:`taskdb.errors.TaskdbError` reaches the caller as itself
+    (password redacted) instead of as Alembic's CommandError, so the CLI can pick an exit code.
+    """
     ini = alembic_ini()
     config = Config(str(ini), cmd_opts=argparse.Namespace(x=[f"url={url}"]))
     config.set_main_option("script_location", str(ini.parent / "migrations"))
     config.attributes["configure_logging"] = configure_logging
+    config.attributes["raise_taskdb_errors"] = raise_taskdb_errors
     return config
 
 
-def upgrade(url: str, revision: str = "head", *, sql: bool = False) -> None:
-    command.upgrade(alembic_config(url), revision, sql=sql)
+def upgrade(url: str, revision: str = "head", *, raise_taskdb_errors: bool = False) -> None:
+    command.upgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors), revision)
 
 
-def downgrade(url: str, revision: str = "base", *, sql: bool = False) -> None:
-    command.downgrade(alembic_config(url), revision, sql=sql)
+def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = False) -> None:
+    command.downgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors), revision)
+
+
+def current(url: str) -> None:
+    command.current(alembic_config(url), verbose=False)

@@ -1,0 +1,57 @@
+"""Read-only summaries of the tasks table, for the demo (and later `taskdb plan` / `doctor`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from taskdb.catalog import columns, table_exists
+from taskdb.db import rows
+
+# Every Queued row, whoever owns it and whatever it runs on: what a count that forgets the legacy rows sees.
+NAIVE_QUEUED_SQL = "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued'"
+
+
+def summary(conn: Connection) -> dict[str, Any]:
+    """Counts a DBA looks at before and after an upgrade."""
+    cols = columns(conn, "tasks")
+    has_owner = "user_id" in cols and "run_type" in cols
+    flagged = "legacy_reason" in cols
+    out: dict[str, Any] = {
+        "tasks": rows(conn, "SELECT count(*) AS n FROM tasks")[0]["n"],
+        "queued, any owner or run type": rows(conn, NAIVE_QUEUED_SQL)[0]["n"],
+        "queued older than 24 h": rows(
+            conn, "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND created_at < now() - interval '24 hours'"
+        )[0]["n"],
+    }
+    if has_owner:
+        out["queued without user_id and run_type"] = rows(
+            conn, "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NULL AND run_type IS NULL"
+        )[0]["n"]
+        out["without user_id or valid run_type"] = rows(
+            conn,
+            "SELECT count(*) AS n FROM tasks WHERE user_id IS NULL OR run_type IS NULL "
+            "OR run_type NOT IN ('cloud', 'local')",
+        )[0]["n"]
+        out["queued, owned, run_type cloud"] = rows(
+            conn,
+            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NOT NULL "
+            "AND run_type = 'cloud'" + (" AND legacy_reason IS NULL" if flagged else ""),
+        )[0]["n"]
+    else:
+        out["without user_id or valid run_type"] = out["tasks"]
+    if flagged:
+        out["flagged (legacy_reason)"] = rows(
+            conn, "SELECT legacy_reason, count(*) AS n FROM tasks WHERE legacy_reason IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"
+        )
+    if table_exists(conn, "task_hygiene_log"):
+        out["task_hygiene_log"] = rows(
+            conn, "SELECT action, count(*) AS n FROM task_hygiene_log GROUP BY 1 ORDER BY 1"
+        )
+    out["constraints"] = rows(
+        conn,
+        "SELECT conname AS name, convalidated AS validated FROM pg_constraint "
+        "WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f') ORDER BY conname",
+    )
+    return out
