@@ -61,7 +61,8 @@ CHECKS = (
     Check(
         "tasks_healthy_has_owner_and_run_type", "tasks",
         # "run_type IS NOT NULL" matters: NULL IN (...) is NULL, and a CHECK lets NULL through
-        "legacy_reason IS NOT NULL OR (user_id IS NOT NULL AND run_type IS NOT NULL AND run_type IN ('cloud', 'local'))",
+        "legacy_reason IS NOT NULL"
+        " OR (user_id IS NOT NULL AND run_type IS NOT NULL AND run_type IN ('cloud', 'local'))",
         "A row nobody owns or no worker kind can run must be flagged, never counted as work.",
     ),
     Check(

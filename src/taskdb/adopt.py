@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 from taskdb.catalog import (
     OWNED_TABLE,
     columns,
-    enum_labels,
     ensure_owned_table,
+    enum_labels,
     forget_owned,
     has_unique_index_on,
     owned,

@@ -8,7 +8,7 @@ commit on their own instead of inside one long migration transaction.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from taskdb.config import driver_of, redact
 from taskdb.errors import ConnectError
+from taskdb.sql import split_statements
 
 APPLICATION_NAME = "taskdb"
 
@@ -67,10 +68,8 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     try:
         yield conn
     except BaseException:
-        try:
+        with suppress(DBAPIError):  # if the connection is gone, the server rolled back already
             conn.exec_driver_sql("ROLLBACK")
-        except DBAPIError:
-            pass  # the connection is gone; the server rolled back already
         raise
     conn.exec_driver_sql("COMMIT")
 
@@ -85,8 +84,6 @@ def rows(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) ->
 
 def execute_script(conn: Connection, script: str) -> None:
     """Run a multi-statement SQL script one statement at a time (pg8000 takes one per call)."""
-    from taskdb.sql import split_statements
-
     # The DBAPI cursor, without parameters: neither driver then treats % as a placeholder.
     cursor = conn.connection.cursor()
     try:

@@ -22,12 +22,15 @@ def summary(conn: Connection) -> dict[str, Any]:
         "tasks": rows(conn, "SELECT count(*) AS n FROM tasks")[0]["n"],
         "queued, any owner or run type": rows(conn, NAIVE_QUEUED_SQL)[0]["n"],
         "queued older than 24 h": rows(
-            conn, "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND created_at < now() - interval '24 hours'"
+            conn,
+            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' "
+            "AND created_at < now() - interval '24 hours'",
         )[0]["n"],
     }
     if has_owner:
         out["queued without user_id and run_type"] = rows(
-            conn, "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NULL AND run_type IS NULL"
+            conn,
+            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NULL AND run_type IS NULL",
         )[0]["n"]
         out["without user_id or valid run_type"] = rows(
             conn,
@@ -43,7 +46,9 @@ def summary(conn: Connection) -> dict[str, Any]:
         out["without user_id or valid run_type"] = out["tasks"]
     if flagged:
         out["flagged (legacy_reason)"] = rows(
-            conn, "SELECT legacy_reason, count(*) AS n FROM tasks WHERE legacy_reason IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"
+            conn,
+            "SELECT legacy_reason, count(*) AS n FROM tasks WHERE legacy_reason IS NOT NULL "
+            "GROUP BY 1 ORDER BY 2 DESC",
         )
     if table_exists(conn, "task_hygiene_log"):
         out["task_hygiene_log"] = rows(

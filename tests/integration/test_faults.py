@@ -37,7 +37,8 @@ def test_killed_backfill_resumes_from_its_checkpoint(db: Db, other_db: Db, caplo
         target.load("half_migrated")
         target.execute(
             "INSERT INTO tasks (id, task_type, params, status, created_at) "
-            "SELECT md5('bulk-' || n)::uuid, 'bulk', '{}', 'Complete', timestamptz '2025-08-01' + n * interval '1 minute' "
+            "SELECT md5('bulk-' || n)::uuid, 'bulk', '{}', 'Complete', "
+            "timestamptz '2025-08-01' + n * interval '1 minute' "
             "FROM generate_series(1, 400) n"
         )
     reference.upgrade()

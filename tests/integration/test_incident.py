@@ -54,7 +54,9 @@ def test_every_incident_row_is_backfilled_or_flagged(db: Db, status_enum: bool) 
 
     # The 51 tasks the autoscaler counted: owner and run type unknowable, so flagged and Cancelled,
     # each with a reason; none is Queued any more, none was deleted.
-    incident = db.rows(f"SELECT status::text AS status, legacy_reason, error_message FROM tasks WHERE {INCIDENT_QUEUED}")
+    incident = db.rows(
+        f"SELECT status::text AS status, legacy_reason, error_message FROM tasks WHERE {INCIDENT_QUEUED}"
+    )
     assert len(incident) == 51
     assert {r["status"] for r in incident} == {"Cancelled"}
     assert {r["legacy_reason"] for r in incident} == {"missing_user_id,missing_run_type"}
@@ -63,7 +65,8 @@ def test_every_incident_row_is_backfilled_or_flagged(db: Db, status_enum: bool) 
     # No Queued row is flagged, no healthy row lacks an owner or run type.
     assert db.scalar("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status::text = 'Queued'") == 0
     assert db.scalar(
-        "SELECT count(*) FROM tasks WHERE legacy_reason IS NULL AND (user_id IS NULL OR run_type NOT IN ('cloud','local'))"
+        "SELECT count(*) FROM tasks "
+        "WHERE legacy_reason IS NULL AND (user_id IS NULL OR run_type NOT IN ('cloud','local'))"
     ) == 0
 
 
@@ -81,7 +84,8 @@ def test_every_change_is_logged_with_its_previous_value(db: Db) -> None:
     logged = {
         (r["task_id"], r["key"]): r
         for r in db.rows(
-            "SELECT task_id::text AS task_id, k AS key, previous -> k AS previous, applied -> k AS applied, actor, action "
+            "SELECT task_id::text AS task_id, k AS key, previous -> k AS previous, applied -> k AS applied, "
+            "actor, action "
             "FROM task_hygiene_log, jsonb_object_keys(previous) AS k"
         )
     }

@@ -9,12 +9,12 @@ from alembic.util import CommandError
 from tests.helpers import CONSTRAINTS, DRIVERS, Db, task_id
 
 
-
 def constraint_states(db: Db) -> dict[str, bool]:
     return {
         r["conname"]: r["convalidated"]
         for r in db.rows(
-            "SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f')"
+            "SELECT conname, convalidated FROM pg_constraint "
+            "WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f')"
         )
     }
 
@@ -33,7 +33,8 @@ def test_empty_database_up_down_up(db: Db, driver: str) -> None:
     db.downgrade("base", driver=driver)
     # everything taskdb created is gone: only alembic_version is left
     assert db.scalar(
-        "SELECT array_agg(relname::text ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT array_agg(relname::text ORDER BY relname) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'S')"
     ) == ["alembic_version"]
     db.upgrade(driver=driver)
@@ -58,7 +59,10 @@ def test_legacy_database_gains_columns_and_loses_only_those_on_downgrade(db: Db,
     db.upgrade()
     rows = {
         r["id"]: r
-        for r in db.rows("SELECT id::text AS id, user_id IS NOT NULL AS has_user, run_type, status::text AS status, legacy_reason FROM tasks")
+        for r in db.rows(
+            "SELECT id::text AS id, user_id IS NOT NULL AS has_user, run_type, status::text AS status, legacy_reason "
+            "FROM tasks"
+        )
     }
     assert rows[task_id("legacy-project")] | {"id": None} == {
         "id": None, "has_user": True, "run_type": "cloud", "status": "Complete", "legacy_reason": None,
@@ -71,7 +75,9 @@ def test_legacy_database_gains_columns_and_loses_only_those_on_downgrade(db: Db,
 
 
 def test_a_table_missing_a_needed_column_fails_before_anything_changes(db: Db) -> None:
-    db.execute("CREATE TABLE tasks (id uuid PRIMARY KEY, task_type text, params jsonb, attempts int, created_at timestamptz)")
+    db.execute(
+        "CREATE TABLE tasks (id uuid PRIMARY KEY, task_type text, params jsonb, attempts int, created_at timestamptz)"
+    )
     with pytest.raises(CommandError, match="table 'tasks', column 'status': missing"):
         db.upgrade()
     # nothing was created: no users, no projects, no bookkeeping
