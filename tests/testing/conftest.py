@@ -31,7 +31,8 @@ def container_params() -> list[object]:
         if not engine:
             marks = [pytest.mark.skip(reason="no Docker engine answers (scripts/start-docker)")]
         elif major not in images:
-            marks = [pytest.mark.skip(reason=f"no image taskdb-pg:{major} (scripts/build-pg-image {major})")]
+            reason = f"no image {container.image_name(major)} (scripts/build-pg-image {major})"
+            marks = [pytest.mark.skip(reason=reason)]
         else:
             marks = []
         params.append(pytest.param(major, id=f"pg{major}", marks=[pytest.mark.container, *marks]))

@@ -34,7 +34,9 @@ def container_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer]
 
 def our_containers() -> list[dict[str, str]]:
     with docker_client() as client:
-        return [dict(c.labels) | {"id": c.id} for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"})]
+        return [
+            dict(c.labels) | {"id": c.id} for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+        ]
 
 
 def test_container_server_is_real_and_has_pg_cron(container_server: PostgresServer) -> None:
@@ -79,6 +81,7 @@ def test_no_cleartext_password_in_the_container(container_server: PostgresServer
     assert container_server.password not in dump  # only the SCRAM verifier went in
     assert attrs["HostConfig"]["NetworkMode"] == "host"
     assert attrs["Config"]["User"] == "postgres"
+    assert "/tmp" in attrs["HostConfig"]["Tmpfs"]  # the data dir lives in RAM
     assert attrs["Config"]["Labels"][LABEL_PID] == str(os.getpid())
     code, out = container_server.exec("sh", "-c", "id -un; ls /tmp/taskdb-pwfile 2>&1 || true")
     assert code == 0 and out.startswith("postgres") and "No such file" in out

@@ -29,7 +29,7 @@ def test_env_and_argument_choose_the_backend(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_backend() == "url"
     assert resolve_backend("local") == "local"  # the argument wins
     monkeypatch.setenv("TASKDB_PG_BACKEND", "podman")
-    with pytest.raises(PostgresUnavailable, match="unknown backend 'podman'.*auto, local, container, url"):
+    with pytest.raises(PostgresUnavailable, match=r"unknown backend 'podman'.*auto, local, container, url"):
         start_postgres()
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -64,7 +65,7 @@ def test_pg_url_works_with_both_drivers(pg_url: str) -> None:
             engine.dispose()
 
 
-def test_pg_database_factory(pg_database_factory, pg_server: PostgresServer) -> None:  # type: ignore[no-untyped-def]
+def test_pg_database_factory(pg_database_factory: Callable[..., str], pg_server: PostgresServer) -> None:
     base = pg_database_factory()
     with pg_server.connect(base) as conn:
         conn.execute("CREATE TABLE t (x int)")

@@ -53,7 +53,7 @@ def test_errors_are_clear_and_never_show_the_password(
     local_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TASKDB_PG_URL", raising=False)
-    with pytest.raises(PostgresUnavailable, match="needs TASKDB_PG_URL.*To fix this, either"):
+    with pytest.raises(PostgresUnavailable, match=r"needs TASKDB_PG_URL.*To fix this, either"):
         start_postgres(backend="url")
     wrong = local_server.url().replace("@127.0.0.1", "x@127.0.0.1")
     with pytest.raises(PostgresUnavailable) as info:

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -133,6 +134,7 @@ def wait_until_ready(
     check_alive: Callable[[], str | None],
     timeout: float,
     what: str,
+    log_tail: Callable[[], str] | None = None,
 ) -> None:
     """Poll ``connect`` until it works; stop early when ``check_alive`` reports why the server died.
 
@@ -152,9 +154,11 @@ def wait_until_ready(
         except psycopg.Error as exc:
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if time.monotonic() >= deadline:
+            # The log goes into the message: the temp dir or container holding it is removed next.
+            log = f"; server log: {log_tail()}" if log_tail else ""
             raise PostgresUnavailable(
-                f"{what} did not accept connections within {timeout:.0f}s (last error: {last_error}). "
-                "To fix this, either: raise TASKDB_PG_START_TIMEOUT, or look at the server log named above"
+                f"{what} did not accept connections within {timeout:.0f}s (last error: {last_error}{log}). "
+                "To fix this, either: raise TASKDB_PG_START_TIMEOUT on a slow machine, or fix what the log says"
             )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
@@ -182,6 +186,8 @@ class PostgresServer(ABC):
         self.settings = {}
         self._password = generate_password()
         self._stopped = False
+        self._created_names: set[str] = set()
+        self._lock = threading.Lock()
 
     # The password is a property, not a field, so that no dataclass/vars() dump carries it by accident.
     @property
@@ -302,10 +308,18 @@ class PostgresServer(ABC):
         self._dropped(name)
 
     def _created(self, name: str) -> None:
-        """Hook: the url backend remembers what it created."""
+        with self._lock:
+            self._created_names.add(name)
 
     def _dropped(self, name: str) -> None:
-        """Hook: the url backend forgets what it dropped."""
+        with self._lock:
+            self._created_names.discard(name)
+
+    @property
+    def created_databases(self) -> list[str]:
+        """Databases made by :meth:`create_database` and not dropped since (the url backend drops them)."""
+        with self._lock:
+            return sorted(self._created_names)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def stop(self) -> None:

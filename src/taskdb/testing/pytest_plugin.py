@@ -22,6 +22,8 @@ import pytest
 from taskdb.testing import BACKENDS, available_targets, start_postgres
 from taskdb.testing.base import PostgresServer, PostgresUnavailable, Target, suppress_all
 
+_TARGETS_KEY = pytest.StashKey[list[Target]]()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("taskdb", "taskdb throwaway PostgreSQL")
@@ -43,10 +45,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "pg_target_server" not in metafunc.fixturenames:
         return
-    try:
-        targets = available_targets()
-    except PostgresUnavailable as exc:  # a malformed TASKDB_PG_TARGETS: fail collection, say why
-        raise pytest.UsageError(str(exc)) from None
+    # Detected once per session: it pings Docker and runs `postgres --version`.
+    targets = metafunc.config.stash.get(_TARGETS_KEY, None)
+    if targets is None:
+        try:
+            targets = available_targets()
+        except PostgresUnavailable as exc:  # a malformed TASKDB_PG_TARGETS: fail collection, say why
+            raise pytest.UsageError(str(exc)) from None
+        metafunc.config.stash[_TARGETS_KEY] = targets
     params = [
         pytest.param(target, id=target.id, marks=[pytest.mark.container] if target.backend == "container" else [])
         for target in targets

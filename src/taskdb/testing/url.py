@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +56,6 @@ class UrlServer(PostgresServer):
         self.user = parsed.username or os.environ.get("PGUSER", "postgres")
         self._password = parsed.password or ""
         self._admin_db = parsed.database or "postgres"
-        self._created_names: set[str] = set()
-        self._lock = threading.Lock()
         if settings:
             # Server settings belong to whoever runs that server: say so rather than ignore them.
             raise PostgresUnavailable(
@@ -82,9 +79,7 @@ class UrlServer(PostgresServer):
 
     def url_object(self, dbname: str = "postgres", driver: str | None = None) -> URL:
         # Keep the host, port and query (sslmode, ...) of the admin URL; change only database and driver.
-        return self._admin.set(
-            drivername="postgresql" if driver is None else f"postgresql+{driver}", database=dbname
-        )
+        return self._admin.set(drivername="postgresql" if driver is None else f"postgresql+{driver}", database=dbname)
 
     def connect_kwargs(self, dbname: str = "postgres") -> dict[str, Any]:
         kwargs = super().connect_kwargs(dbname)
@@ -100,19 +95,6 @@ class UrlServer(PostgresServer):
         with psycopg.connect(**self.connect_kwargs(self._admin_db)) as conn:
             row = conn.execute("SHOW server_version_num").fetchone()
         return int(str(row[0]) if row else "0") // 10000
-
-    def _created(self, name: str) -> None:
-        with self._lock:
-            self._created_names.add(name)
-
-    def _dropped(self, name: str) -> None:
-        with self._lock:
-            self._created_names.discard(name)
-
-    @property
-    def created_databases(self) -> list[str]:
-        with self._lock:
-            return sorted(self._created_names)
 
     def _stop(self) -> None:
         _live.discard(self)
