@@ -8,6 +8,7 @@ percent-encode it, or prints it, is caught by the tests. It never appears in ``r
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
@@ -359,3 +360,14 @@ def scrub(text: str, *secrets_: str) -> str:
 def suppress_all() -> contextlib.suppress:
     """Cleanup paths must not raise: they run from atexit and teardown."""
     return contextlib.suppress(Exception)
+
+
+# Every running server of any backend, stopped at interpreter exit if a test run forgot one.
+LIVE_SERVERS: set[PostgresServer] = set()
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for server in list(LIVE_SERVERS):
+        with suppress_all():
+            server.stop()

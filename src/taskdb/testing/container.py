@@ -16,7 +16,6 @@ of a process a sweep of labelled containers whose owner process is gone.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import os
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from taskdb.testing.base import (
+    LIVE_SERVERS,
     SPEED_SETTINGS,
     PostgresServer,
     PostgresUnavailable,
@@ -200,16 +200,6 @@ def sweep_leftovers(client: docker.DockerClient) -> list[str]:
     return removed
 
 
-_live: set[ContainerServer] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_live):
-        with suppress_all():
-            server.stop()
-
-
 def _start_script(port: int, verifier: str, settings: Mapping[str, str]) -> str:
     """``sh -c`` script: initdb with the verifier as the superuser's password, then exec postgres."""
     options = " ".join(f"-c {shlex.quote(f'{name}={value}')}" for name, value in settings.items())
@@ -267,7 +257,7 @@ class ContainerServer(PostgresServer):
         except BaseException:
             self._remove()
             raise
-        _live.add(self)
+        LIVE_SERVERS.add(self)
 
     @property
     def container_id(self) -> str | None:
@@ -367,7 +357,7 @@ class ContainerServer(PostgresServer):
                 container.stop()  # testcontainers: remove(force=True, v=True), then close its client
 
     def _stop(self) -> None:
-        _live.discard(self)
+        LIVE_SERVERS.discard(self)
         self._remove()
 
     def exec(self, *command: str) -> tuple[int, str]:

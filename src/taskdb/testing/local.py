@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from taskdb.testing.base import (
+    LIVE_SERVERS,
     SPEED_SETTINGS,
     SUPERUSER,
     PostgresServer,
@@ -236,16 +237,6 @@ def sweep_leftovers() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-_live: set[LocalServer] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_live):
-        with suppress_all():
-            server.stop()
-
-
 class LocalServer(PostgresServer):
     """``postgres`` from the installed PostgreSQL, as a child process of this one."""
 
@@ -266,7 +257,7 @@ class LocalServer(PostgresServer):
         except BaseException:
             self._cleanup()
             raise
-        _live.add(self)
+        LIVE_SERVERS.add(self)
 
     @property
     def log_path(self) -> Path:
@@ -367,5 +358,5 @@ class LocalServer(PostgresServer):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _stop(self) -> None:
-        _live.discard(self)
+        LIVE_SERVERS.discard(self)
         self._cleanup()

@@ -6,7 +6,6 @@ ones this object created. pg_cron is whatever that server has; :attr:`cron_prelo
 
 from __future__ import annotations
 
-import atexit
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -15,18 +14,9 @@ import psycopg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from taskdb.testing.base import PostgresServer, PostgresUnavailable, scrub, suppress_all
+from taskdb.testing.base import LIVE_SERVERS, PostgresServer, PostgresUnavailable, scrub, suppress_all
 
 URL_ENV = "TASKDB_PG_URL"
-
-_live: set[UrlServer] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_live):
-        with suppress_all():
-            server.stop()
 
 
 class UrlServer(PostgresServer):
@@ -75,7 +65,7 @@ class UrlServer(PostgresServer):
                 f"{URL_ENV} points at PostgreSQL {self.major}, not {major}. To fix this, either: point it at "
                 f"a PostgreSQL {major} server, or ask for major={self.major}"
             )
-        _live.add(self)
+        LIVE_SERVERS.add(self)
 
     def url_object(self, dbname: str = "postgres", driver: str | None = None) -> URL:
         # Keep the host, port and query (sslmode, ...) of the admin URL; change only database and driver.
@@ -97,7 +87,7 @@ class UrlServer(PostgresServer):
         return int(str(row[0]) if row else "0") // 10000
 
     def _stop(self) -> None:
-        _live.discard(self)
+        LIVE_SERVERS.discard(self)
         # stop() marks us stopped first; drop directly, not through drop_database()'s running check.
         self._stopped = False
         try:
