@@ -202,7 +202,9 @@ history AS (
            (array_agg(l.previous -> 'error_message' ORDER BY l.id) FILTER (WHERE l.previous -> 'error_message' IS NOT NULL))[1] AS error_message_before,
            (array_agg(l.applied -> 'error_message' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'error_message' IS NOT NULL))[1] AS error_message_after,
            (array_agg(l.previous -> 'legacy_reason' ORDER BY l.id) FILTER (WHERE l.previous -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_before,
-           (array_agg(l.applied -> 'legacy_reason' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_after
+           (array_agg(l.applied -> 'legacy_reason' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_after,
+           (array_agg(l.previous -> 'updated_at' ORDER BY l.id) FILTER (WHERE l.previous -> 'updated_at' IS NOT NULL))[1] AS updated_at_before,
+           (array_agg(l.applied -> 'updated_at' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'updated_at' IS NOT NULL))[1] AS updated_at_after
     FROM task_hygiene_log l
     JOIN batch USING (task_id)
     WHERE l.actor = :actor
@@ -219,7 +221,10 @@ restored AS (
         error_message = CASE WHEN h.error_message_before IS NOT NULL AND t.error_message IS NOT DISTINCT FROM (h.error_message_after #>> '{}')
                              THEN h.error_message_before #>> '{}' ELSE t.error_message END,
         legacy_reason = CASE WHEN h.legacy_reason_before IS NOT NULL AND t.legacy_reason IS NOT DISTINCT FROM (h.legacy_reason_after #>> '{}')
-                             THEN h.legacy_reason_before #>> '{}' ELSE t.legacy_reason END
+                             THEN h.legacy_reason_before #>> '{}' ELSE t.legacy_reason END,
+        updated_at = CASE WHEN h.updated_at_before IS NOT NULL
+                               AND t.updated_at IS NOT DISTINCT FROM CAST(h.updated_at_after #>> '{}' AS timestamptz)
+                          THEN CAST(h.updated_at_before #>> '{}' AS timestamptz) ELSE t.updated_at END
     FROM history h
     WHERE t.id = h.task_id
     RETURNING t.id

@@ -136,3 +136,272 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN p_text ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$'
                 THEN p_text::uuid END
 $$;
+
+-- Queue hygiene (revision 0005) ---------------------------------------------------------------------
+
+-- One row that DBAs tune with UPDATE; every function and view below reads it, none hard-codes a number.
+CREATE TABLE task_hygiene_settings (
+    singleton boolean PRIMARY KEY DEFAULT true
+        CONSTRAINT task_hygiene_settings_one_row CHECK (singleton),
+    queued_ttl interval NOT NULL DEFAULT interval '7 days'
+        CONSTRAINT task_hygiene_settings_queued_ttl_positive CHECK (queued_ttl > interval '0'),
+    stale_after interval NOT NULL DEFAULT interval '24 hours'
+        CONSTRAINT task_hygiene_settings_stale_after_positive CHECK (stale_after > interval '0'),
+    user_concurrency_limit integer NOT NULL DEFAULT 5
+        CONSTRAINT task_hygiene_settings_limit_at_least_one CHECK (user_concurrency_limit >= 1),
+    cleanup_batch_size integer NOT NULL DEFAULT 10000
+        CONSTRAINT task_hygiene_settings_batch_at_least_one CHECK (cleanup_batch_size >= 1),
+    cleanup_schedule text NOT NULL DEFAULT '15 3 * * *'  -- cron syntax, UTC: daily at 03:15
+        CONSTRAINT task_hygiene_settings_schedule_not_blank CHECK (btrim(cleanup_schedule) <> '')
+);
+INSERT INTO task_hygiene_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+COMMENT ON TABLE task_hygiene_settings IS 'taskdb queue hygiene: one row; tune with UPDATE.';
+
+-- One row per call of cancel_stale_queued_tasks: when, by whom, how many it cancelled.
+CREATE TABLE task_hygiene_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    actor text NOT NULL,
+    max_age interval NOT NULL,
+    batch_size integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    cancelled integer
+);
+
+-- The run type a caller asked for: 'gpu' is the autoscaler's word for 'cloud'; anything else unknown
+-- is an error naming the allowed values (a typo must not silently count zero).
+CREATE FUNCTION taskdb_run_type_arg(p_run_type text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF taskdb_canonical_run_type(p_run_type) IS NULL THEN
+        RAISE EXCEPTION 'unknown run type %: expected ''cloud'' (alias ''gpu'') or ''local''', quote_nullable(p_run_type)
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN taskdb_canonical_run_type(p_run_type);
+END
+$$;
+
+-- THE definition of ready work, used by both claimable_task_count and claim_next_task: Queued, not
+-- flagged, younger than queued_ttl, its dependency (if any) Complete, its user has credits.
+-- (The per-user concurrency limit is applied on top, by the count and the claim alike.)
+CREATE VIEW taskdb_ready_tasks AS
+SELECT t.id, t.user_id, t.run_type, t.created_at
+FROM tasks t
+WHERE t.status = 'Queued'
+  AND t.legacy_reason IS NULL
+  AND t.created_at > now() - (SELECT s.queued_ttl FROM task_hygiene_settings s)
+  AND (t.dependant_on IS NULL
+       OR EXISTS (SELECT 1 FROM tasks d WHERE d.id = t.dependant_on AND d.status = 'Complete'))
+  AND EXISTS (SELECT 1 FROM users u WHERE u.id = t.user_id AND u.credits > 0);
+
+-- What the autoscaler calls: how many tasks of this run type workers could claim right now.
+-- Per user: min(limit - the user's In Progress tasks of any run type, ready tasks); with
+-- p_include_active: min(limit, the user's In Progress tasks of this run type + ready tasks).
+CREATE FUNCTION claimable_task_count(p_run_type text DEFAULT 'cloud', p_include_active boolean DEFAULT false)
+RETURNS integer
+LANGUAGE sql STABLE AS $$
+    WITH wanted AS (SELECT taskdb_run_type_arg(p_run_type) AS run_type,
+                           (SELECT user_concurrency_limit FROM task_hygiene_settings) AS lim),
+    ready AS (
+        SELECT r.user_id, count(*) AS n
+        FROM taskdb_ready_tasks r, wanted w
+        WHERE r.run_type = w.run_type
+        GROUP BY r.user_id
+    ),
+    active AS (
+        SELECT t.user_id, count(*) AS any_run_type, count(*) FILTER (WHERE t.run_type = w.run_type) AS this_run_type
+        FROM tasks t, wanted w
+        WHERE t.status = 'In Progress' AND t.user_id IS NOT NULL
+        GROUP BY t.user_id
+    )
+    SELECT coalesce(sum(
+               CASE WHEN p_include_active
+                    THEN least(w.lim, coalesce(a.this_run_type, 0) + coalesce(r.n, 0))
+                    ELSE greatest(0, least(w.lim - coalesce(a.any_run_type, 0), coalesce(r.n, 0))) END
+           ), 0)::integer
+    FROM ready r
+    FULL JOIN active a ON a.user_id = r.user_id
+    CROSS JOIN wanted w
+    WHERE p_include_active OR r.user_id IS NOT NULL
+$$;
+
+-- Claims the oldest ready task of a user below the limit: In Progress, worker_id, updated_at.
+-- Rows are taken FOR UPDATE SKIP LOCKED (claimers never wait on each other's rows); a transaction-
+-- scoped advisory lock per user serialises the limit check, so concurrent claims cannot push a user
+-- over it. Returns the claimed row, or no row.
+CREATE FUNCTION claim_next_task(p_worker_id text, p_run_type text DEFAULT 'cloud')
+RETURNS SETOF tasks
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run_type text := taskdb_run_type_arg(p_run_type);
+    v_limit integer := (SELECT user_concurrency_limit FROM task_hygiene_settings);
+    v_user record;
+    v_claimed tasks;
+BEGIN
+    IF nullif(btrim(p_worker_id), '') IS NULL THEN
+        RAISE EXCEPTION 'claim_next_task: p_worker_id must name the worker' USING ERRCODE = '22023';
+    END IF;
+    FOR v_user IN
+        SELECT r.user_id, min(r.created_at) AS oldest
+        FROM taskdb_ready_tasks r
+        WHERE r.run_type = v_run_type
+          AND (SELECT count(*) FROM tasks a WHERE a.user_id = r.user_id AND a.status = 'In Progress') < v_limit
+        GROUP BY r.user_id
+        ORDER BY oldest, r.user_id
+    LOOP
+        -- 0x7461736B ('task') namespaces the key; the user id's hash picks the lock
+        PERFORM pg_advisory_xact_lock(1952543595, hashtext(v_user.user_id::text));
+        -- recount under the lock: a claim for this user committed meanwhile is visible now
+        CONTINUE WHEN (SELECT count(*) FROM tasks a WHERE a.user_id = v_user.user_id AND a.status = 'In Progress') >= v_limit;
+        UPDATE tasks t
+        SET status = 'In Progress', worker_id = p_worker_id, updated_at = now()
+        WHERE t.id = (
+            SELECT r.id FROM taskdb_ready_tasks r
+            WHERE r.user_id = v_user.user_id AND r.run_type = v_run_type
+            ORDER BY r.created_at, r.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING t.* INTO v_claimed;
+        IF FOUND THEN
+            RETURN NEXT v_claimed;
+            RETURN;
+        END IF;
+    END LOOP;
+    RETURN;
+END
+$$;
+
+-- Cancels up to one batch of Queued tasks created more than p_max_age ago (settings when NULL),
+-- oldest first, SKIP LOCKED; each gets an error_message saying why and when, and a task_hygiene_log
+-- row; the call is recorded in task_hygiene_runs. Returns how many it cancelled. One batch per call
+-- keeps every transaction's row locks few and short: callers loop until it returns 0
+-- (taskdb_cancel_stale_queued_all does, committing between batches). The actor recorded is the
+-- session's taskdb.actor setting, else the calling role.
+CREATE FUNCTION cancel_stale_queued_tasks(p_max_age interval DEFAULT NULL, p_batch_size integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_max_age interval := coalesce(p_max_age, (SELECT queued_ttl FROM task_hygiene_settings));
+    v_batch integer := coalesce(p_batch_size, (SELECT cleanup_batch_size FROM task_hygiene_settings));
+    v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || current_user);
+    v_run bigint;
+    v_count integer;
+BEGIN
+    IF v_max_age <= interval '0' THEN
+        RAISE EXCEPTION 'cancel_stale_queued_tasks: p_max_age must be positive, not %', v_max_age USING ERRCODE = '22023';
+    END IF;
+    IF v_batch < 1 THEN
+        RAISE EXCEPTION 'cancel_stale_queued_tasks: p_batch_size must be >= 1, not %', v_batch USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO task_hygiene_runs (actor, max_age, batch_size) VALUES (v_actor, v_max_age, v_batch)
+    RETURNING id INTO v_run;
+
+    WITH batch AS (
+        SELECT t.id, t.status::text AS old_status, t.error_message AS old_error_message,
+               t.updated_at AS old_updated_at, t.created_at
+        FROM tasks t
+        WHERE t.status = 'Queued' AND t.created_at < now() - v_max_age
+        ORDER BY t.created_at, t.id
+        LIMIT v_batch
+        FOR NO KEY UPDATE SKIP LOCKED
+    ),
+    cancelled AS (
+        UPDATE tasks t
+        SET status = 'Cancelled',
+            updated_at = now(),
+            error_message = 'Cancelled by taskdb cleanup (' || v_actor || ') at ' || now()
+                            || ': Queued since ' || b.created_at || ', longer than ' || v_max_age
+        FROM batch b
+        WHERE t.id = b.id
+        RETURNING t.id, b.old_status, b.old_error_message, b.old_updated_at, t.error_message, t.updated_at
+    ),
+    logged AS (
+        INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor)
+        SELECT c.id, 'cancel', 'stale: Queued longer than ' || v_max_age,
+               jsonb_build_object('status', c.old_status, 'error_message', c.old_error_message,
+                                  'updated_at', c.old_updated_at),
+               jsonb_build_object('status', 'Cancelled', 'error_message', c.error_message,
+                                  'updated_at', c.updated_at),
+               v_actor
+        FROM cancelled c
+    )
+    SELECT count(*) INTO v_count FROM cancelled;
+
+    UPDATE task_hygiene_runs SET finished_at = clock_timestamp(), cancelled = v_count WHERE id = v_run;
+    RETURN v_count;
+END
+$$;
+
+-- What the pg_cron job and `taskdb cleanup` run: batches until none is left, committing after each.
+CREATE PROCEDURE taskdb_cancel_stale_queued_all(p_actor text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_batch integer;
+BEGIN
+    IF p_actor IS NOT NULL THEN
+        PERFORM set_config('taskdb.actor', p_actor, false);
+    END IF;
+    LOOP
+        v_batch := cancel_stale_queued_tasks();
+        COMMIT;
+        EXIT WHEN v_batch = 0;
+    END LOOP;
+    IF p_actor IS NOT NULL THEN
+        PERFORM set_config('taskdb.actor', '', false);
+    END IF;
+END
+$$;
+
+-- Queued tasks older than stale_after (what an operator should look at), and when cleanup cancels them.
+CREATE VIEW stale_queued_tasks AS
+SELECT t.id, t.task_type, t.user_id, t.run_type, t.created_at,
+       now() - t.created_at AS age,
+       t.attempts, t.legacy_reason,
+       t.created_at + s.queued_ttl AS cancel_due_at
+FROM tasks t
+CROSS JOIN task_hygiene_settings s
+WHERE t.status = 'Queued' AND t.created_at < now() - s.stale_after;
+
+-- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active.
+-- NULLs when pg_cron is not installed here (the cron revision refines this).
+CREATE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF to_regclass('cron.job') IS NULL THEN
+        installed := false;
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT count(*) > 0, coalesce(bool_or(active), false) FROM cron.job WHERE jobname = ''taskdb_cancel_stale_queued'''
+    INTO installed, active;
+END
+$$;
+
+-- One row: the queue at a glance, for dashboards and `taskdb doctor`.
+CREATE VIEW queue_health AS
+SELECT
+    (SELECT count(*) FROM tasks WHERE status = 'Queued') AS queued_total,
+    (SELECT count(*) FROM taskdb_ready_tasks WHERE run_type = 'cloud') AS ready_cloud,
+    (SELECT count(*) FROM taskdb_ready_tasks WHERE run_type = 'local') AS ready_local,
+    claimable_task_count('cloud') AS claimable_cloud,
+    claimable_task_count('local') AS claimable_local,
+    (SELECT count(*) FROM stale_queued_tasks) AS stale_count,
+    q.oldest_queued_at,
+    now() - q.oldest_queued_at AS oldest_queued_age,
+    (SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL) AS flagged_count,
+    (SELECT count(*) FROM task_hygiene_log WHERE action = 'cancel' AND acted_at > now() - interval '24 hours')
+        AS cancelled_last_24h,
+    r.last_cleanup_at,
+    now() - r.last_cleanup_at AS cleanup_lag,
+    c.installed AS cron_job_installed,
+    c.active AS cron_job_active,
+    (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'tasks'::regclass) AS dead_tuples
+FROM (SELECT min(created_at) AS oldest_queued_at FROM tasks WHERE status = 'Queued') q
+CROSS JOIN (SELECT max(finished_at) AS last_cleanup_at FROM task_hygiene_runs) r
+CROSS JOIN taskdb_cron_job_state() c;
+
+CREATE INDEX tasks_queued_run_type_created_at_idx ON tasks (run_type, created_at) WHERE status = 'Queued';
+COMMENT ON INDEX tasks_queued_run_type_created_at_idx IS
+    'Ready work, the count, the claim and the stale scan read only Queued rows: a small index.';
+CREATE INDEX tasks_in_progress_user_id_idx ON tasks (user_id) WHERE status = 'In Progress';
+COMMENT ON INDEX tasks_in_progress_user_id_idx IS 'The per-user concurrency limit counts In Progress rows per user.';

@@ -1,0 +1,81 @@
+"""Hygiene: one definition of claimable work, the count and the claim, stale-queue cleanup, health views.
+
+Revision ID: 0005_hygiene
+Revises: 0004_constraints
+Create Date: 2026-11-28
+
+Why: the incident's count lived in application code and drifted from the claim; nothing ever retired
+ancient Queued tasks. This puts the definition in the database (view taskdb_ready_tasks, used by both
+claimable_task_count and claim_next_task), adds task_hygiene_settings for DBAs to tune, the batched
+cancel_stale_queued_tasks with its run record, the stale_queued_tasks and queue_health views, and runs
+the cleanup once so that right after the upgrade no Queued task is older than queued_ttl.
+Locks: none on tasks for the objects; two partial indexes CONCURRENTLY; the cleanup locks only the rows
+it cancels, one batch (one short transaction) at a time, SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskdb.adopt import TableSpec, check_shape
+from taskdb.backfill import restore
+from taskdb.catalog import table_exists
+from taskdb.constraints import Index, drop_owned, ensure_index
+from taskdb.db import execute_script, transaction
+from taskdb.hygiene import cancel_stale_queued
+from taskdb.migration import actor, online_step, revision_sql
+
+revision: str = "0005_hygiene"
+down_revision: str | None = "0004_constraints"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SQL = revision_sql(__file__)
+OBJECTS = (
+    "task_hygiene_settings",
+    "task_hygiene_runs",
+    "taskdb_run_type_arg",
+    "taskdb_ready_tasks",
+    "claimable_task_count",
+    "claim_next_task",
+    "cancel_stale_queued_tasks",
+    "taskdb_cancel_stale_queued_all",
+    "stale_queued_tasks",
+    "taskdb_cron_job_state",
+    "queue_health",
+)
+# credits decides whose work is claimable: an adopted users table must have it (taskdb will not
+# invent a balance of 0 for everyone, which would make nothing claimable).
+USERS_WITH_CREDITS = TableSpec("users", "", {"id": ("uuid",), "credits": ("numeric", "integer", "bigint")})
+INDEXES = (
+    Index(
+        "tasks_queued_run_type_created_at_idx", "tasks", "(run_type, created_at) WHERE status = 'Queued'",
+        "Ready work, the count, the claim and the stale scan read only Queued rows: a small index.",
+    ),
+    Index(
+        "tasks_in_progress_user_id_idx", "tasks", "(user_id) WHERE status = 'In Progress'",
+        "The per-user concurrency limit counts In Progress rows per user.",
+    ),
+)
+
+
+def upgrade() -> None:
+    """Create the hygiene objects, index Queued and In Progress rows, then cancel what is already stale."""
+    with online_step(revision) as conn:
+        check_shape(conn, USERS_WITH_CREDITS)
+        with transaction(conn):
+            for name in OBJECTS:
+                execute_script(conn, SQL[name])
+        for index in INDEXES:
+            ensure_index(conn, index, revision)
+        cancel_stale_queued(conn, actor=actor(revision))
+
+
+def downgrade() -> None:
+    """Un-cancel what this revision's cleanup cancelled, drop the indexes and the hygiene objects."""
+    with online_step(revision) as conn:
+        if table_exists(conn, "task_hygiene_log"):
+            restore(conn, actor=actor(revision))
+        drop_owned(conn, revision)
+        with transaction(conn):
+            execute_script(conn, SQL["drop_objects"])
