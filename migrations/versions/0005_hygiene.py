@@ -9,20 +9,28 @@ ancient Queued tasks. This puts the definition in the database (view taskdb_read
 claimable_task_count and claim_next_task), adds task_hygiene_settings for DBAs to tune, the batched
 cancel_stale_queued_tasks with its run record, the stale_queued_tasks and queue_health views, and runs
 the cleanup once so that right after the upgrade no Queued task is older than queued_ttl.
-Locks: none on tasks for the objects; two partial indexes CONCURRENTLY; the cleanup locks only the rows
-it cancels, one batch (one short transaction) at a time, SKIP LOCKED.
+The trigger tasks_cancel_children cancels the Queued descendants of a task that becomes Failed or
+Cancelled. Functions that need more rights than their callers are SECURITY DEFINER with a pinned
+search_path; EXECUTE goes to the group roles taskdb_autoscaler, taskdb_worker, taskdb_monitor (created
+where the migration role may create roles; never dropped by a downgrade, since roles are cluster-wide).
+Locks: CREATE TRIGGER takes SHARE ROW EXCLUSIVE on tasks for a moment (under lock_timeout, with
+retries); four partial indexes CONCURRENTLY; the cleanup locks only the rows it cancels, one batch
+(one short transaction) at a time, SKIP LOCKED.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.engine import Connection
+
 from taskdb.adopt import TableSpec, check_shape
 from taskdb.backfill import restore
-from taskdb.catalog import table_exists
+from taskdb.catalog import ensure_roles, table_exists
 from taskdb.constraints import Index, drop_owned, ensure_index
 from taskdb.db import execute_script, transaction
 from taskdb.hygiene import cancel_stale_queued
+from taskdb.locks import run_locked
 from taskdb.migration import actor, online_step, revision_sql
 
 revision: str = "0005_hygiene"
@@ -43,6 +51,9 @@ OBJECTS = (
     "stale_queued_tasks",
     "taskdb_cron_job_state",
     "queue_health",
+    "taskdb_cancel_children",
+    "tasks_cancel_children",
+    "revokes",
 )
 # credits decides whose work is claimable: an adopted users table must have it (taskdb will not
 # invent a balance of 0 for everyone, which would make nothing claimable).
@@ -56,16 +67,34 @@ INDEXES = (
         "tasks_in_progress_user_id_idx", "tasks", "(user_id) WHERE status = 'In Progress'",
         "The per-user concurrency limit counts In Progress rows per user.",
     ),
+    Index(
+        "tasks_queued_dependant_on_idx", "tasks", "(dependant_on) WHERE status = 'Queued'",
+        "tasks_cancel_children finds the Queued dependants of a failed task.",
+    ),
+    Index(
+        "tasks_queued_orchestrator_ref_idx", "tasks",
+        "(taskdb_try_uuid(params ->> 'orchestrator_task_id_ref')) WHERE status = 'Queued'",
+        "tasks_cancel_children finds the Queued children of a failed orchestrator task.",
+    ),
 )
+# Group roles for least privilege (README "Roles"): the autoscaler may only count, a worker may only
+# claim, a monitor may read the health views.
+ROLES = ("taskdb_autoscaler", "taskdb_worker", "taskdb_monitor")
+
+
+def create_objects(conn: Connection) -> None:
+    """All objects, the trigger and the grants in one transaction (the caller bounds its lock wait)."""
+    for name in OBJECTS:
+        execute_script(conn, SQL[name])
+    if ensure_roles(conn, ROLES, revision):
+        execute_script(conn, SQL["grants"])
 
 
 def upgrade() -> None:
     """Create the hygiene objects, index Queued and In Progress rows, then cancel what is already stale."""
     with online_step(revision) as conn:
         check_shape(conn, USERS_WITH_CREDITS)
-        with transaction(conn):
-            for name in OBJECTS:
-                execute_script(conn, SQL[name])
+        run_locked(conn, create_objects, relations=["tasks", "users"])
         for index in INDEXES:
             ensure_index(conn, index, revision)
         cancel_stale_queued(conn, actor=actor(revision))

@@ -6,6 +6,7 @@ enum label that an upgrade adds is written to ``taskdb_owned_objects`` in the sa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -14,6 +15,8 @@ from sqlalchemy.engine import Connection
 from taskdb.db import rows, scalar
 
 OWNED_TABLE = "taskdb_owned_objects"
+
+log = logging.getLogger("taskdb.catalog")
 
 
 @dataclass(frozen=True)
@@ -146,3 +149,21 @@ def owned(conn: Connection, kind: str, revision: str | None = None) -> list[str]
 def forget_owned(conn: Connection, kind: str, name: str) -> None:
     conn.execute(sa.text(f"DELETE FROM {OWNED_TABLE} WHERE kind = :k AND name = :n"), {"k": kind, "n": name})
 
+
+
+def ensure_roles(conn: Connection, roles: tuple[str, ...], revision: str) -> bool:
+    """Create the missing NOLOGIN group roles where this role may; True when all of them exist.
+
+    Roles are cluster-wide: the record in taskdb_owned_objects says this database's migration made
+    them, but no downgrade drops them (another database may grant to them).
+    """
+    may_create = scalar(conn, "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    for role in roles:
+        if scalar(conn, "SELECT 1 FROM pg_roles WHERE rolname = :r", {"r": role}):
+            continue
+        if not may_create:
+            log.warning("role %s does not exist and %s may not create roles: grants skipped", role, "this role")
+            return False
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" NOLOGIN')
+        record_owned(conn, "role", role, revision)
+    return True

@@ -199,7 +199,8 @@ WHERE t.status = 'Queued'
 -- p_include_active: min(limit, the user's In Progress tasks of this run type + ready tasks).
 CREATE FUNCTION claimable_task_count(p_run_type text DEFAULT 'cloud', p_include_active boolean DEFAULT false)
 RETURNS integer
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
     WITH wanted AS (SELECT taskdb_run_type_arg(p_run_type) AS run_type,
                            (SELECT user_concurrency_limit FROM task_hygiene_settings) AS lim),
     ready AS (
@@ -231,7 +232,8 @@ $$;
 -- over it. Returns the claimed row, or no row.
 CREATE FUNCTION claim_next_task(p_worker_id text, p_run_type text DEFAULT 'cloud')
 RETURNS SETOF tasks
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_run_type text := taskdb_run_type_arg(p_run_type);
     v_limit integer := (SELECT user_concurrency_limit FROM task_hygiene_settings);
@@ -277,14 +279,16 @@ $$;
 -- row; the call is recorded in task_hygiene_runs. Returns how many it cancelled. One batch per call
 -- keeps every transaction's row locks few and short: callers loop until it returns 0
 -- (taskdb_cancel_stale_queued_all does, committing between batches). The actor recorded is the
--- session's taskdb.actor setting, else the calling role.
+-- session's taskdb.actor setting, else the session's role.
 CREATE FUNCTION cancel_stale_queued_tasks(p_max_age interval DEFAULT NULL, p_batch_size integer DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_max_age interval := coalesce(p_max_age, (SELECT queued_ttl FROM task_hygiene_settings));
     v_batch integer := coalesce(p_batch_size, (SELECT cleanup_batch_size FROM task_hygiene_settings));
-    v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || current_user);
+    -- session_user: inside SECURITY DEFINER current_user is the owner, not the caller
+    v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || session_user);
     v_run bigint;
     v_count integer;
 BEGIN
@@ -334,6 +338,7 @@ END
 $$;
 
 -- What the pg_cron job and `taskdb cleanup` run: batches until none is left, committing after each.
+-- (SECURITY INVOKER: a SECURITY DEFINER procedure may not COMMIT; the function it calls is the definer.)
 CREATE PROCEDURE taskdb_cancel_stale_queued_all(p_actor text DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -366,7 +371,8 @@ WHERE t.status = 'Queued' AND t.created_at < now() - s.stale_after;
 -- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active.
 -- NULLs when pg_cron is not installed here (the cron revision refines this).
 CREATE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     IF to_regclass('cron.job') IS NULL THEN
         installed := false;
@@ -400,8 +406,79 @@ FROM (SELECT min(created_at) AS oldest_queued_at FROM tasks WHERE status = 'Queu
 CROSS JOIN (SELECT max(finished_at) AS last_cleanup_at FROM task_hygiene_runs) r
 CROSS JOIN taskdb_cron_job_state() c;
 
+-- When a task becomes Failed or Cancelled, its Queued descendants (by dependant_on or
+-- params.orchestrator_task_id_ref, transitively) can never run: cancel them with a reason, and log
+-- each. One recursive query in the outermost trigger call (UNION stops at cycles); the updates it makes
+-- do not cascade again (taskdb.cascading), so a deep chain costs no trigger recursion.
+CREATE FUNCTION taskdb_cancel_children() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    -- whoever changed the parent: a revision or pg_cron job (taskdb.actor), else the session's role
+    v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || session_user);
+BEGIN
+    IF current_setting('taskdb.cascading', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('taskdb.cascading', 'on', true);
+    WITH RECURSIVE doomed(id) AS (
+        SELECT c.id FROM tasks c
+        WHERE c.status = 'Queued' AND c.dependant_on = NEW.id
+        UNION
+        SELECT c.id FROM tasks c
+        WHERE c.status = 'Queued' AND taskdb_try_uuid(c.params ->> 'orchestrator_task_id_ref') = NEW.id
+        UNION
+        SELECT c.id FROM doomed d
+        JOIN LATERAL (
+            SELECT x.id FROM tasks x WHERE x.status = 'Queued' AND x.dependant_on = d.id
+            UNION ALL
+            SELECT x.id FROM tasks x
+            WHERE x.status = 'Queued' AND taskdb_try_uuid(x.params ->> 'orchestrator_task_id_ref') = d.id
+        ) c ON true
+    ),
+    locked AS (
+        SELECT t.id, t.status::text AS old_status, t.error_message AS old_error_message, t.updated_at AS old_updated_at
+        FROM tasks t JOIN doomed USING (id)
+        WHERE t.id <> NEW.id
+        FOR NO KEY UPDATE OF t SKIP LOCKED   -- a child a worker is claiming right now is left to the worker
+    ),
+    cancelled AS (
+        UPDATE tasks t
+        SET status = 'Cancelled', updated_at = now(),
+            error_message = 'Cancelled by taskdb: its parent task ' || NEW.id || ' became ' || NEW.status
+        FROM locked l
+        WHERE t.id = l.id
+        RETURNING t.id, l.old_status, l.old_error_message, l.old_updated_at, t.error_message, t.updated_at
+    )
+    INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor)
+    SELECT c.id, 'cancel', 'trigger tasks_cancel_children: parent ' || NEW.id || ' became ' || NEW.status,
+           jsonb_build_object('status', c.old_status, 'error_message', c.old_error_message,
+                              'updated_at', c.old_updated_at),
+           jsonb_build_object('status', 'Cancelled', 'error_message', c.error_message, 'updated_at', c.updated_at),
+           v_actor
+    FROM cancelled c;
+    PERFORM set_config('taskdb.cascading', '', true);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER tasks_cancel_children
+AFTER UPDATE OF status ON tasks
+FOR EACH ROW
+WHEN (NEW.status::text IN ('Failed', 'Cancelled') AND OLD.status IS DISTINCT FROM NEW.status)
+EXECUTE FUNCTION taskdb_cancel_children();
+
 CREATE INDEX tasks_queued_run_type_created_at_idx ON tasks (run_type, created_at) WHERE status = 'Queued';
 COMMENT ON INDEX tasks_queued_run_type_created_at_idx IS
     'Ready work, the count, the claim and the stale scan read only Queued rows: a small index.';
 CREATE INDEX tasks_in_progress_user_id_idx ON tasks (user_id) WHERE status = 'In Progress';
 COMMENT ON INDEX tasks_in_progress_user_id_idx IS 'The per-user concurrency limit counts In Progress rows per user.';
+CREATE INDEX tasks_queued_dependant_on_idx ON tasks (dependant_on) WHERE status = 'Queued';
+COMMENT ON INDEX tasks_queued_dependant_on_idx IS 'tasks_cancel_children finds the Queued dependants of a failed task.';
+CREATE INDEX tasks_queued_orchestrator_ref_idx ON tasks (taskdb_try_uuid(params ->> 'orchestrator_task_id_ref'))
+    WHERE status = 'Queued';
+COMMENT ON INDEX tasks_queued_orchestrator_ref_idx IS
+    'tasks_cancel_children finds the Queued children of a failed orchestrator task.';
+
+-- Privileges (not compared by the schema test): EXECUTE on the SECURITY DEFINER functions is revoked from
+-- PUBLIC and granted to the NOLOGIN group roles taskdb_autoscaler (claimable_task_count), taskdb_worker
+-- (claim_next_task) and taskdb_monitor (claimable_task_count, taskdb_cron_job_state, SELECT on the views).
