@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from taskdb.catalog import columns, table_exists
-from taskdb.db import rows
+from taskdb.db import rows, scalar
 
 # Every Queued row, whoever owns it and whatever it runs on: what a count that forgets the legacy rows sees.
 NAIVE_QUEUED_SQL = "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued'"
@@ -44,6 +44,9 @@ def summary(conn: Connection) -> dict[str, Any]:
         )[0]["n"]
     else:
         out["without user_id or valid run_type"] = out["tasks"]
+    if scalar(conn, "SELECT to_regprocedure('claimable_task_count(text, boolean)') IS NOT NULL"):
+        out["claimable_task_count('gpu')"] = scalar(conn, "SELECT claimable_task_count('gpu')")
+        out["stale_queued_tasks"] = scalar(conn, "SELECT count(*) FROM stale_queued_tasks")
     if flagged:
         out["flagged (legacy_reason)"] = rows(
             conn,
