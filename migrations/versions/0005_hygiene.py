@@ -14,7 +14,7 @@ Cancelled. Functions that need more rights than their callers are SECURITY DEFIN
 search_path; EXECUTE goes to the group roles taskdb_autoscaler, taskdb_worker, taskdb_monitor (created
 where the migration role may create roles; never dropped by a downgrade, since roles are cluster-wide).
 Locks: CREATE TRIGGER takes SHARE ROW EXCLUSIVE on tasks for a moment (under lock_timeout, with
-retries); four partial indexes CONCURRENTLY; the cleanup locks only the rows it cancels, one batch
+retries); five partial indexes CONCURRENTLY; the cleanup locks only the rows it cancels, one batch
 (one short transaction) at a time, SKIP LOCKED.
 """
 
@@ -66,6 +66,10 @@ INDEXES = (
     Index(
         "tasks_in_progress_user_id_idx", "tasks", "(user_id) WHERE status = 'In Progress'",
         "The per-user concurrency limit counts In Progress rows per user.",
+    ),
+    Index(
+        "tasks_flagged_idx", "tasks", "(legacy_reason) WHERE legacy_reason IS NOT NULL",
+        "queue_health and doctor count flagged rows without scanning the table.",
     ),
     Index(
         "tasks_queued_dependant_on_idx", "tasks", "(dependant_on) WHERE status = 'Queued'",

@@ -155,3 +155,16 @@ def test_definer_functions_pin_their_search_path(upgraded: Db) -> None:
     )
     assert unpinned == []
     assert upgraded.scalar("SELECT count(*) FROM pg_proc WHERE prosecdef AND proname LIKE '%task%'") >= 5
+
+
+def test_one_statement_ending_many_parents_cancels_each_child_once(upgraded: Db) -> None:
+    db = upgraded
+    add(db, "p1", status="In Progress")
+    add(db, "p2", status="In Progress")
+    add(db, "shared", ref="p1", dep="p2")  # reachable from both parents
+    add(db, "only-p2", ref="p2")
+    db.execute("UPDATE tasks SET status = 'Failed' WHERE id IN (:a, :b)", a=task_id("p1"), b=task_id("p2"))
+    assert status(db, "shared") == status(db, "only-p2") == "Cancelled"
+    assert db.scalar(
+        "SELECT count(*) FROM task_hygiene_log WHERE task_id = :id AND action = 'cancel'", id=task_id("shared")
+    ) == 1

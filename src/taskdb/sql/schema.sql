@@ -363,10 +363,10 @@ CREATE VIEW stale_queued_tasks AS
 SELECT t.id, t.task_type, t.user_id, t.run_type, t.created_at,
        now() - t.created_at AS age,
        t.attempts, t.legacy_reason,
-       t.created_at + s.queued_ttl AS cancel_due_at
+       t.created_at + (SELECT s.queued_ttl FROM task_hygiene_settings s) AS cancel_due_at
 FROM tasks t
-CROSS JOIN task_hygiene_settings s
-WHERE t.status = 'Queued' AND t.created_at < now() - s.stale_after;
+WHERE t.status = 'Queued'
+  AND t.created_at < now() - (SELECT s.stale_after FROM task_hygiene_settings s);  -- computed once
 
 -- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active.
 -- NULLs when pg_cron is not installed here (the cron revision refines this).
@@ -406,51 +406,65 @@ FROM (SELECT min(created_at) AS oldest_queued_at FROM tasks WHERE status = 'Queu
 CROSS JOIN (SELECT max(finished_at) AS last_cleanup_at FROM task_hygiene_runs) r
 CROSS JOIN taskdb_cron_job_state() c;
 
--- When a task becomes Failed or Cancelled, its Queued descendants (by dependant_on or
--- params.orchestrator_task_id_ref, transitively) can never run: cancel them with a reason, and log
--- each. One recursive query in the outermost trigger call (UNION stops at cycles); the updates it makes
--- do not cascade again (taskdb.cascading), so a deep chain costs no trigger recursion.
+-- When tasks become Failed or Cancelled, their Queued descendants (by dependant_on or
+-- params.orchestrator_task_id_ref, transitively) can never run: cancel them with a reason, and log each.
+-- A statement-level trigger with transition tables: one recursive query per UPDATE statement, however
+-- many rows it ended (a cleanup batch of 10,000 is one query, not 10,000). UNION stops at cycles; the
+-- trigger's own UPDATE does not cascade again (taskdb.cascading), so deep chains cost no recursion.
+-- jit = off: the recursive query's cost estimate would otherwise JIT-compile on every statement.
 CREATE FUNCTION taskdb_cancel_children() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET jit = off AS $$
 DECLARE
-    -- whoever changed the parent: a revision or pg_cron job (taskdb.actor), else the session's role
+    -- whoever ended the parents: a revision or pg_cron job (taskdb.actor), else the session's role
     v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || session_user);
 BEGIN
     IF current_setting('taskdb.cascading', true) = 'on' THEN
         RETURN NULL;
     END IF;
     PERFORM set_config('taskdb.cascading', 'on', true);
-    WITH RECURSIVE doomed(id) AS (
-        SELECT c.id FROM tasks c
-        WHERE c.status = 'Queued' AND c.dependant_on = NEW.id
+    WITH RECURSIVE ended AS (
+        SELECT n.id, n.status::text AS status
+        FROM taskdb_new_rows n JOIN taskdb_old_rows o ON o.id = n.id
+        WHERE n.status::text IN ('Failed', 'Cancelled') AND o.status IS DISTINCT FROM n.status
+    ),
+    doomed(id, root, root_status) AS (
+        SELECT c.id, e.id, e.status FROM ended e
+        CROSS JOIN LATERAL (
+            SELECT x.id FROM tasks x WHERE x.status = 'Queued' AND x.dependant_on = e.id
+            UNION ALL
+            SELECT x.id FROM tasks x
+            WHERE x.status = 'Queued' AND taskdb_try_uuid(x.params ->> 'orchestrator_task_id_ref') = e.id
+        ) c
         UNION
-        SELECT c.id FROM tasks c
-        WHERE c.status = 'Queued' AND taskdb_try_uuid(c.params ->> 'orchestrator_task_id_ref') = NEW.id
-        UNION
-        SELECT c.id FROM doomed d
-        JOIN LATERAL (
+        SELECT c.id, d.root, d.root_status FROM doomed d
+        CROSS JOIN LATERAL (
             SELECT x.id FROM tasks x WHERE x.status = 'Queued' AND x.dependant_on = d.id
             UNION ALL
             SELECT x.id FROM tasks x
             WHERE x.status = 'Queued' AND taskdb_try_uuid(x.params ->> 'orchestrator_task_id_ref') = d.id
-        ) c ON true
+        ) c
+    ),
+    first_root AS (  -- a task two ended parents reach is cancelled (and logged) once
+        SELECT DISTINCT ON (d.id) d.id, d.root, d.root_status FROM doomed d ORDER BY d.id, d.root
     ),
     locked AS (
-        SELECT t.id, t.status::text AS old_status, t.error_message AS old_error_message, t.updated_at AS old_updated_at
-        FROM tasks t JOIN doomed USING (id)
-        WHERE t.id <> NEW.id
+        SELECT t.id, f.root, f.root_status, t.status::text AS old_status,
+               t.error_message AS old_error_message, t.updated_at AS old_updated_at
+        FROM tasks t JOIN first_root f ON f.id = t.id
+        WHERE t.status = 'Queued'
         FOR NO KEY UPDATE OF t SKIP LOCKED   -- a child a worker is claiming right now is left to the worker
     ),
     cancelled AS (
         UPDATE tasks t
         SET status = 'Cancelled', updated_at = now(),
-            error_message = 'Cancelled by taskdb: its parent task ' || NEW.id || ' became ' || NEW.status
+            error_message = 'Cancelled by taskdb: its parent task ' || l.root || ' became ' || l.root_status
         FROM locked l
         WHERE t.id = l.id
-        RETURNING t.id, l.old_status, l.old_error_message, l.old_updated_at, t.error_message, t.updated_at
+        RETURNING t.id, l.root, l.root_status, l.old_status, l.old_error_message, l.old_updated_at,
+                  t.error_message, t.updated_at
     )
     INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor)
-    SELECT c.id, 'cancel', 'trigger tasks_cancel_children: parent ' || NEW.id || ' became ' || NEW.status,
+    SELECT c.id, 'cancel', 'trigger tasks_cancel_children: parent ' || c.root || ' became ' || c.root_status,
            jsonb_build_object('status', c.old_status, 'error_message', c.old_error_message,
                               'updated_at', c.old_updated_at),
            jsonb_build_object('status', 'Cancelled', 'error_message', c.error_message, 'updated_at', c.updated_at),
@@ -462,16 +476,17 @@ END
 $$;
 
 CREATE TRIGGER tasks_cancel_children
-AFTER UPDATE OF status ON tasks
-FOR EACH ROW
-WHEN (NEW.status::text IN ('Failed', 'Cancelled') AND OLD.status IS DISTINCT FROM NEW.status)
+AFTER UPDATE ON tasks
+REFERENCING OLD TABLE AS taskdb_old_rows NEW TABLE AS taskdb_new_rows
+FOR EACH STATEMENT
 EXECUTE FUNCTION taskdb_cancel_children();
-
 CREATE INDEX tasks_queued_run_type_created_at_idx ON tasks (run_type, created_at) WHERE status = 'Queued';
 COMMENT ON INDEX tasks_queued_run_type_created_at_idx IS
     'Ready work, the count, the claim and the stale scan read only Queued rows: a small index.';
 CREATE INDEX tasks_in_progress_user_id_idx ON tasks (user_id) WHERE status = 'In Progress';
 COMMENT ON INDEX tasks_in_progress_user_id_idx IS 'The per-user concurrency limit counts In Progress rows per user.';
+CREATE INDEX tasks_flagged_idx ON tasks (legacy_reason) WHERE legacy_reason IS NOT NULL;
+COMMENT ON INDEX tasks_flagged_idx IS 'queue_health and doctor count flagged rows without scanning the table.';
 CREATE INDEX tasks_queued_dependant_on_idx ON tasks (dependant_on) WHERE status = 'Queued';
 COMMENT ON INDEX tasks_queued_dependant_on_idx IS 'tasks_cancel_children finds the Queued dependants of a failed task.';
 CREATE INDEX tasks_queued_orchestrator_ref_idx ON tasks (taskdb_try_uuid(params ->> 'orchestrator_task_id_ref'))
