@@ -62,7 +62,7 @@ def test_database_url_from_the_environment_adopts_the_incident_database(db: Db, 
     assert second.returncode == 0, second.stderr
     assert db.snapshot() == rows  # a second run changes nothing
     current = alembic("current", env=env)
-    assert "0005_hygiene (head)" in current.stdout
+    assert "0006_cron (head)" in current.stdout
     password = db.engine.url.password
     if password:
         assert password not in first.stdout + first.stderr + second.stderr

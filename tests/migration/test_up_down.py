@@ -13,7 +13,7 @@ from taskdb.sql import load
 from tests.helpers import Db
 from tests.helpers_catalog import catalog
 
-REVISIONS = ["0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene"]
+REVISIONS = ["0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene", "0006_cron"]
 
 
 def test_each_step_up_down_up_on_the_incident_database(db: Db) -> None:

@@ -368,18 +368,48 @@ FROM tasks t
 WHERE t.status = 'Queued'
   AND t.created_at < now() - (SELECT s.stale_after FROM task_hygiene_settings s);  -- computed once
 
--- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active.
--- NULLs when pg_cron is not installed here (the cron revision refines this).
+-- What taskdb scheduled with pg_cron, one row per job (revision 0006). cron.job lives in
+-- cron.database_name, which may be another database: this record is how the target database knows about
+-- its job, and where a downgrade finds it.
+CREATE TABLE taskdb_cron_jobs (
+    job text PRIMARY KEY,                 -- taskdb's name: taskdb_cancel_stale_queued, taskdb_purge_cron_history
+    jobname text NOT NULL,                -- cron.job.jobname (name:database when another database had the name)
+    jobid bigint NOT NULL,                -- cron.job.jobid, in cron_database
+    cron_database text NOT NULL,          -- the database whose cron.job holds it (cron.database_name)
+    run_database text NOT NULL,           -- the database the command runs in (cron.job.database)
+    schedule text NOT NULL,               -- as given to pg_cron (cron syntax, UTC; or 'N seconds' on 1.5+)
+    command text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()  -- when taskdb last scheduled or changed it
+);
+COMMENT ON TABLE taskdb_cron_jobs IS 'pg_cron jobs taskdb scheduled (cron.job may be in another database).';
+
+-- Whether the cleanup's pg_cron job is installed and active (revision 0006's version). Where cron.job is
+-- in this database it is the truth; where the job lives in another database, installed comes from
+-- taskdb_cron_jobs and active is NULL (unknown; queue_health.cleanup_lag shows whether it runs).
+-- SECURITY DEFINER: cron.job has row-level security (each role sees its own jobs).
 CREATE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    v_job record;
 BEGIN
-    IF to_regclass('cron.job') IS NULL THEN
-        installed := false;
+    SELECT r.jobname, r.cron_database INTO v_job
+    FROM taskdb_cron_jobs r WHERE r.job = 'taskdb_cancel_stale_queued';
+    IF FOUND AND v_job.cron_database <> current_database() THEN
+        installed := true;
+        active := NULL;
         RETURN;
     END IF;
-    EXECUTE 'SELECT count(*) > 0, coalesce(bool_or(active), false) FROM cron.job WHERE jobname = ''taskdb_cancel_stale_queued'''
-    INTO installed, active;
+    IF to_regclass('cron.job') IS NULL THEN
+        installed := false;
+        active := false;
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT count(*) > 0, coalesce(bool_or(j.active), false) FROM cron.job j '
+            'WHERE j.jobname = $1 AND j.database = current_database()'
+    INTO installed, active
+    USING coalesce(v_job.jobname, 'taskdb_cancel_stale_queued');
 END
 $$;
 
@@ -496,4 +526,5 @@ COMMENT ON INDEX tasks_queued_orchestrator_ref_idx IS
 
 -- Privileges (not compared by the schema test): EXECUTE on the SECURITY DEFINER functions is revoked from
 -- PUBLIC and granted to the NOLOGIN group roles taskdb_autoscaler (claimable_task_count), taskdb_worker
--- (claim_next_task) and taskdb_monitor (claimable_task_count, taskdb_cron_job_state, SELECT on the views).
+-- (claim_next_task) and taskdb_monitor (claimable_task_count, taskdb_cron_job_state, SELECT on the views
+-- and on taskdb_cron_jobs).
