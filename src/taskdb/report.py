@@ -47,6 +47,9 @@ def summary(conn: Connection) -> dict[str, Any]:
     if scalar(conn, "SELECT to_regprocedure('claimable_task_count(text, boolean)') IS NOT NULL"):
         out["claimable_task_count('gpu')"] = scalar(conn, "SELECT claimable_task_count('gpu')")
         out["stale_queued_tasks"] = scalar(conn, "SELECT count(*) FROM stale_queued_tasks")
+        out["cleanup cron job installed / active"] = " / ".join(
+            str(v) for v in rows(conn, "SELECT cron_job_installed, cron_job_active FROM queue_health")[0].values()
+        )
     if flagged:
         out["flagged (legacy_reason)"] = rows(
             conn,
