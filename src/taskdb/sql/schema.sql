@@ -237,33 +237,37 @@ SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_run_type text := taskdb_run_type_arg(p_run_type);
     v_limit integer := (SELECT user_concurrency_limit FROM task_hygiene_settings);
-    v_user record;
+    v_candidate record;
+    v_holding boolean := false;
     v_claimed tasks;
 BEGIN
     IF nullif(btrim(p_worker_id), '') IS NULL THEN
         RAISE EXCEPTION 'claim_next_task: p_worker_id must name the worker' USING ERRCODE = '22023';
     END IF;
-    FOR v_user IN
-        SELECT r.user_id, min(r.created_at) AS oldest
+    -- Ready tasks oldest first, straight off the partial index on Queued rows; the loop's cursor fetches
+    -- lazily, so a claim usually reads a handful of rows whatever the queue's length.
+    FOR v_candidate IN
+        SELECT r.id, r.user_id
         FROM taskdb_ready_tasks r
         WHERE r.run_type = v_run_type
           AND (SELECT count(*) FROM tasks a WHERE a.user_id = r.user_id AND a.status = 'In Progress') < v_limit
-        GROUP BY r.user_id
-        ORDER BY oldest, r.user_id
+        ORDER BY r.created_at, r.id
     LOOP
-        -- 0x7461736B ('task') namespaces the key; the user id's hash picks the lock
-        PERFORM pg_advisory_xact_lock(1952543595, hashtext(v_user.user_id::text));
+        -- 0x7461736B ('task') namespaces the key; the user id's hash picks the lock. Wait only while
+        -- holding no other user's lock (no deadlock between claimers): after that, a user another claimer
+        -- holds is skipped; that claimer is either claiming for them or found them at the limit.
+        IF NOT v_holding THEN
+            PERFORM pg_advisory_xact_lock(1952543595, hashtext(v_candidate.user_id::text));
+            v_holding := true;
+        ELSIF NOT pg_try_advisory_xact_lock(1952543595, hashtext(v_candidate.user_id::text)) THEN
+            CONTINUE;
+        END IF;
         -- recount under the lock: a claim for this user committed meanwhile is visible now
-        CONTINUE WHEN (SELECT count(*) FROM tasks a WHERE a.user_id = v_user.user_id AND a.status = 'In Progress') >= v_limit;
+        CONTINUE WHEN (SELECT count(*) FROM tasks a
+                       WHERE a.user_id = v_candidate.user_id AND a.status = 'In Progress') >= v_limit;
         UPDATE tasks t
         SET status = 'In Progress', worker_id = p_worker_id, updated_at = now()
-        WHERE t.id = (
-            SELECT r.id FROM taskdb_ready_tasks r
-            WHERE r.user_id = v_user.user_id AND r.run_type = v_run_type
-            ORDER BY r.created_at, r.id
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        )
+        WHERE t.id = (SELECT r.id FROM taskdb_ready_tasks r WHERE r.id = v_candidate.id FOR UPDATE SKIP LOCKED)
         RETURNING t.* INTO v_claimed;
         IF FOUND THEN
             RETURN NEXT v_claimed;
