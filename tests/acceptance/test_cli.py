@@ -1,0 +1,92 @@
+"""The `taskdb` command as users run it: a subprocess, exit codes, JSON, and no password in any output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.helpers import DRIVERS, Db, task_id, user_id, with_driver
+
+URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
+
+
+def taskdb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", *args], env=base | (env or {}),
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def assert_no_password(db: Db, result: subprocess.CompletedProcess[str]) -> None:
+    password = make_url(db.url).password
+    assert password, "the test server's password is what this checks"
+    output = result.stdout + result.stderr
+    assert password not in output and quote(password, safe="") not in output
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_upgrade_then_cleanup_then_cron_status(db: Db, driver: str) -> None:
+    db.load("half_migrated")
+    url = db.url if driver == "psycopg" else with_driver(db.url, driver)
+    upgrade = taskdb("--url", url, "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert_no_password(db, upgrade)
+    db.execute(
+        "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
+        "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '8 days', CAST(:u AS uuid), 'cloud')",
+        id=task_id("late"), u=user_id("alice"),
+    )
+    dry = taskdb("--url", url, "cleanup", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["would_cancel"] == 1 and planned["tasks"][0]["id"] == task_id("late")
+    assert db.scalar("SELECT status FROM tasks WHERE id = :id", id=task_id("late")) == "Queued"  # dry run
+    done = json.loads(taskdb("--url", url, "cleanup", "--json").stdout)
+    assert done["cancelled"] == 1
+    assert db.scalar(
+        "SELECT actor FROM task_hygiene_log WHERE task_id = :id AND action = 'cancel'", id=task_id("late")
+    ).startswith("taskdb cleanup (")
+    status = taskdb("--url", url, "cron", "status", "--json", env={"DATABASE_URL": "ignored://"})
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["readiness"]["library_loaded"] is True
+    assert {j["job"] for j in report["jobs"]} == {"taskdb_cancel_stale_queued", "taskdb_purge_cron_history"}
+    for result in (dry, status):
+        assert_no_password(db, result)
+
+
+def test_exit_code_2_without_a_url_or_server() -> None:
+    missing = taskdb("upgrade")
+    assert missing.returncode == 2 and missing.stderr.startswith("taskdb: no database URL")
+    unreachable = taskdb("--url", "postgresql://app:s3cr%40t@127.0.0.1:1/prod", "upgrade")
+    assert unreachable.returncode == 2
+    assert "app:***@127.0.0.1" in unreachable.stderr and "s3cr" not in unreachable.stderr
+
+
+def test_exit_code_3_when_a_lock_cannot_be_had(db: Db) -> None:
+    db.upgrade("0003_backfill")
+    engine = sa.create_engine(with_driver(db.url, "psycopg"), poolclass=sa.NullPool)
+    with engine.connect() as blocker:
+        blocker.execute(sa.text("LOCK TABLE tasks IN ACCESS SHARE MODE"))
+        result = taskdb(
+            "--url", db.url, "upgrade", env={"TASKDB_LOCK_TIMEOUT_MS": "100", "TASKDB_LOCK_ATTEMPTS": "2"}
+        )
+        blocker.rollback()
+    engine.dispose()
+    assert result.returncode == 3, result.stderr
+    assert "Failed after 2 attempts" in result.stderr and "blocked by: pid" in result.stderr
+    assert_no_password(db, result)
+
+
+def test_cleanup_on_a_database_not_yet_upgraded_says_so(db: Db) -> None:
+    result = taskdb("--url", db.url, "cleanup", "--dry-run")
+    assert result.returncode == 1
+    assert "run `taskdb upgrade` first" in result.stderr
