@@ -162,7 +162,8 @@ def ensure_roles(conn: Connection, roles: tuple[str, ...], revision: str) -> boo
         if scalar(conn, "SELECT 1 FROM pg_roles WHERE rolname = :r", {"r": role}):
             continue
         if not may_create:
-            log.warning("role %s does not exist and %s may not create roles: grants skipped", role, "this role")
+            who = scalar(conn, "SELECT current_user")
+            log.warning("role %s does not exist and %s may not create roles: grants skipped", role, who)
             return False
         conn.exec_driver_sql(f'CREATE ROLE "{role}" NOLOGIN')
         record_owned(conn, "role", role, revision)

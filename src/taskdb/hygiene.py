@@ -1,4 +1,4 @@
-"""Queue hygiene from Python: the same functions the autoscaler, the workers and pg_cron call."""
+"""Queue hygiene from Python: the cleanup the pg_cron job runs, called by the revision and `taskdb cleanup`."""
 
 from __future__ import annotations
 
@@ -33,16 +33,6 @@ def cancel_stale_queued(conn: Connection, *, actor: str, max_batches: int = 1_00
     if total:
         log.info("cancelled %d stale Queued tasks", total)
     return total
-
-
-def claimable_task_count(conn: Connection, run_type: str = "cloud", include_active: bool = False) -> int:
-    return int(scalar(conn, "SELECT claimable_task_count(:r, :a)", {"r": run_type, "a": include_active}))
-
-
-def claim_next_task(conn: Connection, worker_id: str, run_type: str = "cloud") -> str | None:
-    """Claim one task; returns its id, or None when nothing is claimable."""
-    claimed = scalar(conn, "SELECT id::text FROM claim_next_task(:w, :r)", {"w": worker_id, "r": run_type})
-    return str(claimed) if claimed else None
 
 
 def require_hygiene(conn: Connection) -> None:
