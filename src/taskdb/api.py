@@ -21,14 +21,14 @@ def alembic_ini() -> Path:
     raise FileNotFoundError("alembic.ini not found next to the taskdb package or in its checkout")
 
 
-def alembic_config(url: str, *, configure_logging: bool = False, raise_taskdb_errors: bool = False) -> Config:
+def alembic_config(url: str | None, *, configure_logging: bool = False, raise_taskdb_errors: bool = False) -> Config:
     """An Alembic Config for ``url`` (passed as ``-x url=...``, exactly as on the command line).
 
     With ``raise_taskdb_errors`` a :class:`taskdb.errors.TaskdbError` reaches the caller as itself
     (password redacted) instead of as Alembic's CommandError, so the CLI can pick an exit code.
     """
     ini = alembic_ini()
-    config = Config(str(ini), cmd_opts=argparse.Namespace(x=[f"url={url}"]))
+    config = Config(str(ini), cmd_opts=argparse.Namespace(x=[f"url={url}"] if url else []))
     config.set_main_option("script_location", str(ini.parent / "migrations"))
     config.attributes["configure_logging"] = configure_logging
     config.attributes["raise_taskdb_errors"] = raise_taskdb_errors
@@ -45,3 +45,8 @@ def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = F
 
 def current(url: str) -> None:
     command.current(alembic_config(url), verbose=False)
+
+
+def history(*, verbose: bool = False) -> None:
+    """The chain, newest first; reads only the revision files."""
+    command.history(alembic_config(None), verbose=verbose)

@@ -1,0 +1,5 @@
+import sys
+
+from taskdb.cli.main import main
+
+sys.exit(main())

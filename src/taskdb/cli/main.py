@@ -1,0 +1,52 @@
+"""Parse the command line, dispatch to a command module, turn errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from alembic.util import CommandError
+
+from taskdb.cli import cleanup, cron, demo, migrate
+from taskdb.cli.common import EXAMPLES
+from taskdb.config import redact, resolve_url
+from taskdb.errors import TaskdbError
+
+COMMANDS = (migrate, cleanup, cron, demo)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="taskdb",
+        description="Repair and guard a PostgreSQL tasks queue table.",
+        epilog="Examples:\n  taskdb demo\n  DATABASE_URL=postgresql://app@db/prod taskdb plan\n"
+        "  taskdb --url postgresql+pg8000://app@db/prod upgrade --json\n\n"
+        "Exit codes: 0 done, 1 failed, 2 usage or connection, 3 lock retries exhausted.",
+        formatter_class=EXAMPLES,
+    )
+    top.add_argument(
+        "--url",
+        help="database URL, postgresql://… (psycopg 3) or postgresql+pg8000://… "
+        "(default: TASKDB_DATABASE_URL, then DATABASE_URL)",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-5s [%(name)s] %(message)s")
+    url = None
+    try:
+        if getattr(args, "needs_url", True):
+            url = resolve_url(args.url)
+        return int(args.run(args, url) or 0)
+    except TaskdbError as exc:
+        print(f"taskdb: {redact(str(exc), url)}", file=sys.stderr)
+        return exc.exit_code
+    except CommandError as exc:
+        print(f"taskdb: {redact(str(exc), url)}", file=sys.stderr)
+        return 1
