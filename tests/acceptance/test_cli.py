@@ -90,3 +90,22 @@ def test_cleanup_on_a_database_not_yet_upgraded_says_so(db: Db) -> None:
     result = taskdb("--url", db.url, "cleanup", "--dry-run")
     assert result.returncode == 1
     assert "run `taskdb upgrade` first" in result.stderr
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_plan_prints_a_table_and_json_and_writes_nothing(db: Db, driver: str) -> None:
+    db.load("half_migrated")
+    url = db.url if driver == "psycopg" else with_driver(db.url, driver)
+    before = db.snapshot()
+    human = taskdb("--url", url, "plan")
+    assert human.returncode == 0, human.stderr
+    assert "Pending revisions (6):" in human.stdout and "0004_constraints" in human.stdout
+    assert "reason missing_user_id" in human.stdout and "pg_cron:" in human.stdout
+    machine = taskdb("plan", "--json", env={"DATABASE_URL": url})
+    assert machine.returncode == 0, machine.stderr
+    result = json.loads(machine.stdout)
+    assert result["head"] == "0006_cron" and result["rows"]["needs_work"] > 0
+    assert db.snapshot() == before
+    assert not db.scalar("SELECT to_regclass('alembic_version') IS NOT NULL")
+    assert_no_password(db, human)
+    assert_no_password(db, machine)

@@ -8,12 +8,12 @@ import sys
 
 from alembic.util import CommandError
 
-from taskdb.cli import cleanup, cron, demo, migrate
+from taskdb.cli import cleanup, cron, demo, migrate, plan
 from taskdb.cli.common import EXAMPLES
 from taskdb.config import redact, resolve_url
 from taskdb.errors import TaskdbError
 
-COMMANDS = (migrate, cleanup, cron, demo)
+COMMANDS = (plan, migrate, cleanup, cron, demo)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -96,10 +96,11 @@ verdict AS (
     FROM derived d
 ),
 outcome AS (
+    -- A row that cannot be made healthy yet waits for its pending orchestrator task, even when it will
+    -- be flagged anyway (unknown status): so what it ends with never depends on batch boundaries.
     SELECT v.*,
            CASE WHEN v.reasons = '' THEN 'backfill'
-                WHEN v.parent_pending AND NOT CAST(:final AS boolean) AND v.canonical_status IS NOT NULL
-                THEN 'wait'
+                WHEN v.parent_pending AND NOT CAST(:final AS boolean) THEN 'wait'
                 ELSE 'flag' END AS action
     FROM verdict v
 ),

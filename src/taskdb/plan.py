@@ -1,0 +1,172 @@
+"""`taskdb plan`: what an upgrade would do, read-only.
+
+Everything runs with ``default_transaction_read_only`` on, and the counts come from one REPEATABLE READ,
+READ ONLY transaction, so they describe one moment of the table. The per-row prediction is
+``predict`` in ``sql/plan.sql``; the tests hold it to what the upgrade then really does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from taskdb import api, cron
+from taskdb.catalog import columns, table_exists
+from taskdb.db import rows, scalar
+from taskdb.locks import LockPolicy, find_blockers
+from taskdb.sql import queries
+
+# queued_ttl's column default in task_hygiene_settings (0005), for databases that do not have the table yet.
+DEFAULT_QUEUED_TTL = "7 days"
+
+
+@dataclass(frozen=True)
+class Step:
+    what: str
+    lock: str
+    scans_tasks: bool
+
+
+# What each revision does to a live table: the lock each step takes and whether it reads all of tasks.
+# (The revision docstrings say why; tests/integration/test_plan.py checks every revision has its steps.)
+STEPS: dict[str, tuple[Step, ...]] = {
+    "0001_baseline": (
+        Step("check the shape of users, projects, tasks; create the absent ones (legacy shape)",
+             "none on existing tables; ACCESS EXCLUSIVE on tables it creates (new, empty)", False),
+    ),
+    "0002_columns": (
+        Step("ADD COLUMN for each missing column (nullable, no default: catalog only)",
+             "ACCESS EXCLUSIVE on tasks for milliseconds, lock_timeout + retries", False),
+        Step("ALTER TYPE ... ADD VALUE for missing status enum labels", "the enum type only", False),
+    ),
+    "0003_backfill": (
+        Step("create task_hygiene_log, taskdb_backfill_progress, helper functions", "none on tasks", False),
+        Step("backfill / flag in keyset batches, one transaction per batch, resumable",
+             "row locks FOR NO KEY UPDATE SKIP LOCKED on one batch at a time", True),
+    ),
+    "0004_constraints": (
+        Step("ADD 5 CHECK constraints NOT VALID", "ACCESS EXCLUSIVE on tasks for milliseconds each, retries", False),
+        Step("ADD FOREIGN KEY tasks_user_id_fkey NOT VALID",
+             "SHARE ROW EXCLUSIVE on tasks and users for milliseconds, retries", False),
+        Step("catch-up backfill of rows written since 0003", "row locks, one batch at a time", True),
+        Step("VALIDATE CONSTRAINT, each in its own transaction",
+             "SHARE UPDATE EXCLUSIVE (reads and writes continue)", True),
+        Step("SET NOT NULL on task_type, params, status, attempts, created_at via a validated CHECK",
+             "ACCESS EXCLUSIVE for milliseconds (no scan: the CHECK proves it)", False),
+        Step("CREATE INDEX CONCURRENTLY tasks_user_id_idx", "SHARE UPDATE EXCLUSIVE (writes continue)", True),
+    ),
+    "0005_hygiene": (
+        Step("create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
+             "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries", False),
+        Step("CREATE INDEX CONCURRENTLY x5 (partial: Queued, In Progress, flagged rows)",
+             "SHARE UPDATE EXCLUSIVE (writes continue)", True),
+        Step("cancel Queued tasks older than queued_ttl, in batches", "row locks SKIP LOCKED, one batch at a time",
+             False),
+    ),
+    "0006_cron": (
+        Step("schedule the cleanup and purge jobs with pg_cron (where available)", "none on tasks", False),
+    ),
+}
+
+_PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
+
+
+def plan(conn: Connection) -> dict[str, Any]:
+    """The whole plan as a JSON-ready dict. ``conn`` is AUTOCOMMIT; nothing is written."""
+    conn.exec_driver_sql("SET default_transaction_read_only = on")
+    policy = LockPolicy.from_env()
+    try:
+        conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            # a plan waits for no lock: an ALTER queued on tasks must not queue readers behind the plan
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms'")
+            result: dict[str, Any] = {
+                "database": scalar(conn, "SELECT current_database()"),
+                "server_version": scalar(conn, "SELECT current_setting('server_version')"),
+                **revisions(conn),
+            }
+            result["rows"] = predict_summary(conn) if table_exists(conn, "tasks") else None
+            result["blocking_sessions"] = find_blockers(conn, ["tasks", "users", "projects"])
+        finally:
+            conn.exec_driver_sql("COMMIT")
+        result["lock_policy"] = {"lock_timeout_ms": policy.lock_timeout_ms, "attempts": policy.attempts}
+        readiness = cron.detect(conn)
+        result["pg_cron"] = readiness.as_dict() | {"summary": readiness.describe()}
+    finally:
+        conn.exec_driver_sql("RESET default_transaction_read_only")
+    return result
+
+
+def revisions(conn: Connection) -> dict[str, Any]:
+    """The database's revision, head, and the pending revisions with their steps."""
+    script = ScriptDirectory.from_config(api.alembic_config(None))
+    current = MigrationContext.configure(conn).get_current_revision() if table_exists(conn, "alembic_version") else None
+    head = script.get_current_head()
+    pending = list(reversed(list(script.iterate_revisions(head, current)))) if head != current else []
+    return {
+        "current_revision": current,
+        "head": head,
+        "pending": [
+            {
+                "revision": rev.revision,
+                "title": (rev.doc or "").strip().splitlines()[0] if rev.doc else "",
+                "steps": [asdict(step) for step in STEPS.get(rev.revision, ())],
+            }
+            for rev in pending
+        ],
+    }
+
+
+def queued_ttl(conn: Connection) -> str:
+    if table_exists(conn, "task_hygiene_settings"):
+        return str(scalar(conn, "SELECT queued_ttl::text FROM task_hygiene_settings"))
+    return DEFAULT_QUEUED_TTL
+
+
+def predict_summary(conn: Connection) -> dict[str, Any]:
+    """The counts the upgrade will produce (backfill sources, flag reasons, cancellations, ready work)."""
+    ttl = queued_ttl(conn)
+    summary = dict(conn.execute(sa.text(render(conn, "summary")), {"queued_ttl": ttl}).one()._mapping)
+    summary["queued_ttl"] = ttl
+    return summary
+
+
+def predict_rows(conn: Connection) -> list[dict[str, Any]]:
+    """The per-task prediction (for tests and for a DBA's own queries)."""
+    return rows(conn, render(conn, "predict"), {"queued_ttl": queued_ttl(conn)})
+
+
+def render(conn: Connection, query: str) -> str:
+    """Fill ``query``'s placeholders for this database: missing columns and tables read as NULL / empty."""
+    sql = queries("plan")
+    cols = columns(conn, "tasks")
+    column_types = {"user_id": "uuid", "run_type": "text", "legacy_reason": "text", "dependant_on": "uuid",
+                    "project_id": "uuid"}  # fmt: skip
+    no_users = "(SELECT NULL::uuid AS id, NULL::numeric AS credits WHERE false)"  # 0001 creates the table
+    users = "users" if table_exists(conn, "users") else no_users
+    project_owner = (
+        f"SELECT u.id FROM projects pr JOIN {users} u ON u.id = pr.user_id WHERE pr.id = s.project_id"
+        if table_exists(conn, "projects") else "SELECT NULL::uuid"
+    )
+    values = {
+        **{name: (f"t.{name}" if name in cols else f"NULL::{kind}") for name, kind in column_types.items()},
+        "users": users,
+        "project_owner": project_owner,
+    }
+
+    def fill(match: re.Match[str]) -> str:
+        name, argument = match.group(1), match.group(2)
+        if argument is not None:  # an inline helper: its expression, with ${x} = the argument
+            body = "\n".join(line for line in sql[name].splitlines() if not line.lstrip().startswith("--"))
+            return body.replace("${x}", argument)
+        if name == "predict":
+            return _PLACEHOLDER.sub(fill, sql["predict"])
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, sql[query])
