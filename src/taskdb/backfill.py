@@ -210,9 +210,13 @@ def _sweep(
         waiting += int(batch["waiting"])
         result.done += int(batch["done"])
         result.flagged += int(batch["flagged"])
-        log.debug(
-            "backfill %s: sweep %d batch of %d rows in %.0f ms", job, sweep, batch["scanned"],
-            (time.monotonic() - started) * 1000,
+        total = max(result.total, result.done)
+        # One line per batch; the record carries the figures, so a terminal can draw a progress bar instead.
+        log.info(
+            "backfill %s: sweep %d (%s) batch of %d rows in %.0f ms: %d of %d done, %d remaining",
+            job, sweep, mode, batch["scanned"], (time.monotonic() - started) * 1000,
+            result.done, total, total - result.done,
+            extra={"taskdb_progress": {"job": job, "done": result.done, "total": total}},
         )
         if progress:
             progress(result.done, max(result.total, result.done))

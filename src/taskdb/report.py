@@ -66,3 +66,47 @@ def summary(conn: Connection) -> dict[str, Any]:
         "WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f') ORDER BY conname",
     )
     return out
+
+
+def revision(conn: Connection) -> str | None:
+    """The database's Alembic revision (None before the first upgrade)."""
+    if not table_exists(conn, "alembic_version"):
+        return None
+    return scalar(conn, "SELECT version_num FROM alembic_version")
+
+
+def log_high_water(conn: Connection) -> int:
+    """The newest task_hygiene_log id: what an upgrade logs after this is its own."""
+    return int(scalar(conn, "SELECT coalesce(max(id), 0) FROM task_hygiene_log")) if table_exists(
+        conn, "task_hygiene_log") else 0
+
+
+def upgrade_outcome(conn: Connection, *, since_log_id: int) -> dict[str, Any]:
+    """What an upgrade did, from the log rows it wrote and the catalog it left (``taskdb upgrade --json``)."""
+    out: dict[str, Any] = {"revision": revision(conn), "changes": {}, "flagged_by_reason": {}}
+    if table_exists(conn, "task_hygiene_log"):
+        logged = rows(
+            conn,
+            "SELECT action, count(*) AS n FROM task_hygiene_log WHERE id > :since GROUP BY 1 ORDER BY 1",
+            {"since": since_log_id},
+        )
+        out["changes"] = {r["action"]: r["n"] for r in logged}
+        reasons = rows(
+            conn,
+            "SELECT r.reason, count(*) AS n FROM task_hygiene_log l, "
+            "unnest(string_to_array(l.applied ->> 'legacy_reason', ',')) AS r (reason) "
+            "WHERE l.id > :since AND l.action = 'flag' GROUP BY 1 ORDER BY 1",
+            {"since": since_log_id},
+        )
+        out["flagged_by_reason"] = {r["reason"]: r["n"] for r in reasons}
+    if table_exists(conn, "tasks"):
+        out["constraints_not_valid"] = [r["conname"] for r in rows(
+            conn, "SELECT conname FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND NOT convalidated "
+                  "ORDER BY 1")]
+        out["invalid_indexes"] = [r["name"] for r in rows(
+            conn, "SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'tasks'::regclass "
+                  "AND NOT indisvalid ORDER BY 1")]
+    if table_exists(conn, "taskdb_cron_jobs"):
+        out["cron_jobs"] = rows(
+            conn, "SELECT job, jobname, cron_database, schedule FROM taskdb_cron_jobs ORDER BY job")
+    return out

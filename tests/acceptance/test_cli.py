@@ -109,3 +109,52 @@ def test_plan_prints_a_table_and_json_and_writes_nothing(db: Db, driver: str) ->
     assert not db.scalar("SELECT to_regclass('alembic_version') IS NOT NULL")
     assert_no_password(db, human)
     assert_no_password(db, machine)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_upgrade_json_reports_what_the_plan_predicted(db: Db, driver: str) -> None:
+    """The plan's counts, then the upgrade's summary and its log: the same numbers."""
+    db.load("half_migrated")
+    url = db.url if driver == "psycopg" else with_driver(db.url, driver)
+    predicted = json.loads(taskdb("--url", url, "plan", "--json").stdout)["rows"]
+    done = taskdb("--url", url, "upgrade", "--json", env={"TASKDB_BACKFILL_BATCH_SIZE": "10"})
+    assert done.returncode == 0, done.stderr
+    assert_no_password(db, done)
+    summary = json.loads(done.stdout)
+    assert summary["from_revision"] is None and summary["to_revision"] == "0006_cron"
+    assert summary["changes"]["backfill"] == predicted["backfilled"]
+    assert summary["changes"]["flag"] == predicted["flagged"]
+    assert summary["changes"].get("cancel", 0) == predicted["cleanup_stale"] + predicted["cleanup_children"]
+    assert summary["flagged_by_reason"] == predicted["flag_reasons"]
+    assert summary["constraints_not_valid"] == [] and summary["invalid_indexes"] == []
+    # not a terminal: one plain log line per backfill batch, on stderr
+    batches = [line for line in done.stderr.splitlines() if "0003_backfill: sweep" in line and "batch of" in line]
+    assert len(batches) >= predicted["needs_work"] // 10
+    assert all(" done, " in line and " remaining" in line for line in batches)
+
+
+def test_upgrade_on_a_terminal_draws_a_progress_bar(db: Db) -> None:
+    import pty
+
+    db.load("half_migrated")
+    env = {k: v for k, v in os.environ.items() if k not in URL_VARS} | {
+        "TASKDB_BACKFILL_BATCH_SIZE": "10", "COLUMNS": "120", "TERM": "xterm"}
+    main, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "taskdb.cli", "--url", db.url, "upgrade"],
+                               stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")
+    os.close(main)
+    text = output.decode(errors="replace")
+    assert "backfill 0003_backfill" in text and "━" in text  # rich's bar
+    assert "batch of" not in text  # the bar replaces the per-batch lines
+    assert "-> 0006_cron" in text

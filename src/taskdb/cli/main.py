@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from alembic.util import CommandError
+from sqlalchemy.exc import DBAPIError
 
 from taskdb.cli import cleanup, cron, demo, migrate, plan
 from taskdb.cli.common import EXAMPLES
+from taskdb.cli.progress import setup_logging
 from taskdb.config import redact, resolve_url
 from taskdb.errors import TaskdbError
 
@@ -38,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-5s [%(name)s] %(message)s")
+    log_handler = setup_logging()
     url = None
     try:
         if getattr(args, "needs_url", True):
@@ -50,3 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"taskdb: {redact(str(exc), url)}", file=sys.stderr)
         return 1
+    except DBAPIError as exc:  # a database error no library layer expected: one line, not a traceback
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"taskdb: {args.command} failed: database error: {redact(reason, url)}", file=sys.stderr)
+        return 1
+    finally:
+        log_handler.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from taskdb import api
-from taskdb.cli.common import EXAMPLES
+from taskdb.cli.common import EXAMPLES, add_json_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=EXAMPLES,
     )
     up.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    add_json_flag(up)
     up.set_defaults(run=run_upgrade)
     down = sub.add_parser(
         "downgrade",
@@ -36,7 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_upgrade(args: argparse.Namespace, url: str) -> int:
-    api.upgrade(url, args.revision, raise_taskdb_errors=True)
+    outcome = api.upgrade(url, args.revision, raise_taskdb_errors=True)
+    if args.json:  # the summary object on stdout; the log stays on stderr
+        print(json.dumps(outcome, default=str, sort_keys=True))
+    else:
+        changes = ", ".join(f"{n} {action}" for action, n in outcome["changes"].items()) or "no row changed"
+        print(f"taskdb: {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "
+              f"{outcome['seconds']:.1f}s; {changes}")
     return 0
 
 
