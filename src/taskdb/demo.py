@@ -9,7 +9,9 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from taskdb import api, seeds
-from taskdb.db import create_engine
+from taskdb.cli.plan import render as render_plan
+from taskdb.db import connect, create_engine
+from taskdb.plan import plan
 from taskdb.report import summary
 
 
@@ -25,7 +27,7 @@ def _print_summary(title: str, data: dict[str, Any], out: TextIO) -> None:
 
 
 def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, dict[str, Any]]:
-    """Start PostgreSQL, load the incident, show before, upgrade to head, show after, stop."""
+    """Start PostgreSQL, load the incident, show before and the plan, upgrade to head, show after, stop."""
     from taskdb.testing import start_postgres  # the throwaway server is only needed here
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)-5s [%(name)s] %(message)s", stream=out)
@@ -40,6 +42,9 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
             with engine.connect() as conn:
                 before = summary(conn)
             _print_summary("before: the incident database (half-migrated)", before, out)
+            print("\n== taskdb plan ==", file=out)
+            with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
+                print("\n".join(render_plan(plan(conn))), file=out)
             print("\n== taskdb upgrade head ==", file=out)
             api.upgrade(api_url)
             with engine.connect() as conn:

@@ -15,6 +15,9 @@ def test_demo_shows_the_incident_repaired() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     before, after = out.split("== after ==")
+    planned = before.split("== taskdb plan ==")[1]
+    assert "Pending revisions (6):" in planned
+    assert re.search(r"of which the claimable count stops counting\s+54", planned)
     assert re.search(r"queued without user_id and run_type\s+52", before)
     assert re.search(r"queued without user_id and run_type\s+0", after)
     assert re.search(r"queued older than 24 h\s+0", after)
