@@ -1,0 +1,311 @@
+"""Online under load: the application's writers while taskdb upgrades a half-migrated tasks table, side by side
+with a naive one-transaction migration of identical data.
+
+    python benchmarks/online.py --rows 100000 1000000 5000000 [--rate 25] [--out docs/benchmarks.md]
+    scripts/bench-online   (the same, with the defaults the report uses)
+
+For each size: a throwaway PostgreSQL (taskdb.testing, durable settings: fsync and synchronous_commit on),
+the incident's half-migrated schema plus the application's own index on (status, created_at), N tasks of
+which about 60 % are legacy rows without user_id / run_type (a third derivable from the project, a third
+from params, a third not at all) and a few percent Queued. The database is copied (CREATE DATABASE ...
+TEMPLATE) so both migrations meet identical rows. Four writer processes keep the application's traffic
+going at a steady rate: insert a healthy task, claim one (FOR UPDATE SKIP LOCKED), complete one, and update
+a legacy row. Every statement's latency is recorded, before and during the migration, with every error.
+Rows lost = rows before + rows inserted - rows after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from taskdb import seeds
+from taskdb.config import normalize_url
+from taskdb.testing import start_postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", "shared_buffers": "512MB",
+           "max_wal_size": "4GB", "checkpoint_timeout": "15min"}  # fmt: skip
+WARMUP_S, BEFORE_S, AFTER_S = 2.0, 6.0, 2.0
+BEGIN, END = "<!-- online:begin -->", "<!-- online:end -->"
+
+# The application's traffic: one statement per operation, each in its own transaction (autocommit).
+WRITES = {
+    "insert": "INSERT INTO tasks (task_type, params, status, user_id, run_type) "
+              "VALUES ('app', '{}', 'Queued', md5('u' || (random() * 999)::int)::uuid, 'cloud') RETURNING id",
+    "claim": "UPDATE tasks SET status = 'In Progress', worker_id = 'bench', updated_at = now() WHERE id = ("
+             "SELECT id FROM tasks WHERE status = 'Queued' AND run_type = 'cloud' AND user_id IS NOT NULL "
+             "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+    "complete": "UPDATE tasks SET status = 'Complete', updated_at = now() WHERE id = ("
+                "SELECT id FROM tasks WHERE status = 'In Progress' AND worker_id = 'bench' "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+    # the GitLab lesson: the application still updates legacy rows while constraints are being added
+    "update_legacy": "UPDATE tasks SET attempts = attempts + 1 WHERE id = CAST(%(id)s AS uuid) RETURNING id",
+}  # fmt: skip
+
+# What a hurried engineer would write: everything in one transaction, constraints validated at once.
+NAIVE_MIGRATION = """
+BEGIN;
+ALTER TABLE tasks ADD COLUMN legacy_reason text;
+UPDATE tasks t SET
+    user_id = coalesce(t.user_id, (SELECT p.user_id FROM projects p WHERE p.id = t.project_id),
+                       (SELECT u.id FROM users u WHERE u.id = CAST(nullif(t.params ->> 'user_id', '') AS uuid))),
+    run_type = coalesce(CASE lower(btrim(t.run_type)) WHEN 'gpu' THEN 'cloud' WHEN 'cloud' THEN 'cloud'
+                             WHEN 'local' THEN 'local' END,
+                        CASE lower(btrim(t.params ->> 'run_type')) WHEN 'gpu' THEN 'cloud' WHEN 'cloud' THEN 'cloud'
+                             WHEN 'local' THEN 'local' END)
+WHERE t.user_id IS NULL OR t.run_type IS NULL OR t.run_type NOT IN ('cloud', 'local');
+UPDATE tasks SET legacy_reason = 'missing_user_id',
+                 status = CASE WHEN status = 'Queued' THEN 'Cancelled' ELSE status END
+WHERE user_id IS NULL OR run_type IS NULL;
+ALTER TABLE tasks ADD CONSTRAINT tasks_status_valid
+    CHECK (status IN ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled'));
+ALTER TABLE tasks ADD CONSTRAINT tasks_healthy_has_owner_and_run_type
+    CHECK (legacy_reason IS NOT NULL OR (user_id IS NOT NULL AND run_type IN ('cloud', 'local')));
+ALTER TABLE tasks ADD CONSTRAINT tasks_flagged_not_queued CHECK (legacy_reason IS NULL OR status <> 'Queued');
+ALTER TABLE tasks ADD CONSTRAINT tasks_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (id);
+CREATE INDEX tasks_user_id_idx ON tasks (user_id);
+COMMIT;
+"""
+
+
+def build(engine: sa.Engine, rows: int) -> None:
+    """The half-migrated table: 40 % healthy, 60 % legacy (a third each: project, params, nothing)."""
+    with engine.begin() as conn:
+        seeds.load_schema(conn, "half_migrated")
+        conn.exec_driver_sql("CREATE INDEX tasks_status_created_at_idx ON tasks (status, created_at)")  # the app's
+        conn.exec_driver_sql(
+            "INSERT INTO users (id, credits) SELECT md5('u' || n)::uuid, 100 FROM generate_series(0, 999) n")
+        conn.exec_driver_sql(
+            "INSERT INTO projects (id, user_id) SELECT md5('p' || n)::uuid, md5('u' || (n %% 1000))::uuid "
+            "FROM generate_series(0, 1999) n")
+        conn.exec_driver_sql(f"""
+            INSERT INTO tasks (task_type, params, status, attempts, created_at, user_id, run_type, project_id)
+            SELECT 'bulk',
+                   CASE WHEN n %% 10 >= 4 AND n %% 3 = 1
+                        THEN jsonb_build_object('user_id', md5('u' || (n %% 1000))::uuid, 'run_type', 'GPU')
+                        ELSE '{{}}'::jsonb END,
+                   CASE WHEN n %% 100 < 3 THEN 'Queued' WHEN n %% 10 = 9 THEN 'Failed' ELSE 'Complete' END,
+                   1,
+                   now() - (n %% 200000) * interval '1 minute',
+                   CASE WHEN n %% 10 < 4 THEN md5('u' || (n %% 1000))::uuid END,
+                   CASE WHEN n %% 10 < 4 THEN 'cloud' WHEN n %% 3 = 0 THEN ' gpu' END,
+                   CASE WHEN n %% 10 >= 4 AND n %% 3 = 0 THEN md5('p' || (n %% 2000))::uuid END
+            FROM generate_series(1, {rows}) n
+        """)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE")
+
+
+def writer(kind: str, url: str, rate: float, stop: Any, out: str, legacy_ids: list[str]) -> None:
+    """One application connection doing ``kind`` at ``rate`` per second until ``stop``; (start, ms, error)."""
+    import psycopg
+
+    samples: list[tuple[float, float, str | None]] = []
+    period = 1.0 / rate
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
+                         application_name=f"bench-{kind}") as conn:
+        i = 0
+        next_at = time.monotonic()
+        while not stop.is_set():
+            started_wall = time.time()
+            started = time.perf_counter()
+            error = None
+            try:
+                params = {"id": legacy_ids[i % len(legacy_ids)]} if kind == "update_legacy" else None
+                conn.execute(WRITES[kind], params).fetchall()
+            except psycopg.Error as exc:
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            samples.append((started_wall, (time.perf_counter() - started) * 1000, error))
+            i += 1
+            next_at += period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    Path(out).write_text(json.dumps(samples))
+
+
+@dataclass
+class Run:
+    migration: str
+    seconds: float
+    latency: dict[str, dict[str, float]]  # window -> p50 / p99 / worst / n
+    errors: list[str]
+    rows_lost: int
+    exit_code: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": statistics.median(values) if values else 0.0,
+            "p99": percentile(values, 0.99), "worst": max(values, default=0.0)}  # fmt: skip
+
+
+def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        before_rows = conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar()
+        legacy_ids = [str(r[0]) for r in conn.exec_driver_sql(
+            "SELECT id FROM tasks WHERE user_id IS NULL ORDER BY id LIMIT 2000")]
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    files = {kind: tmp / f"{migration}-{kind}.json" for kind in WRITES}
+    procs = [ctx.Process(target=writer, args=(kind, url, rate, stop, str(files[kind]), legacy_ids))
+             for kind in WRITES]  # fmt: skip
+    for p in procs:
+        p.start()
+    time.sleep(WARMUP_S + BEFORE_S)
+    started_wall = time.time()
+    started = time.perf_counter()
+    if migration == "taskdb":
+        done = subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", url, "upgrade"],
+                              capture_output=True, text=True)  # fmt: skip
+    else:
+        done = subprocess.run([sys.executable, "-c", NAIVE_RUNNER, url, NAIVE_MIGRATION],
+                              capture_output=True, text=True)  # fmt: skip
+    seconds = time.perf_counter() - started
+    ended_wall = time.time()
+    time.sleep(AFTER_S)
+    stop.set()
+    for p in procs:
+        p.join(timeout=120)
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+    samples = [(kind, *s) for kind, f in files.items() for s in json.loads(f.read_text())]
+    inserted = sum(1 for kind, _, _, err in samples if kind == "insert" and err is None)
+    with engine.connect() as conn:
+        after_rows = conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar()
+    engine.dispose()
+    windows = {
+        "before": [ms for _, t, ms, _ in samples if started_wall - BEFORE_S <= t < started_wall],
+        "during": [ms for _, t, ms, _ in samples if started_wall <= t <= ended_wall],
+    }
+    return Run(
+        migration=migration, seconds=seconds,
+        latency={w: summarise(v) for w, v in windows.items()},
+        errors=sorted({err for _, _, _, err in samples if err}),
+        rows_lost=before_rows + inserted - after_rows, exit_code=done.returncode,
+    )
+
+
+NAIVE_RUNNER = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1].replace('postgresql+psycopg://', 'postgresql://'), autocommit=True) as conn:
+    conn.execute(sys.argv[2])
+"""
+
+
+def bench(rows: int, rate: float, backend: str | None, tmp: Path) -> dict[str, Any]:
+    with start_postgres(backend, settings=DURABLE) as server:
+        template = server.create_database("bench_template")
+        url_template = normalize_url(server.url(template))
+        engine = sa.create_engine(url_template, poolclass=sa.NullPool)
+        started = time.perf_counter()
+        build(engine, rows)
+        build_s = time.perf_counter() - started
+        legacy = sa.text("SELECT count(*) FILTER (WHERE user_id IS NULL), count(*) FILTER (WHERE status = 'Queued') "
+                         "FROM tasks")
+        with engine.connect() as conn:
+            legacy_rows, queued = conn.execute(legacy).one()
+        engine.dispose()
+        admin = sa.create_engine(normalize_url(server.url("postgres")), poolclass=sa.NullPool)
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for name in ("bench_taskdb", "bench_naive"):
+                conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE bench_template")
+        admin.dispose()
+        runs = [run_under_load(normalize_url(server.url(f"bench_{m}")), m, rate, tmp) for m in ("naive", "taskdb")]
+        return {"rows": rows, "legacy_rows": legacy_rows, "queued": queued, "build_s": build_s,
+                "major": server.major, "backend": server.backend, "runs": runs}  # fmt: skip
+
+
+def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "cpu")  # fmt: skip
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    first = results[0]
+    lines = [
+        "## Online upgrade under load: taskdb vs a naive one-transaction migration",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d}, PostgreSQL {first['major']} ({first['backend']} backend, fsync on), "
+        f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB. Four writer connections at {rate:g} statements/s "
+        "each (insert, claim, complete, update a legacy row). Latencies in ms; `before` = the "
+        f"{BEFORE_S:g} s before the migration started, `during` = while it ran. Command: `{command}`",
+        "",
+        "| rows (legacy, Queued) | migration | total s | writers during: p50 / p99 / worst ms | before: p99 / worst "
+        "| writer errors | rows lost |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    for r in results:
+        for run in r["runs"]:
+            d, b = run.latency["during"], run.latency["before"]
+            lines.append(
+                f"| {r['rows']:,} ({r['legacy_rows']:,}, {r['queued']:,}) | {run.migration}"
+                f"{'' if run.exit_code == 0 else f' (exit {run.exit_code})'} | {run.seconds:.1f} | "
+                f"{d['p50']:.1f} / {d['p99']:.1f} / {d['worst']:.0f} (n={d['n']}) | "
+                f"{b['p99']:.1f} / {b['worst']:.0f} | "
+                f"{len(run.errors)} | {run.rows_lost} |"
+            )
+    lines += ["", "Ratios (taskdb / naive, same data, same run):", ""]
+    for r in results:
+        naive, ours = r["runs"]
+        lines.append(
+            f"- {r['rows']:,} rows: total time x{ours.seconds / naive.seconds:.2f}; worst writer latency during "
+            f"x{ours.latency['during']['worst'] / max(naive.latency['during']['worst'], 0.001):.3f}"
+        )
+    errors = {f"{r['rows']:,} {run.migration}": run.errors for r in results for run in r["runs"] if run.errors}
+    if errors:
+        lines += ["", "Writer errors:", "", *(f"- {k}: {'; '.join(v[:5])}" for k, v in errors.items())]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
+    parser.add_argument("--rate", type=float, default=25.0, help="statements per second per writer")
+    parser.add_argument("--backend", default="local")
+    parser.add_argument("--out", default=None, help="replace the online section of this Markdown file")
+    args = parser.parse_args()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskdb-bench-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rows in args.rows:
+        print(f"== {rows:,} rows", file=sys.stderr)
+        results.append(bench(rows, args.rate, args.backend, tmp))
+        print(report(results[-1:], args.rate, ""), file=sys.stderr)
+    command = "python benchmarks/online.py --rows " + " ".join(str(r) for r in args.rows) + f" --rate {args.rate:g}"
+    section = report(results, args.rate, command)
+    print(section)
+    if args.out:
+        write_section(Path(args.out), section)
+
+
+if __name__ == "__main__":
+    main()
