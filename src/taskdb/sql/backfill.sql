@@ -22,13 +22,27 @@ SELECT count(*) FROM tasks t WHERE ${needs_work_t}
 -- resolve_batch --
 -- One keyset batch in one statement (so one transaction): derive what can be derived, flag what
 -- cannot, log every changed value, and move the resumable cursor, all or nothing.
-WITH batch AS (
+-- The batch is a window of the next batch_size ids (an index range on the primary key), and within it
+-- the rows that need work. Asking instead for "the next batch_size rows that need work" lets the planner
+-- guess few matches and seq-scan and sort the whole table on every batch (seen: 134 ms of 175 at 100k rows).
+WITH window_ids AS (
     SELECT t.id
     FROM tasks t
-    WHERE (CAST(:after AS uuid) IS NULL OR t.id > CAST(:after AS uuid))
-      AND ${needs_work_t}
+    WHERE CAST(:after AS uuid) IS NULL OR t.id > CAST(:after AS uuid)
     ORDER BY t.id
     LIMIT :batch_size
+),
+bounds AS (  -- (uuid has no max())
+    SELECT (SELECT count(*) FROM window_ids) AS size,
+           (SELECT w.id FROM window_ids w ORDER BY w.id DESC LIMIT 1) AS upper
+),
+batch AS (
+    SELECT t.id
+    FROM tasks t, bounds b
+    WHERE (CAST(:after AS uuid) IS NULL OR t.id > CAST(:after AS uuid))
+      AND t.id <= b.upper
+      AND ${needs_work_t}
+    ORDER BY t.id
     FOR NO KEY UPDATE OF t ${lock_clause}
 ),
 current_row AS (
@@ -169,14 +183,15 @@ updated AS (
 ),
 moved AS (
     INSERT INTO taskdb_backfill_progress AS p (job, sweep, mode, last_id, rows_done, updated_at)
-    SELECT :job, :sweep, :mode, last.id, (SELECT count(*) FROM updated), clock_timestamp()
-    FROM (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last
+    SELECT :job, :sweep, :mode, b.upper, (SELECT count(*) FROM updated), clock_timestamp()
+    FROM bounds b WHERE b.size > 0
     ON CONFLICT (job) DO UPDATE
     SET sweep = EXCLUDED.sweep, mode = EXCLUDED.mode, last_id = EXCLUDED.last_id,
         rows_done = p.rows_done + EXCLUDED.rows_done, updated_at = EXCLUDED.updated_at
 )
-SELECT (SELECT count(*) FROM batch) AS scanned,
-       (SELECT id FROM batch ORDER BY id DESC LIMIT 1) AS last_id,
+-- scanned: ids in the window (0 = the sweep is over); last_id: the window's end, the next cursor.
+SELECT (SELECT size FROM bounds) AS scanned,
+       (SELECT upper FROM bounds) AS last_id,
        (SELECT count(*) FROM updated) AS done,
        (SELECT count(*) FROM changes WHERE action = 'flag') AS flagged,
        (SELECT count(*) FROM outcome WHERE action = 'wait') AS waiting
