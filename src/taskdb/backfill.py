@@ -41,24 +41,48 @@ NORMAL, FINAL, WAITING = "normal", "final", "waiting"
 
 @dataclass(frozen=True)
 class BackfillConfig:
-    """Batch size and pacing. ``TASKDB_BACKFILL_BATCH_SIZE`` / ``TASKDB_BACKFILL_DELAY_MS`` override."""
+    """Batch size and pacing (environment: see :meth:`from_env`).
+
+    A batch is a window of ``batch_size`` consecutive ids. With ``target_batch_ms`` the window grows or
+    shrinks after every batch towards that duration (at most x2 or /2 a step, within ``min_batch_size``
+    and ``max_batch_size``): a batch holds its rows' locks until it commits, so its duration bounds how
+    long an application UPDATE of one of those rows can wait.
+    """
 
     batch_size: int = 1000
     batch_delay_s: float = 0.0  # pause between batches, to leave I/O to the application
     max_sweeps: int = 50  # a chain of orchestrator tasks this deep resolves; deeper ones are flagged
+    target_batch_ms: float = 50.0  # 0: fixed batch_size
+    min_batch_size: int = 100
+    max_batch_size: int = 50_000
 
     @classmethod
     def from_env(cls) -> BackfillConfig:
+        """``TASKDB_BACKFILL_BATCH_SIZE`` (the first window; a fixed size unless ``TASKDB_BACKFILL_TARGET_MS``
+        is set too), ``TASKDB_BACKFILL_TARGET_MS`` (default 50; 0 = fixed), ``TASKDB_BACKFILL_DELAY_MS``."""
+        size = os.environ.get("TASKDB_BACKFILL_BATCH_SIZE")
+        target = os.environ.get("TASKDB_BACKFILL_TARGET_MS")
         config = cls(
-            batch_size=int(os.environ.get("TASKDB_BACKFILL_BATCH_SIZE") or cls.batch_size),
+            batch_size=int(size or cls.batch_size),
             batch_delay_s=int(os.environ.get("TASKDB_BACKFILL_DELAY_MS") or 0) / 1000,
+            target_batch_ms=float(target) if target else (0.0 if size else cls.target_batch_ms),
         )
         config.validate()
         return config
 
+    def next_size(self, size: int, elapsed_ms: float) -> int:
+        """The next window: ``size`` scaled towards the target duration."""
+        if not self.target_batch_ms:
+            return size
+        scaled = size * self.target_batch_ms / max(elapsed_ms, 1.0)
+        scaled = min(max(scaled, size / 2), size * 2)
+        return int(min(max(scaled, self.min_batch_size), self.max_batch_size))
+
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.target_batch_ms < 0:
+            raise ValueError(f"target_batch_ms must be >= 0, not {self.target_batch_ms}")
         if self.batch_delay_s < 0:
             raise ValueError(f"batch_delay_s must be >= 0, not {self.batch_delay_s}")
         if self.max_sweeps < 2:
@@ -72,6 +96,7 @@ class BackfillResult:
     flagged: int
     sweeps: int
     resumed_from: str | None  # the checkpoint's cursor when this run resumed a crashed one
+    batch_size: int = 0  # the current window (adapted batch by batch)
 
 
 def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LOCKED") -> str:
@@ -117,7 +142,7 @@ def run_backfill(
     conn.exec_driver_sql("SET jit = off")
     total = count_needs_work(conn)
     sweep, mode, after = _checkpoint(conn, job)
-    result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after)
+    result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after, batch_size=config.batch_size)
     if after:
         log.info("backfill %s: resuming sweep %d (%s) after id %s", job, sweep, mode, after)
     if progress:
@@ -195,7 +220,7 @@ def _sweep(
     done = flagged = waiting = 0
     while True:
         params = {
-            "after": after, "batch_size": config.batch_size, "final": mode != NORMAL,
+            "after": after, "batch_size": result.batch_size, "final": mode != NORMAL,
             "actor": actor, "job": job, "sweep": sweep, "mode": mode,
         }
         batch: dict[str, object] = {}
@@ -214,13 +239,14 @@ def _sweep(
         result.done += int(batch["done"])
         result.flagged += int(batch["flagged"])
         total = max(result.total, result.done)
+        elapsed_ms = (time.monotonic() - started) * 1000
         # One line per batch; the record carries the figures, so a terminal can draw a progress bar instead.
         log.info(
             "backfill %s: sweep %d (%s) batch of %d ids in %.0f ms: %d of %d done, %d remaining",
-            job, sweep, mode, batch["scanned"], (time.monotonic() - started) * 1000,
-            result.done, total, total - result.done,
+            job, sweep, mode, batch["scanned"], elapsed_ms, result.done, total, total - result.done,
             extra={"taskdb_progress": {"job": job, "done": result.done, "total": total}},
         )
+        result.batch_size = config.next_size(result.batch_size, elapsed_ms)
         if progress:
             progress(result.done, max(result.total, result.done))
         if config.batch_delay_s:
