@@ -50,3 +50,8 @@ def load_incident(conn: Connection) -> None:
 def load_legacy_rows(conn: Connection) -> None:
     """Old rows in the ``legacy`` shape (no user_id or run_type column at all)."""
     execute_script(conn, _read("legacy_rows"))
+
+
+def load_demo(conn: Connection) -> None:
+    """A small healthy queue (users, projects, tasks of every status and run type): needs the head schema."""
+    execute_script(conn, _read("demo"))

@@ -1,0 +1,116 @@
+"""The wheel, installed in a fresh virtualenv outside the checkout, upgrades a real database to head.
+
+The venv sees the system's site-packages (the dependencies are not downloaded again), but taskdb itself must
+come from the wheel: the test proves it by where ``taskdb`` is imported from, and runs everything from a
+directory outside the checkout, so nothing can fall back to the checkout's migrations or alembic.ini.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+
+import taskdb
+from taskdb import api, seeds
+from taskdb.db import create_engine
+from taskdb.testing.base import PostgresServer
+from tests.helpers import CONSTRAINTS
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT_SRC = ROOT / "src"
+SCRIPT = ScriptDirectory.from_config(api.alembic_config(None))
+HEAD = SCRIPT.get_current_head()
+REVISIONS = [rev.revision for rev in SCRIPT.walk_revisions()]
+# The variables that could point the venv's Python at the checkout, or the CLI at another database.
+SCRUBBED = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "TASKDB_DATABASE_URL", "DATABASE_URL")
+
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str | Path], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED} | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the wheel from the checkout, install it (and only it) into a new venv; the venv's directory."""
+    work = tmp_path_factory.mktemp("wheel")
+    dist = work / "dist"
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", dist, ROOT], cwd=work)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = dist.glob("taskdb-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for needed in ("taskdb/_alembic/alembic.ini", f"taskdb/_alembic/migrations/versions/{HEAD}.py",
+                   "taskdb/_alembic/migrations/env.py", "taskdb/sql/schema.sql", "taskdb/seeds/incident.sql",
+                   "taskdb/seeds/demo.sql", "taskdb/py.typed"):  # fmt: skip
+        assert needed in names, f"{needed} missing from {wheel.name}"
+    assert not any(name.startswith("tests/") for name in names)
+
+    venv = work / "venv"
+    made = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=work)
+    assert made.returncode == 0, made.stderr
+    # The system's pip, run by the venv's Python, installs into the venv; --ignore-installed because the
+    # system site-packages may hold an editable taskdb of the same version.
+    installed = run([venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index",
+                     "--ignore-installed", wheel], cwd=work)  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv
+
+
+def test_the_venv_imports_taskdb_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    probe = run([wheel_venv / "bin" / "python", "-c",
+                 "import taskdb, taskdb.api; print(taskdb.__file__); print(taskdb.api.alembic_ini())"], cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    module, ini = (Path(line) for line in probe.stdout.splitlines())
+    assert module.is_relative_to(wheel_venv) and not module.is_relative_to(CHECKOUT_SRC), module
+    assert ini.is_relative_to(wheel_venv) and ini.parent.name == "_alembic", ini
+    assert Path(taskdb.__file__).resolve() != module.resolve()
+
+
+def test_history_works_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    history = run([wheel_venv / "bin" / "taskdb", "history"], cwd=tmp_path)
+    assert history.returncode == 0, history.stderr
+    for revision in REVISIONS:
+        assert revision in history.stdout
+    assert "(head)" in history.stdout.splitlines()[0] and HEAD in history.stdout.splitlines()[0]
+
+
+def test_upgrade_from_the_wheel_repairs_the_incident(
+    wheel_venv: Path, tmp_path: Path, pg_server: PostgresServer, pg_database_factory: Callable[..., str]
+) -> None:
+    name = pg_database_factory()
+    engine = create_engine(pg_server.url(name, "psycopg"))
+    try:
+        with engine.begin() as conn:
+            seeds.load_schema(conn, "half_migrated")
+            seeds.load_incident(conn)
+    finally:
+        engine.dispose()
+    assert tmp_path.resolve() != ROOT and not tmp_path.resolve().is_relative_to(ROOT)
+
+    upgrade = run([wheel_venv / "bin" / "taskdb", "--url", pg_server.url(name), "upgrade"], cwd=tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert f"<none> -> {HEAD}" in upgrade.stdout
+    assert pg_server.password not in upgrade.stdout + upgrade.stderr
+
+    assert pg_server.fetch_value("SELECT version_num FROM alembic_version", name) == HEAD
+    validated = pg_server.fetch_value(
+        "SELECT array_agg(conname::text) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND convalidated", name
+    )
+    assert set(validated) >= CONSTRAINTS
+    assert pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'",
+                                 name) == 0  # fmt: skip
+    assert pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL", name) > 0
+
+    current = run([wheel_venv / "bin" / "taskdb", "--url", pg_server.url(name, "pg8000"), "current"], cwd=tmp_path)
+    assert current.returncode == 0, current.stderr
+    assert HEAD in current.stdout + current.stderr
