@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from string import Template
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import columns
 from taskdb.db import rows, scalar
@@ -137,9 +139,41 @@ def run_backfill(
         for lock in ("SKIP LOCKED", "")
     }
 
-    # A batch statement's cost estimate crosses jit_above_cost, and compiling it took 300 of 400 ms per
-    # batch (EXPLAIN ANALYZE at 100k rows): JIT only pays for long queries, and every batch is short.
+    with batch_settings(conn):
+        return _run(conn, statements, job=job, actor=actor, config=config, lock_policy=lock_policy,
+                    progress=progress)
+
+
+@contextmanager
+def batch_settings(conn: Connection) -> Iterator[None]:
+    """Session settings for many short batch statements, restored afterwards.
+
+    - jit off: a batch's cost estimate crosses jit_above_cost, and compiling took 300 of 400 ms per batch
+      (EXPLAIN ANALYZE, 100k rows); JIT only pays for long queries.
+    - custom plans: both drivers prepare a statement they run repeatedly, and PostgreSQL then switches to
+      a generic plan in which ``:after IS NULL OR id > :after`` cannot use the cursor, so every batch
+      scanned the index from the start: 809 s instead of about 60 at 1,000,000 rows.
+    """
     conn.exec_driver_sql("SET jit = off")
+    conn.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
+    try:
+        yield
+    finally:
+        with suppress(DBAPIError):  # the connection may be gone; the session with it
+            conn.exec_driver_sql("RESET jit")
+            conn.exec_driver_sql("RESET plan_cache_mode")
+
+
+def _run(
+    conn: Connection,
+    statements: dict[str, sa.TextClause],
+    *,
+    job: str,
+    actor: str,
+    config: BackfillConfig,
+    lock_policy: LockPolicy,
+    progress: ProgressFn | None,
+) -> BackfillResult:
     total = count_needs_work(conn)
     sweep, mode, after = _checkpoint(conn, job)
     result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after, batch_size=config.batch_size)
@@ -256,7 +290,11 @@ def _sweep(
 def restore(conn: Connection, *, actor: str, batch_size: int = 1000) -> int:
     """Undo what ``actor`` logged, in keyset batches over task ids; returns rows restored."""
     statement = sa.text(render("restore_batch", status_type=status_type(conn)))
-    conn.exec_driver_sql("SET jit = off")  # short batches (see run_backfill)
+    with batch_settings(conn):
+        return _restore(conn, statement, actor=actor, batch_size=batch_size)
+
+
+def _restore(conn: Connection, statement: sa.TextClause, *, actor: str, batch_size: int) -> int:
     after: str | None = None
     restored = 0
     while True:
