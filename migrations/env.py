@@ -9,10 +9,13 @@ online-safe steps commit as they go, so a crash leaves finished revisions record
 
 from __future__ import annotations
 
+import sys
+
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
+from taskdb import offline
 from taskdb.config import redact, resolve_url
 from taskdb.db import connect, create_engine
 from taskdb.errors import TaskdbError
@@ -35,16 +38,26 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    """Emit the SQL of the chain to stdout (``alembic upgrade --sql``) without a database."""
+    """Emit the SQL of the chain (``alembic upgrade base:head --sql``, ``taskdb sql``) without a database.
+
+    The script takes the upgrade lock, checks the database is where the range starts, and is idempotent,
+    version table included (taskdb.offline). It holds no URL, so no password.
+    """
     url = context.get_x_argument(as_dictionary=True).get("url") or "postgresql+psycopg://"
     context.configure(
         url=url,
         literal_binds=True,
         transaction_per_migration=True,
         dialect_opts={"paramstyle": "named"},
+        output_buffer=offline.VersionStatements(config.output_buffer or sys.stdout),
     )
     with context.begin_transaction():
+        offline.begin_script(
+            context.get_context(), context.script, context.get_starting_revision_argument(),
+            context.get_revision_argument(),
+        )
         context.run_migrations()
+        offline.end_script(context.get_context())
 
 
 def run_with(connection: Connection) -> None:

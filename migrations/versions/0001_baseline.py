@@ -28,7 +28,7 @@ from taskdb.adopt import (
     drop_created_tables,
     drop_owned_table_if_empty,
 )
-from taskdb.migration import online_step, revision_sql
+from taskdb.migration import offline_mode, offline_step, online_step, revision_sql
 
 revision: str = "0001_baseline"
 down_revision: str | None = None
@@ -69,10 +69,21 @@ TASKS_OPTIONAL = {
 
 def upgrade() -> None:
     """Check the shape of every existing table, then create the absent ones."""
+    if offline_mode():
+        upgrade_offline()
+        return
     with online_step(revision) as conn:
         for spec in TABLES:
             check_shape(conn, spec, TASKS_OPTIONAL if spec.name == "tasks" else {})
         create_missing_tables(conn, TABLES, revision)
+
+
+def upgrade_offline() -> None:
+    """The same as static SQL (`taskdb sql`): the shape check RAISEs before anything changes; each table is
+    created where absent, at run time; one transaction, with the version update."""
+    with offline_step(revision) as sql, sql.transaction():
+        sql.check_shapes([(spec, TASKS_OPTIONAL if spec.name == "tasks" else {}) for spec in TABLES])
+        sql.create_missing_tables(TABLES)
 
 
 def downgrade() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from taskdb.adopt import add_missing_columns, drop_added_columns, ensure_enum_labels
 from taskdb.catalog import columns
-from taskdb.migration import online_step
+from taskdb.migration import offline_mode, offline_step, online_step
 
 revision: str = "0002_columns"
 down_revision: str | None = "0001_baseline"
@@ -40,11 +40,21 @@ STATUSES = ("Queued", "In Progress", "Complete", "Failed", "Cancelled")
 
 def upgrade() -> None:
     """Add the missing columns; give a status enum the canonical labels it lacks."""
+    if offline_mode():
+        upgrade_offline()
+        return
     with online_step(revision) as conn:
         add_missing_columns(conn, "tasks", COLUMNS, revision)
         status = columns(conn, "tasks")["status"]
         if status.is_enum:
             ensure_enum_labels(conn, status.type, STATUSES, revision)
+
+
+def upgrade_offline() -> None:
+    """The same as static SQL: each column added where missing, labels only where status is an enum."""
+    with offline_step(revision) as sql, sql.transaction():
+        sql.add_missing_columns("tasks", COLUMNS)
+        sql.ensure_enum_labels(STATUSES)
 
 
 def downgrade() -> None:

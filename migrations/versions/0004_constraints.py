@@ -31,7 +31,7 @@ from taskdb.constraints import (
     not_null_check_name,
     validate,
 )
-from taskdb.migration import actor, online_step
+from taskdb.migration import actor, offline_mode, offline_step, online_step
 
 revision: str = "0004_constraints"
 down_revision: str | None = "0003_backfill"
@@ -83,6 +83,9 @@ USER_INDEX = Index(
 
 def upgrade() -> None:
     """Add the constraints NOT VALID, catch up rows written meanwhile, validate, set NOT NULLs, index."""
+    if offline_mode():
+        upgrade_offline()
+        return
     with online_step(revision) as conn:
         for item in (*CHECKS, USER_FK):
             add_not_valid(conn, item, revision)
@@ -94,6 +97,19 @@ def upgrade() -> None:
         for column in NOT_NULL:
             ensure_not_null(conn, "tasks", column, revision)
         ensure_index(conn, USER_INDEX, revision)
+
+
+def upgrade_offline() -> None:
+    """The same as static SQL, each step in its own transaction; the catch-up backfill is a CALL."""
+    with offline_step(revision) as sql:
+        for item in (*CHECKS, USER_FK):
+            sql.add_not_valid(item)
+        sql.backfill(revision, actor(revision))
+        for item in (*CHECKS, USER_FK):
+            sql.validate(item)
+        for column in NOT_NULL:
+            sql.ensure_not_null("tasks", column)
+        sql.ensure_index(USER_INDEX)
 
 
 def downgrade() -> None:

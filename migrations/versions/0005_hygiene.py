@@ -31,7 +31,7 @@ from taskdb.constraints import Index, drop_owned, ensure_index
 from taskdb.db import execute_script, transaction
 from taskdb.hygiene import cancel_stale_queued
 from taskdb.locks import run_locked
-from taskdb.migration import actor, online_step, revision_sql
+from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_sql
 
 revision: str = "0005_hygiene"
 down_revision: str | None = "0004_constraints"
@@ -96,12 +96,29 @@ def create_objects(conn: Connection) -> None:
 
 def upgrade() -> None:
     """Create the hygiene objects, index Queued and In Progress rows, then cancel what is already stale."""
+    if offline_mode():
+        upgrade_offline()
+        return
     with online_step(revision) as conn:
         check_shape(conn, USERS_WITH_CREDITS)
         run_locked(conn, create_objects, relations=["tasks", "users"])
         for index in INDEXES:
             ensure_index(conn, index, revision)
         cancel_stale_queued(conn, actor=actor(revision))
+
+
+def upgrade_offline() -> None:
+    """The same as static SQL: shape check, objects + roles + grants in one transaction, the indexes
+    CONCURRENTLY, then the cleanup as a CALL of taskdb_cancel_stale_queued_all (outside a transaction)."""
+    with offline_step(revision) as sql:
+        with sql.transaction():
+            sql.check_shapes([(USERS_WITH_CREDITS, {})])
+            for name in OBJECTS:
+                sql.frozen(SQL[name])
+            sql.roles_and_grants(ROLES, SQL["grants"])
+        for index in INDEXES:
+            sql.ensure_index(index)
+        sql.cleanup(actor(revision))
 
 
 def downgrade() -> None:

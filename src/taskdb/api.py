@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,3 +83,13 @@ def current(url: str) -> None:
 def history(*, verbose: bool = False) -> None:
     """The chain, newest first; reads only the revision files."""
     command.history(alembic_config(None), verbose=verbose)
+
+
+def sql(revision_range: str = "base:head") -> str:
+    """The offline SQL of ``revision_range`` (Alembic ``--sql``, e.g. ``base:head``, ``0003_backfill:head``):
+    a script a DBA reviews and applies with ``psql -v ON_ERROR_STOP=1 -f``. Needs no database (taskdb.offline)."""
+    config = alembic_config(None)
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    command.upgrade(config, revision_range, sql=True)
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import op
 from alembic.util import CommandError
@@ -16,6 +17,9 @@ from sqlalchemy.engine import Connection
 from taskdb.db import scalar
 from taskdb.errors import UpgradeInProgress
 from taskdb.sql import parse_queries
+
+if TYPE_CHECKING:
+    from taskdb.offline import OfflineScript
 
 log = logging.getLogger("taskdb.migration")
 
@@ -40,8 +44,7 @@ def online_step(revision: str) -> Iterator[Connection]:
     context = op.get_context()
     if context.as_sql:
         raise CommandError(
-            f"revision {revision} inspects the live database and batches its work; offline SQL (--sql) "
-            "for it is not available yet: run the upgrade online"
+            f"revision {revision}: offline SQL (--sql) is for upgrades; downgrade online (taskdb downgrade)"
         )
     with context.autocommit_block():
         conn = op.get_bind()
@@ -49,6 +52,24 @@ def online_step(revision: str) -> Iterator[Connection]:
         # switching to AUTOCOMMIT); end it so that every statement below really commits on its own.
         conn.exec_driver_sql("COMMIT")
         yield conn
+
+
+def offline_mode() -> bool:
+    """True when Alembic writes SQL instead of running it (``--sql``, ``taskdb sql``)."""
+    return bool(op.get_context().as_sql)
+
+
+@contextmanager
+def offline_step(revision: str) -> Iterator[OfflineScript]:
+    """The offline twin of :func:`online_step`: an :class:`~taskdb.offline.OfflineScript` that writes the
+    revision's step as static SQL which adapts to the database when it runs (see ``taskdb.offline``)."""
+    from taskdb.offline import OfflineScript
+
+    script = OfflineScript(revision, op.get_context())
+    try:
+        yield script
+    finally:
+        script.close()
 
 
 def revision_sql(revision_file: str) -> dict[str, str]:

@@ -34,7 +34,9 @@ def test_split_statements_respects_quotes_dollar_quotes_and_comments() -> None:
 def test_resolve_batch_is_one_keyset_statement_that_skips_locked_rows() -> None:
     sql = render("resolve_batch", status_type="task_status")
     assert "$" not in sql.replace("$$", "")  # every placeholder filled
-    assert "ORDER BY t.id\n    LIMIT :batch_size\n    FOR NO KEY UPDATE OF t SKIP LOCKED" in sql
+    # a window of the next batch_size ids, then the rows in it that need work, skipping locked ones
+    assert "ORDER BY t.id\n    LIMIT :batch_size\n)" in sql
+    assert "AND t.id <= b.upper" in sql and "ORDER BY t.id\n    FOR NO KEY UPDATE OF t SKIP LOCKED" in sql
     assert "t.id > CAST(:after AS uuid)" in sql
     assert "CAST(c.status AS task_status)" in sql
     # the same predicate decides what the batch takes and what the progress counts

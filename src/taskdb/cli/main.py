@@ -8,13 +8,13 @@ import sys
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from taskdb.cli import cleanup, cron, demo, migrate, plan, reset
+from taskdb.cli import cleanup, cron, demo, migrate, plan, reset, sql
 from taskdb.cli.common import EXAMPLES
 from taskdb.cli.progress import setup_logging
 from taskdb.config import redact, resolve_url
 from taskdb.errors import TaskdbError
 
-COMMANDS = (plan, migrate, cleanup, cron, demo, reset)
+COMMANDS = (plan, migrate, cleanup, cron, demo, reset, sql)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,413 @@
+"""Offline SQL (`taskdb sql`, `alembic upgrade --sql`): the upgrade as a static script a DBA reviews and runs
+with ``psql -v ON_ERROR_STOP=1 -X -f upgrade.sql``.
+
+The script needs no database to be generated, yet does on every starting state what the online upgrade
+does: wherever the live database matters, a ``DO`` block reads the catalog when the script RUNS (create a table
+only where absent and record it in ``taskdb_owned_objects``, add enum labels only where status is an enum,
+...). Every step is idempotent, so a rerun after any failure finishes the work and a second run changes
+nothing. Transactions are explicit: DDL runs in short transactions under ``SET LOCAL lock_timeout`` (the
+LockPolicy's, from ``TASKDB_LOCK_TIMEOUT_MS``) and a ``statement_timeout``; CREATE INDEX CONCURRENTLY, the
+backfill and the cleanup run outside a transaction block (Alembic's ``autocommit_block`` emits the COMMIT /
+BEGIN around them). The backfill is a temporary procedure (``pg_temp.taskdb_backfill``) that runs the online
+engine's own batch statement, committing each batch.
+
+The SQL templates are in ``sql/offline.sql``; the revisions compose them through :class:`OfflineScript`
+(see ``taskdb.migration.offline_step``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any, TextIO, cast
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.dialects.postgresql import psycopg
+from sqlalchemy.engine import Connection
+
+from taskdb import cron
+from taskdb.adopt import TableSpec
+from taskdb.backfill import BackfillConfig, render
+from taskdb.catalog import ensure_owned_table, record_owned
+from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
+from taskdb.locks import LockPolicy
+from taskdb.migration import UPGRADE_LOCK_KEY
+from taskdb.sql import queries, split_statements
+
+# The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
+BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
+# A safety net for short DDL transactions (lock waits are bounded by lock_timeout); scans get none.
+DDL_STATEMENT_TIMEOUT = "1min"
+
+_PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
+
+
+def literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings: only quotes are doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def text_array(values: Sequence[str]) -> str:
+    return "ARRAY[" + ", ".join(literal(v) for v in values) + "]::text[]"
+
+
+def jsonb(value: Any) -> str:
+    return literal(json.dumps(value)) + "::jsonb"
+
+
+def dollar_quote(text: str, tag: str) -> str:
+    if f"${tag}$" in text:
+        raise ValueError(f"cannot dollar-quote SQL that contains ${tag}$")
+    return f"${tag}${text}${tag}$"
+
+
+def template(section: str, **values: str) -> str:
+    """A section of sql/offline.sql with its ``{{placeholders}}`` filled (every one, and only known ones)."""
+    text = queries("offline")[section]
+    missing = {m for m in _PLACEHOLDER.findall(text) if m not in values}
+    unused = set(values) - set(_PLACEHOLDER.findall(text))
+    if missing or unused:
+        raise KeyError(f"offline.sql section {section}: missing {sorted(missing)}, unknown {sorted(unused)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+class _Capture:
+    """Stands in for a Connection to capture the SQL a taskdb.catalog helper runs (static SQL, literal values),
+    so that the script writes its bookkeeping with exactly the online statements."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def exec_driver_sql(self, sql: str) -> None:
+        self.statements.append(textwrap.dedent(sql).strip())
+
+    def execute(self, clause: sa.TextClause, params: Mapping[str, Any] | None = None) -> None:
+        bound = clause.bindparams(**dict(params or {}))
+        dialect = psycopg.dialect(paramstyle="named")
+        self.statements.append(str(bound.compile(dialect=dialect, compile_kwargs={"literal_binds": True})))
+
+
+def _captured(call: Any) -> list[str]:
+    capture = _Capture()
+    call(cast(Connection, capture))
+    return capture.statements
+
+
+def record_owned_sql(kind: str, name: str, revision: str) -> str:
+    [statement] = _captured(lambda c: record_owned(c, kind, name, revision))
+    return statement
+
+
+def batch_statement() -> str:
+    """resolve_batch of sql/backfill.sql exactly as the online engine renders it, but with ``${status_type}``
+    and ``${lock_clause}`` left for the procedure, and the ``:name`` binds as ``$1..$7`` for EXECUTE ... USING."""
+    text = render("resolve_batch", status_type="${status_type}", lock_clause="${lock_clause}")
+    compiled = sa.text(text).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    if tuple(compiled.positiontup or ()) != BATCH_BINDS:
+        raise RuntimeError(f"resolve_batch binds {compiled.positiontup} are not {BATCH_BINDS}")
+    return str(compiled)
+
+
+def backfill_procedure() -> str:
+    return template(
+        "backfill_procedure",
+        resolve_batch=dollar_quote(batch_statement(), "taskdb_batch"),
+        count_needs_work=dollar_quote(render("count_needs_work"), "taskdb_batch"),
+    )
+
+
+def _interval_ms(seconds: float) -> str:
+    return literal(f"{round(seconds * 1000)} milliseconds")
+
+
+class OfflineScript:
+    """What one revision emits in --sql mode, with explicit transaction boundaries.
+
+    Alembic opens each revision's transaction (``BEGIN``) and closes it after the version update. The first
+    :meth:`transaction` runs inside it; any later one, and anything :meth:`outside_transaction`, first leaves
+    it through Alembic's ``autocommit_block`` (``COMMIT`` now, ``BEGIN`` again for the version update).
+    """
+
+    def __init__(self, revision: str, context: MigrationContext) -> None:
+        self.revision = revision
+        self.context = context
+        self.policy = LockPolicy.from_env()
+        self.backfill_config = BackfillConfig.from_env()
+        self._stack = ExitStack()
+        self._state = "alembic"  # alembic: in Alembic's transaction, unused; used: we ran in it; autocommit
+
+    # -- output and transactions ------------------------------------------------------------------------
+
+    def emit(self, sql: str) -> None:
+        """Write SQL (one statement or several, with their comments), each statement terminated."""
+        for statement in split_statements(sql):
+            self.context.impl.static_output(statement.strip() + ";")
+
+    def comment(self, text: str) -> None:
+        self.context.impl.static_output("\n".join(f"-- {line}".rstrip() for line in text.strip().splitlines()))
+
+    @property
+    def lock_timeout(self) -> str:
+        return literal(f"{int(self.policy.lock_timeout_ms)}ms")
+
+    @contextmanager
+    def transaction(self, statement_timeout: str = DDL_STATEMENT_TIMEOUT) -> Iterator[None]:
+        """One short transaction, its lock waits bounded by lock_timeout (no retries: rerun the script)."""
+        if self._state == "alembic":
+            self._state = "used"
+        else:
+            self._leave_alembic_transaction()
+            self.emit("BEGIN")
+        self.emit(f"SET LOCAL lock_timeout = {self.lock_timeout}")
+        self.emit(f"SET LOCAL statement_timeout = {literal(statement_timeout)}")
+        yield
+        if self._state == "autocommit":
+            self.emit("COMMIT")
+
+    @contextmanager
+    def outside_transaction(self) -> Iterator[None]:
+        """Statements that must not run in a transaction block (CONCURRENTLY, CALL of a committing procedure)."""
+        self._leave_alembic_transaction()
+        yield
+
+    def _leave_alembic_transaction(self) -> None:
+        if self._state != "autocommit":
+            self._stack.enter_context(self.context.autocommit_block())
+            self._state = "autocommit"
+
+    def close(self) -> None:
+        self._stack.close()
+
+    # -- 0001: adopt or create -----------------------------------------------------------------------------
+
+    def check_shapes(self, specs: Sequence[tuple[TableSpec, Mapping[str, tuple[str, ...]]]]) -> None:
+        """taskdb.adopt.check_shape of each table, as one DO block that RAISEs before anything changes."""
+        spec_json = [
+            {
+                "table": spec.name,
+                "unique_key": spec.unique_key,
+                "columns": [{"name": n, "required": True, "types": list(t)} for n, t in spec.required.items()]
+                + [{"name": n, "required": False, "types": list(t)} for n, t in optional.items()],
+            }
+            for spec, optional in specs
+        ]
+        self.emit(template("check_shapes", specs=jsonb(spec_json)))
+
+    def create_missing_tables(self, specs: Sequence[TableSpec]) -> None:
+        """The ownership record's table, then each absent table (in order), recorded as this revision's."""
+        for statement in _captured(ensure_owned_table):
+            self.emit(statement)
+        for spec in specs:
+            self.emit(template(
+                "create_table",
+                table_literal=literal(spec.name),
+                create_sql=textwrap.indent(spec.create_sql.strip(), " " * 8).lstrip(),
+                record_owned=record_owned_sql("table", spec.name, self.revision),
+            ))
+
+    # -- 0002: columns and enum labels -------------------------------------------------------------------
+
+    def add_missing_columns(self, table: str, wanted: Mapping[str, str]) -> None:
+        for column, ddl_type in wanted.items():
+            self.emit(template(
+                "add_column", table=table, table_literal=literal(table), column=column,
+                column_literal=literal(column), type=ddl_type,
+                record_owned=record_owned_sql("column", f"{table}.{column}", self.revision),
+            ))
+
+    def ensure_enum_labels(self, labels: Sequence[str]) -> None:
+        self.emit(template("enum_labels", labels=text_array(labels), revision=literal(self.revision)))
+
+    # -- frozen SQL, backfill, cleanup -------------------------------------------------------------------
+
+    def frozen(self, sql: str) -> None:
+        """A section of the revision's frozen .sql, verbatim."""
+        self.emit(sql)
+
+    def create_backfill_procedure(self) -> None:
+        self.emit(backfill_procedure())
+
+    def call_backfill(self, job: str, actor: str) -> None:
+        config, policy = self.backfill_config, self.policy
+        self.emit(template(
+            "backfill_call", lock_timeout=self.lock_timeout, job=literal(job), actor=literal(actor),
+            batch_size=str(config.batch_size), target_batch_ms=repr(float(config.target_batch_ms)),
+            min_batch_size=str(config.min_batch_size), max_batch_size=str(config.max_batch_size),
+            batch_delay=_interval_ms(config.batch_delay_s), max_sweeps=str(config.max_sweeps),
+            lock_attempts=str(policy.attempts),
+        ))
+
+    def backfill(self, job: str, actor: str) -> None:
+        """The batched backfill: the procedure in a transaction, then its CALL outside any."""
+        with self.transaction():
+            self.create_backfill_procedure()
+        with self.outside_transaction():
+            self.call_backfill(job, actor)
+
+    def cleanup(self, actor: str) -> None:
+        with self.outside_transaction():
+            self.emit(template("cleanup_call", lock_timeout=self.lock_timeout, actor=literal(actor)))
+
+    # -- 0004/0005: constraints and indexes ----------------------------------------------------------------
+
+    def add_not_valid(
+        self, item: Check | ForeignKey, *, owned: bool = True, only_if_nullable: str | None = None
+    ) -> None:
+        """ADD ... NOT VALID where absent (recorded as this revision's unless ``owned`` is false); with
+        ``only_if_nullable``, only while that column still accepts NULL (the NOT NULL route)."""
+        with self.transaction():
+            extra = ""
+            if only_if_nullable:
+                extra = (
+                    f"\n       AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {literal(item.table)}::regclass"
+                    f" AND attname = {literal(only_if_nullable)} AND NOT attnotnull)"
+                )
+            record = record_owned_sql("constraint", f"{item.table}.{item.name}", self.revision) if owned else "NULL"
+            self.emit(template(
+                "add_constraint", table_literal=literal(item.table), name_literal=literal(item.name),
+                also=extra, add_sql=_add_sql(item), comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
+                record_owned=record,
+            ))
+
+    def validate(self, item: Check | ForeignKey) -> None:
+        """Its own transaction; SHARE UPDATE EXCLUSIVE: writers go on while it scans (no statement_timeout)."""
+        with self.transaction(statement_timeout="0"):
+            self.emit(f"ALTER TABLE {item.table} VALIDATE CONSTRAINT {item.name}")
+
+    def ensure_not_null(self, table: str, column: str) -> None:
+        """CHECK (col IS NOT NULL) NOT VALID -> VALIDATE (own transaction) -> SET NOT NULL -> drop the CHECK."""
+        name = not_null_check_name(table, column)
+        check = Check(name, table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
+        self.add_not_valid(check, owned=False, only_if_nullable=column)
+        values = {"table": table, "table_literal": literal(table), "column": column,
+                  "column_literal": literal(column), "name": name, "name_literal": literal(name)}
+        with self.transaction(statement_timeout="0"):
+            self.emit(template("not_null_validate", **values))
+        with self.transaction():
+            self.emit(template(
+                "not_null_set", **values, record_owned=record_owned_sql("not_null", f"{table}.{column}", self.revision)
+            ))
+
+    def ensure_index(self, index: Index) -> None:
+        owned_name = literal(f"{index.table}.{index.name}")
+        with self.transaction():
+            self.emit(template("index_check", name_literal=literal(index.name)))
+            self.emit(template(
+                "index_record", owned_name=owned_name, revision=literal(self.revision), name_literal=literal(index.name)
+            ))
+        with self.outside_transaction():
+            self.emit(f"SET lock_timeout = {self.lock_timeout}")
+            self.emit("SET statement_timeout = 0")
+            self.emit(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {index.table} {index.definition}")
+            self.emit("RESET statement_timeout")
+            self.emit("RESET lock_timeout")
+        with self.transaction():
+            self.emit(template(
+                "index_comment", owned_name=owned_name, name=index.name,
+                comment=literal(index.why),
+            ))
+
+    # -- 0005/0006: roles, grants, pg_cron ---------------------------------------------------------------
+
+    def roles_and_grants(self, roles: Sequence[str], grants_sql: str) -> None:
+        self.emit(template(
+            "roles_and_grants", roles=text_array(roles), revision=literal(self.revision),
+            grants=_indented_statements(grants_sql, 4),
+        ))
+
+    def grants_if_role(self, role: str, grants_sql: str) -> None:
+        self.emit(template("grants_if_role", role=literal(role), grants=_indented_statements(grants_sql, 8)))
+
+    def schedule_cron_jobs(self, mode: str) -> None:
+        jobs = [
+            {"job": cron.CLEANUP_JOB, "base": cron.CLEANUP_JOB, "schedule": None, "command": None},
+            {"job": cron.PURGE_JOB, "base": cron.PURGE_JOB, "schedule": cron.PURGE_SCHEDULE,
+             "command": cron.PURGE_COMMAND},
+        ]
+        self.emit(template(
+            "cron_schedule", mode=literal(mode), names_lock_key=str(cron.NAMES_LOCK_KEY), jobs=jsonb(jobs)
+        ))
+
+
+def _indented_statements(sql: str, spaces: int) -> str:
+    return "\n".join(textwrap.indent(s.strip() + ";", " " * spaces) for s in split_statements(sql))
+
+
+# -- the script around the revisions (migrations/env.py, offline mode) ------------------------------------
+
+class VersionStatements:
+    """The output buffer of --sql mode: makes Alembic's version-table statements idempotent, so that the script
+    can run again (``CREATE TABLE IF NOT EXISTS alembic_version``; the first revision inserted only into an
+    empty table; the ``UPDATE ... WHERE version_num = <previous>`` already is)."""
+
+    _CREATE = re.compile(r"^CREATE TABLE alembic_version \(")
+    _INSERT = re.compile(r"^INSERT INTO alembic_version \(version_num\) VALUES \('([^']+)'\)[^;]*;\s*$")
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+
+    def write(self, text: str) -> int:
+        stripped = text.strip()
+        if self._CREATE.match(stripped):
+            text = text.replace("CREATE TABLE alembic_version", "CREATE TABLE IF NOT EXISTS alembic_version", 1)
+        elif stripped.startswith("INSERT INTO alembic_version"):
+            match = self._INSERT.match(stripped)
+            if match is None:
+                raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
+            text = (f"INSERT INTO alembic_version (version_num) SELECT {literal(match.group(1))}\n"
+                    "WHERE NOT EXISTS (SELECT 1 FROM alembic_version);\n\n")
+        elif stripped.startswith(("DELETE FROM alembic_version", "CREATE TABLE alembic_version")):
+            raise CommandError(DOWNGRADE_ONLINE)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def _upgrade_lock_key() -> str:
+    return str(UPGRADE_LOCK_KEY)
+
+
+DOWNGRADE_ONLINE = "offline SQL is for upgrades; downgrade online (taskdb downgrade)"
+
+
+def begin_script(context: MigrationContext, script: ScriptDirectory, start: str | None, dest: Any) -> None:
+    """The header, the upgrade lock and the guard that the database is where the script starts."""
+    start = start or "base"
+    if not isinstance(dest, str):  # a downgrade to base
+        raise CommandError(DOWNGRADE_ONLINE)
+    try:
+        revisions = [r.revision for r in script.iterate_revisions(dest, start)]
+    except Exception as exc:  # e.g. a downgrade range
+        raise CommandError(f"{DOWNGRADE_ONLINE} ({start}:{dest}: {exc})") from None
+    revisions.reverse()
+    head = revisions[-1] if revisions else start
+    policy = LockPolicy.from_env()
+    out = context.impl.static_output
+    out(textwrap.dedent(f"""\
+        -- taskdb offline upgrade: {start} -> {head} (generated by `taskdb sql {start}:{dest}`)
+        --
+        -- Review, then apply with:  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql  (as the role that owns the tables)
+        -- Plain SQL, no psql meta-commands. It reads the catalog when it RUNS, so it works on an empty, a legacy
+        -- or a half-migrated database, and it is idempotent: after a failure (a lock timeout, a killed session),
+        -- fix the cause and run it again; it resumes (the backfill from its checkpoint) and changes nothing twice.
+        -- DDL runs in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
+        -- a lock timeout stops the script; rerun it); CREATE INDEX CONCURRENTLY, the backfill and the cleanup
+        -- run outside transaction blocks. Generated with TASKDB_LOCK_TIMEOUT_MS / TASKDB_BACKFILL_BATCH_SIZE /
+        -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON from the environment."""))
+    out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
+    allowed = ([] if start == "base" else [start]) + revisions
+    out(template(
+        "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",
+        start=literal(start), dest=literal(head),
+    ).strip())
+
+
+def end_script(context: MigrationContext) -> None:
+    context.impl.static_output(template("upgrade_unlock", lock_key=_upgrade_lock_key()).strip())

@@ -1,0 +1,493 @@
+-- The SQL of `taskdb sql` (Alembic --sql mode): static SQL a DBA reviews and applies with
+-- `psql -v ON_ERROR_STOP=1 -X -f upgrade.sql`, that adapts to the database at RUN time (DO blocks read
+-- the catalog), so that it does on every starting state what the online upgrade does, and a rerun finishes
+-- or repeats nothing.
+--
+-- {{name}} placeholders are filled by src/taskdb/offline.py when the script is generated (literals already
+-- quoted). ${status_type} and ${lock_clause} stay in the backfill's batch statement: the procedure fills them
+-- at run time (the generator cannot know whether tasks.status is text or an enum).
+
+-- upgrade_lock --
+-- The session advisory lock every taskdb upgrade holds (src/taskdb/migration.py): an online upgrade and this
+-- script never interleave. Released at the end of the script, or when psql exits.
+DO $taskdb$
+BEGIN
+    IF NOT pg_try_advisory_lock({{lock_key}}) THEN
+        RAISE EXCEPTION 'another taskdb upgrade is running on this database (pid %): let it finish, then rerun '
+            'this script (it is idempotent)',
+            (SELECT string_agg(pid::text, ', ') FROM pg_locks WHERE locktype = 'advisory' AND granted
+             AND ((classid::bigint << 32) | objid::bigint) = {{lock_key}});
+    END IF;
+END
+$taskdb$;
+
+-- upgrade_unlock --
+DO $taskdb$ BEGIN PERFORM pg_advisory_unlock({{lock_key}}); END $taskdb$;
+
+-- version_guard --
+-- The database must be at the revision this script starts from, or at one it upgrades to (a rerun).
+DO $taskdb$
+DECLARE
+    v_allowed CONSTANT text[] := {{allowed}};
+    v_current text;
+BEGIN
+    IF to_regclass('alembic_version') IS NOT NULL THEN
+        SELECT string_agg(version_num, ', ') INTO v_current FROM alembic_version;
+    END IF;
+    IF v_current IS NULL AND NOT {{from_base}} THEN
+        RAISE EXCEPTION 'this script upgrades from revision % but the database has no taskdb revision: '
+            'generate the script with `taskdb sql base:%`', {{start}}, {{dest}};
+    ELSIF v_current IS NOT NULL AND NOT v_current = ANY (v_allowed) THEN
+        RAISE EXCEPTION 'this script upgrades % -> %, but the database is at revision %: generate the '
+            'script for its range with `taskdb sql %:%`', {{start}}, {{dest}}, v_current, v_current, {{dest}};
+    END IF;
+END
+$taskdb$;
+
+-- check_shapes --
+-- Each existing table must have the columns taskdb relies on, of an accepted type, and a unique key; else
+-- stop before anything changes, with the online upgrade's message (taskdb.adopt.check_shape).
+DO $taskdb$
+DECLARE
+    -- [{table, unique_key, columns: [{name, required, types: [...]}]}], from the revision
+    v_specs CONSTANT jsonb := {{specs}};
+    v_spec jsonb;
+    v_col jsonb;
+    v_type text;
+    v_is_enum boolean;
+BEGIN
+    FOR v_spec IN SELECT s FROM jsonb_array_elements(v_specs) AS s LOOP
+        CONTINUE WHEN to_regclass(v_spec ->> 'table') IS NULL;  -- absent: created below
+        FOR v_col IN SELECT c FROM jsonb_array_elements(v_spec -> 'columns') AS c LOOP
+            v_type := NULL;
+            SELECT format_type(a.atttypid, a.atttypmod), t.typtype = 'e' INTO v_type, v_is_enum
+            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+            WHERE a.attrelid = to_regclass(v_spec ->> 'table') AND a.attname = v_col ->> 'name'
+              AND a.attnum > 0 AND NOT a.attisdropped;
+            IF v_type IS NULL THEN
+                CONTINUE WHEN NOT (v_col ->> 'required')::boolean;
+                RAISE EXCEPTION 'table %, column %: missing (taskdb needs it); nothing was changed',
+                    quote_literal(v_spec ->> 'table'), quote_literal(v_col ->> 'name');
+            END IF;
+            IF NOT (v_col -> 'types' ? btrim(split_part(v_type, '(', 1)) OR (v_is_enum AND v_col -> 'types' ? '<enum>'))
+            THEN
+                RAISE EXCEPTION 'table %, column %: has type %, taskdb needs one of %; nothing was changed',
+                    quote_literal(v_spec ->> 'table'), quote_literal(v_col ->> 'name'), v_type,
+                    (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(v_col -> 'types') AS x);
+            END IF;
+        END LOOP;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = to_regclass(v_spec ->> 'table') AND i.indisunique AND i.indisvalid
+              AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = v_spec ->> 'unique_key')
+        THEN
+            RAISE EXCEPTION 'table %, column %: is not a primary key or unique (batches are keyed on it); '
+                'nothing was changed', quote_literal(v_spec ->> 'table'), quote_literal(v_spec ->> 'unique_key');
+        END IF;
+    END LOOP;
+END
+$taskdb$;
+
+-- create_table --
+-- Created only where absent (an existing table is adopted as it is), and recorded as taskdb's.
+DO $taskdb$
+BEGIN
+    IF to_regclass({{table_literal}}) IS NULL THEN
+        {{create_sql}};
+        {{record_owned}};
+    END IF;
+END
+$taskdb$;
+
+-- add_column --
+-- Nullable and without a default: a catalog-only change. Recorded so that a downgrade drops only these.
+DO $taskdb$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {{table_literal}}::regclass
+                   AND attname = {{column_literal}} AND attnum > 0 AND NOT attisdropped) THEN
+        ALTER TABLE {{table}} ADD COLUMN {{column}} {{type}};
+        {{record_owned}};
+    END IF;
+END
+$taskdb$;
+
+-- enum_labels --
+-- Only where tasks.status is an enum: the canonical labels it lacks (PostgreSQL cannot drop enum labels).
+DO $taskdb$
+DECLARE
+    v_type text;
+    v_label text;
+BEGIN
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_type
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = 'tasks'::regclass AND a.attname = 'status' AND NOT a.attisdropped AND t.typtype = 'e';
+    IF v_type IS NULL THEN
+        RETURN;  -- status is text
+    END IF;
+    FOREACH v_label IN ARRAY {{labels}} LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_enum WHERE enumtypid = to_regtype(v_type) AND enumlabel = v_label);
+        EXECUTE format('ALTER TYPE %s ADD VALUE IF NOT EXISTS %L', v_type, v_label);
+        INSERT INTO taskdb_owned_objects (kind, name, revision) VALUES ('enum_label', v_type || '.' || v_label, {{revision}})
+        ON CONFLICT (kind, name) DO NOTHING;
+    END LOOP;
+END
+$taskdb$;
+
+-- backfill_procedure --
+-- The backfill engine of src/taskdb/backfill.py (run_backfill) as a procedure of this session: the same
+-- sweeps (normal while children wait for their parents and progress is made, then final, then waiting for
+-- rows workers held locked), the same checkpoint (taskdb_backfill_progress: a killed run resumes after the
+-- last committed batch), and each batch THE SAME statement (resolve_batch of src/taskdb/sql/backfill.sql),
+-- committed on its own. One NOTICE per batch. A batch is a window of p_batch_size ids that, with
+-- p_target_batch_ms, grows or shrinks after every batch towards that duration (x2 or /2 at most, within
+-- p_min_batch_size..p_max_batch_size: BackfillConfig.next_size). Lock waits are bounded by the session's
+-- lock_timeout, with p_lock_attempts jittered retries per batch. CALL it outside a transaction block (it COMMITs).
+CREATE OR REPLACE PROCEDURE pg_temp.taskdb_backfill(
+    p_job text,
+    p_actor text,
+    p_batch_size integer DEFAULT 1000,
+    p_batch_delay interval DEFAULT interval '0',
+    p_max_sweeps integer DEFAULT 50,
+    p_lock_attempts integer DEFAULT 8,
+    p_target_batch_ms numeric DEFAULT 50,
+    p_min_batch_size integer DEFAULT 100,
+    p_max_batch_size integer DEFAULT 50000
+)
+LANGUAGE plpgsql AS $taskdb_backfill$
+DECLARE
+    -- resolve_batch: bind parameters $1 after, $2 batch_size, $3 final, $4 actor, $5 job, $6 sweep, $7 mode
+    c_resolve_batch CONSTANT text := {{resolve_batch}};
+    c_count_needs_work CONSTANT text := {{count_needs_work}};
+    v_status_type text;
+    v_skip_locked text;
+    v_waiting_for_locks text;
+    v_total bigint;
+    v_remaining bigint;
+    v_done_total bigint := 0;
+    v_sweep integer;
+    v_mode text;
+    v_after uuid;
+    v_finished timestamptz;
+    v_done bigint;
+    v_flagged bigint;
+    v_waiting bigint;
+    v_batch record;
+    v_attempt integer;
+    v_started timestamptz;
+    v_elapsed_ms numeric;
+    v_size integer := p_batch_size;
+    v_blockers text;
+BEGIN
+    IF p_batch_size < 1 OR p_max_sweeps < 2 OR p_lock_attempts < 1 OR p_batch_delay < interval '0'
+       OR p_target_batch_ms < 0 THEN
+        RAISE EXCEPTION 'taskdb_backfill: batch_size >= 1, max_sweeps >= 2, lock_attempts >= 1, batch_delay >= 0, '
+            'target_batch_ms >= 0';
+    END IF;
+    -- text, or the enum task_status: the batch casts the new status to it
+    SELECT format_type(a.atttypid, a.atttypmod) INTO STRICT v_status_type
+    FROM pg_attribute a WHERE a.attrelid = 'tasks'::regclass AND a.attname = 'status' AND NOT a.attisdropped;
+    v_skip_locked := replace(replace(c_resolve_batch, '${status_type}', v_status_type), '${lock_clause}', 'SKIP LOCKED');
+    v_waiting_for_locks := replace(replace(c_resolve_batch, '${status_type}', v_status_type), '${lock_clause}', '');
+
+    EXECUTE c_count_needs_work INTO v_total;
+    SELECT p.sweep, p.mode, p.last_id, p.finished_at INTO v_sweep, v_mode, v_after, v_finished
+    FROM taskdb_backfill_progress p WHERE p.job = p_job;
+    IF NOT FOUND OR v_finished IS NOT NULL THEN
+        INSERT INTO taskdb_backfill_progress (job, sweep, mode) VALUES (p_job, 1, 'normal')
+        ON CONFLICT (job) DO UPDATE SET sweep = 1, mode = 'normal', last_id = NULL, rows_done = 0,
+            started_at = clock_timestamp(), updated_at = clock_timestamp(), finished_at = NULL;
+        v_sweep := 1;
+        v_mode := 'normal';
+        v_after := NULL;
+    ELSE
+        RAISE NOTICE 'backfill %: resuming sweep % (%) after id %', p_job, v_sweep, v_mode, v_after;
+    END IF;
+    COMMIT;
+    RAISE NOTICE 'backfill %: % rows need work', p_job, v_total;
+
+    WHILE v_total > 0 LOOP  -- nothing to do (0004's catch-up, a rerun): no sweep over the table at all
+        v_done := 0;
+        v_flagged := 0;
+        v_waiting := 0;
+        LOOP  -- the batches of one sweep
+            v_attempt := 1;
+            v_started := clock_timestamp();
+            LOOP  -- attempts at one batch: only lock_not_available is retried
+                BEGIN
+                    EXECUTE CASE WHEN v_mode = 'waiting' THEN v_waiting_for_locks ELSE v_skip_locked END
+                    INTO STRICT v_batch
+                    USING v_after, v_size, v_mode <> 'normal', p_actor, p_job, v_sweep, v_mode;
+                    EXIT;
+                EXCEPTION WHEN lock_not_available THEN
+                    SELECT string_agg(format('pid %s (%s, %s, transaction open %s, holds %s on %s)', a.pid,
+                                             coalesce(nullif(a.application_name, ''), 'no application_name'),
+                                             a.state, date_trunc('second', now() - a.xact_start), l.mode,
+                                             l.relation::regclass), '; ')
+                    INTO v_blockers
+                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+                      AND l.relation = 'tasks'::regclass;
+                    IF v_attempt >= p_lock_attempts THEN
+                        RAISE EXCEPTION 'Failed after % attempts to take the lock for: backfill % batch (sweep %, %) '
+                            '-- blocked by: %. Nothing half-done is left; rerun when the blocker is gone (the '
+                            'backfill resumes from its checkpoint).', v_attempt, p_job, v_sweep, v_mode,
+                            coalesce(v_blockers, 'no blocking session found any more')
+                            USING ERRCODE = 'lock_not_available';
+                    END IF;
+                    RAISE WARNING 'lock not available for backfill % batch (attempt %/%), held by %; retrying',
+                        p_job, v_attempt, p_lock_attempts, coalesce(v_blockers, 'nobody any more');
+                    PERFORM pg_sleep(random() * least(10.0, 0.5 * 2 ^ (v_attempt - 1)));
+                    v_attempt := v_attempt + 1;
+                END;
+            END LOOP;
+            COMMIT;  -- the batch and its checkpoint, together
+            EXIT WHEN v_batch.scanned = 0;
+            v_after := v_batch.last_id;
+            v_done := v_done + v_batch.done;
+            v_flagged := v_flagged + v_batch.flagged;
+            v_waiting := v_waiting + v_batch.waiting;
+            v_done_total := v_done_total + v_batch.done;
+            v_elapsed_ms := extract(epoch FROM clock_timestamp() - v_started) * 1000;
+            RAISE NOTICE 'backfill %: sweep % (%) batch of % ids in % ms: % of % done, % remaining',
+                p_job, v_sweep, v_mode, v_batch.scanned, round(v_elapsed_ms), v_done_total,
+                greatest(v_total, v_done_total), greatest(v_total, v_done_total) - v_done_total;
+            IF p_target_batch_ms > 0 THEN  -- the next window, scaled towards the target duration
+                v_size := trunc(least(greatest(
+                    least(greatest(v_size * p_target_batch_ms / greatest(v_elapsed_ms, 1), v_size / 2.0), v_size * 2.0),
+                    p_min_batch_size), p_max_batch_size));
+            END IF;
+            IF p_batch_delay > interval '0' THEN
+                PERFORM pg_sleep(extract(epoch FROM p_batch_delay)::float8);
+            END IF;
+        END LOOP;
+        EXECUTE c_count_needs_work INTO v_remaining;
+        RAISE NOTICE 'backfill %: sweep % (%) done: % rows, % flagged, % waiting; % remaining',
+            p_job, v_sweep, v_mode, v_done, v_flagged, v_waiting, v_remaining;
+        EXIT WHEN v_remaining = 0;
+        IF v_sweep >= p_max_sweeps AND v_mode = 'waiting' THEN
+            RAISE WARNING 'backfill %: % rows still need work after % sweeps', p_job, v_remaining, v_sweep;
+            EXIT;
+        END IF;
+        -- More normal sweeps while children keep finding healthy parents; then flag the rest; then wait for
+        -- the rows that workers held locked.
+        v_mode := CASE WHEN v_mode = 'normal' AND v_waiting > 0 AND v_done > 0 AND v_sweep < p_max_sweeps - 1
+                       THEN 'normal'
+                       WHEN v_mode = 'normal' THEN 'final'
+                       ELSE 'waiting' END;
+        v_sweep := v_sweep + 1;
+        v_after := NULL;
+    END LOOP;
+
+    UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = p_job;
+    COMMIT;
+END
+$taskdb_backfill$;
+
+-- backfill_call --
+-- Outside a transaction block (the procedure commits every batch); no statement_timeout for the whole run.
+SET lock_timeout = {{lock_timeout}};
+SET statement_timeout = 0;
+-- every batch is short: JIT compiling it would cost more than it saves
+SET jit = off;
+CALL pg_temp.taskdb_backfill(
+    p_job => {{job}}, p_actor => {{actor}},
+    p_batch_size => {{batch_size}}, p_target_batch_ms => {{target_batch_ms}},
+    p_min_batch_size => {{min_batch_size}}, p_max_batch_size => {{max_batch_size}},
+    p_batch_delay => {{batch_delay}}, p_max_sweeps => {{max_sweeps}}, p_lock_attempts => {{lock_attempts}}
+);
+RESET jit;
+RESET statement_timeout;
+RESET lock_timeout;
+
+-- add_constraint --
+-- NOT VALID: no scan, a brief lock; from now on every insert and update must satisfy it. A constraint of
+-- that name that already exists is adopted as it is (and not recorded as taskdb's).
+DO $taskdb$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {{table_literal}}::regclass AND conname = {{name_literal}}){{also}} THEN
+        {{add_sql}};
+        {{comment_sql}};
+        {{record_owned}};
+    END IF;
+END
+$taskdb$;
+
+-- not_null_validate --
+-- The temporary CHECK (col IS NOT NULL): validated, or dropped with a warning when rows hold NULL (taskdb
+-- invents no values: the column stays nullable).
+DO $taskdb$
+DECLARE
+    v_nulls bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {{table_literal}}::regclass AND attname = {{column_literal}}
+               AND NOT attnotnull)
+       AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {{table_literal}}::regclass
+                   AND conname = {{name_literal}} AND NOT convalidated) THEN
+        BEGIN
+            ALTER TABLE {{table}} VALIDATE CONSTRAINT {{name}};
+        EXCEPTION WHEN check_violation THEN
+            SELECT count(*) INTO v_nulls FROM {{table}} WHERE {{column}} IS NULL;
+            ALTER TABLE {{table}} DROP CONSTRAINT IF EXISTS {{name}};
+            RAISE WARNING '%.% stays nullable: % rows hold NULL and taskdb invents no values',
+                {{table_literal}}, {{column_literal}}, v_nulls;
+        END;
+    END IF;
+END
+$taskdb$;
+
+-- not_null_set --
+-- With the CHECK validated, SET NOT NULL needs no scan (PostgreSQL 12+); then the CHECK goes.
+DO $taskdb$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {{table_literal}}::regclass AND attname = {{column_literal}}
+               AND NOT attnotnull)
+       AND EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {{table_literal}}::regclass
+                   AND conname = {{name_literal}} AND convalidated) THEN
+        ALTER TABLE {{table}} ALTER COLUMN {{column}} SET NOT NULL;
+        ALTER TABLE {{table}} DROP CONSTRAINT {{name}};
+        {{record_owned}};
+    END IF;
+END
+$taskdb$;
+
+-- index_check --
+-- A CREATE INDEX CONCURRENTLY that failed or was interrupted leaves an INVALID index, which IF NOT EXISTS
+-- would keep: stop, and say how to repair it.
+DO $taskdb$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass({{name_literal}}) AND NOT indisvalid) THEN
+        RAISE EXCEPTION 'index % is INVALID (an earlier build was interrupted): run DROP INDEX CONCURRENTLY %; '
+            'then rerun this script, which builds it again', {{name_literal}}, {{name_literal}};
+    END IF;
+END
+$taskdb$;
+
+-- index_record --
+-- Recorded as taskdb's before the build, so that an INVALID leftover is known to be ours. An index of that
+-- name the database already had is adopted as it is.
+INSERT INTO taskdb_owned_objects (kind, name, revision)
+SELECT 'index', {{owned_name}}, {{revision}} WHERE to_regclass({{name_literal}}) IS NULL
+ON CONFLICT (kind, name) DO NOTHING;
+
+-- index_comment --
+DO $taskdb$
+BEGIN
+    IF EXISTS (SELECT 1 FROM taskdb_owned_objects WHERE kind = 'index' AND name = {{owned_name}}) THEN
+        COMMENT ON INDEX {{name}} IS {{comment}};
+    END IF;
+END
+$taskdb$;
+
+-- roles_and_grants --
+-- The NOLOGIN group roles, where this role may create roles (roles are cluster-wide: no downgrade drops
+-- them); the grants only when all of them exist.
+DO $taskdb$
+DECLARE
+    v_may_create boolean := (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user);
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY {{roles}} LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role);
+        IF NOT v_may_create THEN
+            RAISE WARNING 'role % does not exist and % may not create roles: grants skipped', v_role, current_user;
+            RETURN;
+        END IF;
+        EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+        INSERT INTO taskdb_owned_objects (kind, name, revision) VALUES ('role', v_role, {{revision}})
+        ON CONFLICT (kind, name) DO NOTHING;
+    END LOOP;
+{{grants}}
+END
+$taskdb$;
+
+-- grants_if_role --
+-- Where 0005 made the monitor role.
+DO $taskdb$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {{role}}) THEN
+{{grants}}
+    END IF;
+END
+$taskdb$;
+
+-- cleanup_call --
+-- Cancel what is already stale: the procedure the pg_cron job runs, one committed batch at a time.
+SET lock_timeout = {{lock_timeout}};
+SET statement_timeout = 0;
+CALL taskdb_cancel_stale_queued_all({{actor}});
+RESET statement_timeout;
+RESET lock_timeout;
+
+-- cron_schedule --
+-- pg_cron keeps its jobs in one database per server (cron.database_name). When that is this database and the
+-- extension is here, schedule the jobs now (cron.schedule) and record them in taskdb_cron_jobs. Otherwise the
+-- jobs must be installed online: `taskdb cron install`, or an online `taskdb upgrade` (it connects to the cron
+-- database and uses cron.schedule_in_database).
+DO $taskdb$
+DECLARE
+    c_mode CONSTANT text := {{mode}};  -- TASKDB_CRON when the script was generated: auto or require
+    v_cron_db text := current_setting('cron.database_name', true);
+    v_job record;
+    v_name text;
+    v_qualified text;
+    v_schedule text;
+    v_command text;
+    v_jobid bigint;
+    v_database text;
+BEGIN
+    IF v_cron_db IS DISTINCT FROM current_database()
+       OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+        IF c_mode = 'require' THEN
+            RAISE EXCEPTION 'TASKDB_CRON=require: pg_cron is not installed in this database (cron.database_name '
+                'is %): the offline script schedules jobs only there; install them online with `taskdb cron '
+                'install` or an online `taskdb upgrade`', coalesce(v_cron_db, 'not readable');
+        END IF;
+        RAISE NOTICE 'pg_cron jobs not installed by this script (cron.database_name is %, pg_cron % here): '
+            'install them online with `taskdb cron install` (or an online `taskdb upgrade`); until then stale '
+            'Queued tasks are cancelled only when something calls taskdb_cancel_stale_queued_all',
+            coalesce(v_cron_db, 'not readable'),
+            CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN 'installed'
+                 ELSE 'not installed' END;
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock({{names_lock_key}});  -- job names are chosen one upgrade at a time
+    FOR v_job IN SELECT * FROM jsonb_to_recordset({{jobs}}) AS j(job text, base text, schedule text, command text)
+    LOOP
+        -- the plain name when it is free or already this database's job; else name:database
+        v_qualified := v_job.base || ':' || current_database();
+        IF octet_length(v_qualified) > 63 THEN
+            v_qualified := v_job.base || ':' || left(encode(sha256(convert_to(current_database(), 'UTF8')), 'hex'), 16);
+        END IF;
+        SELECT j.jobname INTO v_name FROM cron.job j
+        WHERE j.jobname IN (v_job.base, v_qualified) AND j.database = current_database()
+        ORDER BY j.jobname = v_job.base DESC LIMIT 1;
+        IF v_name IS NULL THEN
+            v_name := CASE WHEN EXISTS (SELECT 1 FROM cron.job j WHERE j.jobname = v_job.base) THEN v_qualified
+                           ELSE v_job.base END;
+        END IF;
+        v_schedule := coalesce(v_job.schedule, (SELECT cleanup_schedule FROM task_hygiene_settings));
+        v_command := coalesce(v_job.command, format('CALL taskdb_cancel_stale_queued_all(%L)', 'pg_cron job ' || v_name));
+        SELECT j.jobid INTO v_jobid FROM cron.job j
+        WHERE j.jobname = v_name AND j.schedule = v_schedule AND j.command = v_command;
+        IF v_jobid IS NULL THEN
+            v_jobid := cron.schedule(v_name, v_schedule, v_command);
+        END IF;
+        SELECT j.database INTO v_database FROM cron.job j WHERE j.jobid = v_jobid;
+        IF v_database IS DISTINCT FROM current_database() THEN
+            RAISE EXCEPTION 'pg_cron stored job % for database %, not %', v_name, v_database, current_database();
+        END IF;
+        INSERT INTO taskdb_cron_jobs AS r (job, jobname, jobid, cron_database, run_database, schedule, command)
+        VALUES (v_job.job, v_name, v_jobid, current_database(), current_database(), v_schedule, v_command)
+        ON CONFLICT (job) DO UPDATE
+        SET jobname = EXCLUDED.jobname, jobid = EXCLUDED.jobid, cron_database = EXCLUDED.cron_database,
+            run_database = EXCLUDED.run_database, schedule = EXCLUDED.schedule, command = EXCLUDED.command,
+            installed_at = now()
+        WHERE (r.jobname, r.jobid, r.cron_database, r.run_database, r.schedule, r.command)
+              IS DISTINCT FROM (EXCLUDED.jobname, EXCLUDED.jobid, EXCLUDED.cron_database, EXCLUDED.run_database,
+                                EXCLUDED.schedule, EXCLUDED.command);
+        RAISE NOTICE 'pg_cron job % scheduled (%) in this database', v_name, v_schedule;
+        v_name := NULL;
+    END LOOP;
+END
+$taskdb$;
