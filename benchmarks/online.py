@@ -172,13 +172,14 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     for p in procs:
         p.start()
     time.sleep(WARMUP_S + BEFORE_S)
+    env = os.environ | {"DATABASE_URL": url}  # not on the command line, where `ps` shows the password
     started_wall = time.time()
     started = time.perf_counter()
     if migration == "taskdb":
-        done = subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", url, "upgrade"],
+        done = subprocess.run([sys.executable, "-m", "taskdb.cli", "upgrade"], env=env,
                               capture_output=True, text=True)  # fmt: skip
     else:
-        done = subprocess.run([sys.executable, "-c", NAIVE_RUNNER, url, NAIVE_MIGRATION],
+        done = subprocess.run([sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION], env=env,
                               capture_output=True, text=True)  # fmt: skip
     seconds = time.perf_counter() - started
     ended_wall = time.time()
@@ -206,9 +207,10 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
 
 
 NAIVE_RUNNER = """
-import sys, psycopg
-with psycopg.connect(sys.argv[1].replace('postgresql+psycopg://', 'postgresql://'), autocommit=True) as conn:
-    conn.execute(sys.argv[2])
+import os, sys, psycopg
+with psycopg.connect(os.environ['DATABASE_URL'].replace('postgresql+psycopg://', 'postgresql://'),
+                     autocommit=True) as conn:
+    conn.execute(sys.argv[1])
 """
 
 
