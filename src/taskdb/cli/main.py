@@ -8,13 +8,13 @@ import sys
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
 
-from taskdb.cli import cleanup, cron, demo, migrate, plan, reset, sql
+from taskdb.cli import cleanup, cron, demo, doctor, migrate, plan, reset, sql
 from taskdb.cli.common import EXAMPLES
 from taskdb.cli.progress import setup_logging
 from taskdb.config import redact, resolve_url
 from taskdb.errors import TaskdbError
 
-COMMANDS = (plan, migrate, cleanup, cron, demo, reset, sql)
+COMMANDS = (plan, migrate, sql, doctor, cleanup, cron, reset, demo)  # the order of `taskdb --help`
 
 
 def parser() -> argparse.ArgumentParser:
