@@ -36,7 +36,8 @@ def test_resolve_batch_is_one_keyset_statement_that_skips_locked_rows() -> None:
     assert "$" not in sql.replace("$$", "")  # every placeholder filled
     # a window of the next batch_size ids, then the rows in it that need work, skipping locked ones
     assert "ORDER BY t.id\n    LIMIT :batch_size\n)" in sql
-    assert "AND t.id <= b.upper" in sql and "ORDER BY t.id\n    FOR NO KEY UPDATE OF t SKIP LOCKED" in sql
+    assert "FROM window_ids w\n    JOIN tasks t ON t.id = w.id" in sql
+    assert "ORDER BY t.id\n    FOR NO KEY UPDATE OF t SKIP LOCKED" in sql
     assert "t.id > CAST(:after AS uuid)" in sql
     assert "CAST(c.status AS task_status)" in sql
     # the same predicate decides what the batch takes and what the progress counts
