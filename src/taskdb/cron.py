@@ -21,6 +21,12 @@ database's job; when another database's job holds it, the job is named ``taskdb_
 with one warning; ``require`` fails before changing anything, saying how to enable pg_cron; ``skip`` never
 installs. The module has no opinion on Alembic: revision 0006 composes :func:`prepare`, :func:`schedule_jobs`,
 :func:`record` and :func:`unschedule_jobs`; ``taskdb plan`` can print :class:`CronReadiness`.
+
+``taskdb cron install|sync|remove|status`` use the same functions: :func:`install` (prepare + schedule_jobs +
+record, as the upgrade; optionally a new ``cleanup_schedule`` first), :func:`sync` (the same, for an installed
+job only), :func:`remove` (the downgrade's :func:`unschedule_jobs`, then the record is cleared) and
+:func:`status` (the record, cron.job and the last runs in cron.job_run_details, wherever they live). These
+commands ask for pg_cron explicitly: they act as ``require`` whatever ``TASKDB_CRON`` says.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import forget_owned, owned, record_owned, table_exists
+from taskdb.config import redact
 from taskdb.db import connect, create_engine, rows, scalar, sqlstate, transaction
 from taskdb.errors import ConfigError, TaskdbError
 
@@ -52,7 +59,13 @@ PURGE_JOB = "taskdb_purge_cron_history"
 PURGE_SCHEDULE = "45 3 * * *"  # daily, UTC, half an hour after the default cleanup
 HISTORY_KEPT = "14 days"
 RECORD_TABLE = "taskdb_cron_jobs"
+SETTINGS_TABLE = "task_hygiene_settings"
+SCHEDULE_SETTING = f"{SETTINGS_TABLE}.cleanup_schedule"
 APPLICATION_NAME = "taskdb cron"
+# The revision that schedules the jobs and records them; `taskdb cron install` records what it creates under it,
+# so that this revision's downgrade still undoes it.
+CRON_REVISION = "0006_cron"
+LAST_RUNS = 5  # runs of each job `taskdb cron status` shows
 
 # pg_cron 1.4 stores jobname as type name: longer names would be silently truncated.
 NAME_MAX_BYTES = 63
@@ -67,19 +80,31 @@ NAMES_LOCK_KEY = 0x7461736B63726F6E
 INSUFFICIENT_PRIVILEGE = "42501"
 SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
 
-ENABLE_PG_CRON = (
+ENABLE_STEPS = (
     "To enable pg_cron: in postgresql.conf set shared_preload_libraries = 'pg_cron' (keep the libraries already "
     "listed) and cron.database_name = '<the database that holds the jobs>' (default 'postgres'), restart "
-    "PostgreSQL, then rerun the upgrade. Managed services: AWS RDS/Aurora: add pg_cron to shared_preload_libraries "
+    "PostgreSQL, then {rerun}. Managed services: AWS RDS/Aurora: add pg_cron to shared_preload_libraries "
     "in the DB parameter group and reboot; Google Cloud SQL: set the flag cloudsql.enable_pg_cron=on; "
     "Azure Database for PostgreSQL: add PG_CRON to the azure.extensions and shared_preload_libraries server "
-    "parameters; Supabase: Dashboard -> Database -> Extensions -> pg_cron. "
-    f"Or set {MODE_ENV}=skip to upgrade without the job ({MODE_ENV}=auto does so with a warning)."
+    "parameters; Supabase: Dashboard -> Database -> Extensions -> pg_cron."
 )
+WITHOUT_THE_JOB = f"Or set {MODE_ENV}=skip to upgrade without the job ({MODE_ENV}=auto does so with a warning)."
+ENABLE_PG_CRON = ENABLE_STEPS.format(rerun="rerun the upgrade") + " " + WITHOUT_THE_JOB
+MEANWHILE = "meanwhile `taskdb cleanup` cancels stale Queued tasks when something runs it"
 
 
 class CronUnavailable(TaskdbError):
     """pg_cron cannot be used here, and TASKDB_CRON=require asks for it; nothing was changed."""
+
+
+class CronNotInstallable(CronUnavailable):
+    """``taskdb cron install`` / ``sync``: pg_cron cannot be used here (like a missing configuration: exit 2)."""
+
+    exit_code = 2
+
+
+class CronNotUpgraded(TaskdbError):
+    """The database has not had revision 0006_cron: there is no record of taskdb's jobs to keep."""
 
 
 class CronJobConflict(TaskdbError):
@@ -100,6 +125,57 @@ def cron_mode(environ: Mapping[str, str] | None = None) -> str:
 _MACROS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"})
 _SECONDS = re.compile(r"^([1-9]|[1-5][0-9]) seconds?$")
 _FIELD = re.compile(r"^[0-9A-Za-z*,/$-]+$")
+# minute, hour, day of month, month, day of week (0 and 7: Sunday), as pg_cron's parser takes them
+_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_FIELD_NAMES: tuple[dict[str, int], ...] = (
+    {}, {}, {},
+    {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
+                                     "jul", "aug", "sep", "oct", "nov", "dec"))},
+    {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
+)
+
+
+def _field_ok(text: str, index: int) -> bool:
+    """One cron field: comma-separated items of ``*``, a value or a range, each with an optional ``/step``;
+    values in range (names for months and weekdays; ``$``, the last day of the month, in the day of month)."""
+    low, high = _RANGES[index]
+    for item in text.split(","):
+        span, slash, step = item.partition("/")
+        if slash and not (step.isdigit() and 1 <= int(step) <= high):
+            return False
+        if span == "*":
+            continue
+        bounds = span.split("-")
+        if len(bounds) > 2:
+            return False
+        for bound in bounds:
+            if index == 2 and bound == "$":
+                continue
+            value = int(bound) if bound.isdigit() else _FIELD_NAMES[index].get(bound.lower())
+            if value is None or not low <= value <= high:
+                return False
+    return True
+
+
+def schedule_problem(schedule: str, version: tuple[int, int] | None = None) -> str | None:
+    """Why pg_cron (``version``, or any recent one when None) would not take ``schedule``; None when it would."""
+    text = " ".join(schedule.split())
+    # 'N seconds' and '$' (last day of the month) arrived in pg_cron 1.5; 1.4 rejects them.
+    if (_SECONDS.match(text) or "$" in text) and version is not None and version < SECONDS_SINCE:
+        return (
+            f"schedule {schedule!r} needs pg_cron >= 1.5 (this server has {version[0]}.{version[1]}): use a plain "
+            "cron schedule such as '* * * * *', or upgrade pg_cron"
+        )
+    if _SECONDS.match(text) or text.lower() in _MACROS:
+        return None
+    fields = text.split(" ")
+    if len(fields) == 5 and all(_FIELD.match(f) and _field_ok(f, i) for i, f in enumerate(fields)):
+        return None
+    return (
+        f"invalid schedule {schedule!r}: use five cron fields (minute 0-59, hour 0-23, day of month 1-31, "
+        "month 1-12, day of week 0-7; UTC; e.g. '15 3 * * *'), a macro such as '@daily', or on pg_cron >= 1.5 "
+        "'N seconds' (1-59)"
+    )
 
 
 @dataclass(frozen=True)
@@ -111,30 +187,16 @@ class CronJobConfig:
     command: str
     database: str  # where the command runs (cron.job.database)
 
-    def validate(self, version: tuple[int, int] | None = None) -> None:
-        """Reject what pg_cron would reject, before anything is changed; ``version`` is pg_cron's."""
+    def validate(self, version: tuple[int, int] | None = None, where: str | None = SCHEDULE_SETTING) -> None:
+        """Reject what pg_cron would reject, before anything is changed; ``version`` is pg_cron's, ``where``
+        says where the schedule comes from (the message says to fix it there)."""
         if not self.name or len(self.name.encode()) > NAME_MAX_BYTES:
             raise ConfigError(f"pg_cron job name {self.name!r} must be 1 to {NAME_MAX_BYTES} bytes")
         if not self.command.strip():
             raise ConfigError(f"pg_cron job {self.name}: empty command")
-        schedule = " ".join(self.schedule.split())
-        # 'N seconds' and '$' (last day of the month) arrived in pg_cron 1.5; 1.4 rejects them.
-        if (_SECONDS.match(schedule) or "$" in schedule) and version is not None and version < SECONDS_SINCE:
-            raise ConfigError(
-                f"pg_cron job {self.name}: schedule {self.schedule!r} needs pg_cron >= 1.5 (this server has "
-                f"{version[0]}.{version[1]}): use a plain cron schedule such as '* * * * *' in "
-                "task_hygiene_settings.cleanup_schedule, or upgrade pg_cron"
-            )
-        if _SECONDS.match(schedule):
-            return
-        fields = schedule.split(" ")
-        if schedule.lower() in _MACROS or (len(fields) == 5 and all(_FIELD.match(f) for f in fields)):
-            return
-        raise ConfigError(
-            f"pg_cron job {self.name}: invalid schedule {self.schedule!r}: use five cron fields "
-            "(minute hour day-of-month month day-of-week, UTC, e.g. '15 3 * * *'), a macro such as '@daily', "
-            "or on pg_cron >= 1.5 'N seconds' (1-59); fix task_hygiene_settings.cleanup_schedule"
-        )
+        problem = schedule_problem(self.schedule, version)
+        if problem is not None:
+            raise ConfigError(f"pg_cron job {self.name}: {problem}" + (f"; fix {where}" if where else ""))
 
 
 def quote_literal(value: str) -> str:
@@ -376,22 +438,37 @@ def _detect_in_cron_database(cconn: Connection, base: dict[str, Any]) -> CronRea
     return CronReadiness(**base, notes=tuple(notes))
 
 
-def how_to_enable(problem: str, missing: bool = True) -> str:
-    """The message for a missing or unusable pg_cron: what is wrong, then exactly how to fix it."""
+def how_to_enable(problem: str, missing: bool = True, requested_by: str | None = None) -> str:
+    """The message for a missing or unusable pg_cron: what is wrong, then exactly how to fix it. For an upgrade
+    (``requested_by`` None) it ends with TASKDB_CRON=skip; for a command, it says to rerun that command."""
+    if requested_by is None:
+        if missing:
+            return f"pg_cron is not available: {problem}. {ENABLE_PG_CRON}"
+        return f"pg_cron cannot be used: {problem}. {WITHOUT_THE_JOB.split(' (')[0]}."
     if missing:
-        return f"pg_cron is not available: {problem}. {ENABLE_PG_CRON}"
-    return f"pg_cron cannot be used: {problem}. Or set {MODE_ENV}=skip to upgrade without the job."
+        return f"pg_cron is not available: {problem}. {ENABLE_STEPS.format(rerun=f'rerun `{requested_by}`')}"
+    return f"pg_cron cannot be used: {problem}. Fix that, then rerun `{requested_by}`; {MEANWHILE}."
+
+
+def _unavailable(requested_by: str | None, message: str) -> CronUnavailable:
+    """``TASKDB_CRON=require`` during an upgrade (exit 1), or a ``taskdb cron`` command (exit 2)."""
+    if requested_by is None:
+        return CronUnavailable(f"{MODE_ENV}=require: {message} Nothing was changed.")
+    return CronNotInstallable(f"{requested_by}: {message} Nothing was changed.")
 
 
 # -- install ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CronPlan:
-    """What an upgrade will do about pg_cron, decided before anything changes."""
+    """What an upgrade (or ``taskdb cron install``) will do about pg_cron, decided before anything changes."""
 
     mode: str
     readiness: CronReadiness | None  # None when skipped
     schedule: str | None  # the cleanup's schedule, validated
+    # who asks for pg_cron under mode require: None for TASKDB_CRON=require (an upgrade), else the command
+    requested_by: str | None = None
+    schedule_source: str | None = SCHEDULE_SETTING  # where the schedule comes from (None: the caller's argument)
 
     @property
     def install(self) -> bool:
@@ -410,6 +487,7 @@ class InstalledJob:
     schedule: str
     command: str
     changed: bool = False  # whether this install wrote to cron.job
+    was: str | None = None  # cron.job's schedule before this install changed it (None: new or unchanged)
 
 
 @dataclass(frozen=True)
@@ -421,23 +499,32 @@ class Installation:
     skipped: str | None = None  # why pg_cron turned out unusable (CREATE EXTENSION refused), with the remedy
 
 
-def prepare(conn: Connection, mode: str | None = None) -> CronPlan:
-    """Read-only: mode, readiness and the validated schedule. Raises (nothing changed) on a bad TASKDB_CRON,
-    a bad schedule, or ``require`` without a usable pg_cron."""
+def stored_schedule(conn: Connection) -> str:
+    return str(scalar(conn, f"SELECT cleanup_schedule FROM {SETTINGS_TABLE}"))
+
+
+def prepare(
+    conn: Connection, mode: str | None = None, *, schedule: str | None = None, requested_by: str | None = None
+) -> CronPlan:
+    """Read-only: mode, readiness and the validated schedule (``schedule``, else the stored cleanup_schedule).
+    Raises (nothing changed) on a bad TASKDB_CRON, a bad schedule, or ``require`` without a usable pg_cron."""
     mode = mode or cron_mode()
     if mode == "skip":
-        return CronPlan(mode, None, None)
+        return CronPlan(mode, None, None, requested_by)
+    source = SCHEDULE_SETTING if schedule is None else None
+    if schedule is not None:  # the caller's schedule: its syntax first, before anything is looked at
+        schedule = " ".join(schedule.split())
+        CronJobConfig(CLEANUP_JOB, schedule, cleanup_command(CLEANUP_JOB), "-").validate(None, where=None)
     readiness = detect(conn)
-    schedule = str(scalar(conn, "SELECT cleanup_schedule FROM task_hygiene_settings"))
+    schedule = stored_schedule(conn) if schedule is None else schedule
     if not readiness.ready:
         if mode == "require":
-            message = how_to_enable(str(readiness.problem), readiness.missing)
-            raise CronUnavailable(f"{MODE_ENV}=require: {message} Nothing was changed.")
-        return CronPlan(mode, readiness, schedule)
+            raise _unavailable(requested_by, how_to_enable(str(readiness.problem), readiness.missing, requested_by))
+        return CronPlan(mode, readiness, schedule, requested_by, source)
     CronJobConfig(CLEANUP_JOB, schedule, cleanup_command(CLEANUP_JOB), readiness.current_database).validate(
-        readiness.version
+        readiness.version, where=source
     )
-    return CronPlan(mode, readiness, schedule)
+    return CronPlan(mode, readiness, schedule, requested_by, source)
 
 
 def warn_if_missing(plan: CronPlan, installation: Installation) -> None:
@@ -507,7 +594,10 @@ def _ensure_job(cconn: Connection, job: CronJobConfig, kind: str, cron_database:
             )
     else:
         jobid = existing["jobid"]
-    return InstalledJob(kind, job.name, int(jobid), cron_database, job.database, job.schedule, job.command, changed)
+    was = existing["schedule"] if changed and existing is not None and existing["schedule"] != job.schedule else None
+    return InstalledJob(
+        kind, job.name, int(jobid), cron_database, job.database, job.schedule, job.command, changed, was
+    )
 
 
 def extension_owner_name(cron_database: str) -> str:
@@ -527,18 +617,19 @@ def schedule_jobs(conn: Connection, plan: CronPlan) -> Installation:
     readiness = plan.readiness
     cron_db, current = str(readiness.cron_database), readiness.current_database
     try:
-        return _schedule_jobs(conn, plan.schedule, cron_db, current)
+        return _schedule_jobs(conn, plan.schedule, cron_db, current, plan.schedule_source)
     except _ExtensionRefused as refused:
         problem = f"CREATE EXTENSION pg_cron in database {cron_db!r} failed: {refused}"
         missing = "shared_preload_libraries" in str(refused) or "control file" in str(refused)
         if not missing:
+            rerun = "the upgrade" if plan.requested_by is None else f"`{plan.requested_by}`"
             problem += (
                 f"; pg_cron is not a trusted extension: a superuser (on managed services the admin role, e.g. "
-                f"rds_superuser) must run CREATE EXTENSION pg_cron in database {cron_db!r}, then rerun the upgrade"
+                f"rds_superuser) must run CREATE EXTENSION pg_cron in database {cron_db!r}, then rerun {rerun}"
             )
-        message = how_to_enable(problem, missing)
+        message = how_to_enable(problem, missing, plan.requested_by)
         if plan.mode == "require":
-            raise CronUnavailable(f"{MODE_ENV}=require: {message} Nothing was changed.") from None
+            raise _unavailable(plan.requested_by, message) from None
         return Installation([], skipped=message)
 
 
@@ -546,7 +637,9 @@ class _ExtensionRefused(Exception):
     """CREATE EXTENSION pg_cron failed (privilege, files, library): pg_cron is not usable here."""
 
 
-def _schedule_jobs(conn: Connection, schedule: str, cron_db: str, current: str) -> Installation:
+def _schedule_jobs(
+    conn: Connection, schedule: str, cron_db: str, current: str, where: str | None = SCHEDULE_SETTING
+) -> Installation:
     with cron_connection(conn, cron_db) as cconn, transaction(cconn):
         created = False
         if scalar(cconn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'") is None:
@@ -560,8 +653,8 @@ def _schedule_jobs(conn: Connection, schedule: str, cron_db: str, current: str) 
         cleanup_name = choose_name(cconn, CLEANUP_JOB, current)
         cleanup = CronJobConfig(cleanup_name, schedule, cleanup_command(cleanup_name), current)
         purge = purge_job(cron_db, choose_name(cconn, PURGE_JOB, cron_db))
-        for job in (cleanup, purge):
-            job.validate(version)
+        cleanup.validate(version, where)
+        purge.validate(version)
         jobs = [_ensure_job(cconn, cleanup, CLEANUP_JOB, cron_db), _ensure_job(cconn, purge, PURGE_JOB, cron_db)]
     for job in jobs:
         if job.changed:
@@ -589,20 +682,95 @@ def record(conn: Connection, installation: Installation, revision: str) -> None:
     for job in installation.jobs:
         params = asdict(job)
         params.pop("changed")
+        params.pop("was")
         conn.execute(sa.text(RECORD_SQL), params)
     if installation.created_extension and installation.jobs:
         record_owned(conn, "extension", extension_owner_name(installation.jobs[0].cron_database), revision)
 
 
-def install(conn: Connection, revision: str, mode: str | None = None) -> list[InstalledJob]:
-    """prepare + schedule_jobs + record (taskdb_cron_jobs must exist): for a later ``taskdb cron sync``,
-    e.g. after a DBA changed cleanup_schedule. ``conn`` is AUTOCOMMIT."""
-    plan = prepare(conn, mode)
+@dataclass(frozen=True)
+class InstallResult:
+    """What :func:`install` / :func:`sync` did: the jobs as installed now, and what changed."""
+
+    database: str
+    schedule: str  # the cleanup's schedule, now in task_hygiene_settings and in cron.job
+    jobs: list[InstalledJob]
+    created_extension: bool = False
+    previous_schedule: str | None = None  # cleanup_schedule before install(schedule=...) changed it
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written: a job (re)scheduled, pg_cron created, or the schedule changed."""
+        return self.created_extension or self.previous_schedule is not None or any(j.changed for j in self.jobs)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["changed"] = self.changed
+        return out
+
+
+def _require_upgraded(conn: Connection, requested_by: str) -> None:
+    missing = [table for table in (SETTINGS_TABLE, RECORD_TABLE) if not table_exists(conn, table)]
+    if missing:
+        raise CronNotUpgraded(
+            f"{requested_by}: this database has not had revision {CRON_REVISION} (no {', '.join(missing)}): run "
+            "`taskdb upgrade`, which installs the pg_cron jobs where pg_cron is available. Nothing was changed."
+        )
+
+
+def install(
+    conn: Connection,
+    *,
+    schedule: str | None = None,
+    actor: str | None = None,
+    requested_by: str = "taskdb cron install",
+    revision: str = CRON_REVISION,
+) -> InstallResult:
+    """``taskdb cron install``: what revision 0006 does (prepare + schedule_jobs + record), asked for explicitly:
+    pg_cron must be usable whatever TASKDB_CRON says (else :class:`CronNotInstallable`, nothing changed).
+    Idempotent: a job already as wanted is not rewritten (same jobid, same row).
+
+    ``schedule`` replaces ``task_hygiene_settings.cleanup_schedule``: validated first (syntax, then against the
+    server's pg_cron), scheduled in the cron database, then written to the settings together with the record
+    (one transaction of the target database), and logged with ``actor``. ``conn`` is AUTOCOMMIT."""
+    _require_upgraded(conn, requested_by)
+    plan = prepare(conn, "require", schedule=schedule, requested_by=requested_by)
+    assert plan.schedule is not None and plan.readiness is not None  # require: ready, or raised
+    before = stored_schedule(conn)
+    # The cron database first, in one transaction: if it fails, nothing anywhere has changed.
     installation = schedule_jobs(conn, plan)
+    new_schedule = plan.schedule != before
     with transaction(conn):
+        if new_schedule:
+            conn.execute(sa.text(f"UPDATE {SETTINGS_TABLE} SET cleanup_schedule = :s"), {"s": plan.schedule})
         record(conn, installation, revision)
-    warn_if_missing(plan, installation)
-    return installation.jobs
+    if new_schedule:
+        log.info(
+            "%s changed from %r to %r by %s (role %s); taskdb_cron_jobs.installed_at records when the job took it",
+            SCHEDULE_SETTING, before, plan.schedule, actor or requested_by, plan.readiness.user,
+        )
+    return InstallResult(
+        plan.readiness.current_database, plan.schedule, installation.jobs, installation.created_extension,
+        before if new_schedule else None,
+    )
+
+
+class CronNotInstalled(TaskdbError):
+    """No taskdb pg_cron job is installed for this database: nothing to sync."""
+
+
+def sync(conn: Connection, *, actor: str | None = None, requested_by: str = "taskdb cron sync") -> InstallResult:
+    """``taskdb cron sync``: make the installed jobs match ``task_hygiene_settings.cleanup_schedule`` again (a
+    DBA's UPDATE takes effect; the jobid is kept). The same path as :func:`install`, but only where the cleanup
+    job is recorded as installed: a job removed on purpose is not brought back (:class:`CronNotInstalled`)."""
+    _require_upgraded(conn, requested_by)
+    if not any(job["job"] == CLEANUP_JOB for job in recorded_jobs(conn)):
+        database = scalar(conn, "SELECT current_database()")
+        raise CronNotInstalled(
+            f"{requested_by}: no taskdb pg_cron job is installed for database {database}, so there is nothing to "
+            f"sync; `taskdb cron install` installs it with {SCHEDULE_SETTING} {stored_schedule(conn)!r}"
+        )
+    return install(conn, actor=actor, requested_by=requested_by)
 
 
 # -- remove -----------------------------------------------------------------------------------------------
@@ -621,55 +789,76 @@ def unscheduling_sql(job: Mapping[str, Any]) -> str:
     )
 
 
-def unschedule_jobs(conn: Connection, revision: str, mode: str | None = None) -> None:
+def unschedule_jobs(
+    conn: Connection, revision: str, mode: str | None = None, *, requested_by: str | None = None
+) -> list[dict[str, Any]]:
     """Remove this database's cleanup job, the purge job when no taskdb cleanup job is left in that cron
     database, and pg_cron itself when taskdb created it and nothing else uses it. ``require`` makes an
-    unreachable cron database an error (before anything changes); otherwise it is a warning with the SQL."""
+    unreachable cron database an error (before anything changes); otherwise it is a warning with the SQL.
+
+    Returns the recorded jobs, each with ``outcome``: ``unscheduled``; ``absent`` (not in cron.job any more);
+    ``kept`` (the purge job, which other databases' cleanup jobs still use); ``unreachable`` (warned)."""
     mode = mode or cron_mode()
     by_cron_db: dict[str, list[dict[str, Any]]] = {}
     for job in recorded_jobs(conn):
         by_cron_db.setdefault(job["cron_database"], []).append(job)
+    done: list[dict[str, Any]] = []
     for cron_db, jobs in by_cron_db.items():
         try:
             with cron_connection(conn, cron_db) as cconn:
                 if scalar(cconn, "SELECT to_regclass('cron.job') IS NULL"):
                     log.info("pg_cron is no longer installed in %s: no job to remove", cron_db)
+                    done += [{**job, "outcome": "absent"} for job in jobs]
                     continue
-                removed = _unschedule_in(cconn, cron_db, jobs)
+                outcomes = _unschedule_in(cconn, cron_db, jobs)
+                removed = [int(job["jobid"]) for job in outcomes if job["outcome"] == "unscheduled"]
                 _drop_extension_if_ours(cconn, conn, cron_db, removed, revision)
+                done += outcomes
         except (TaskdbError, DBAPIError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             todo = "; ".join(unscheduling_sql(job) for job in jobs)
             if mode == "require":
+                who = f"{MODE_ENV}=require" if requested_by is None else requested_by
                 raise CronUnavailable(
-                    f"{MODE_ENV}=require: cannot remove taskdb's pg_cron jobs in {cron_db!r} ({reason}); "
+                    f"{who}: cannot remove taskdb's pg_cron jobs in {cron_db!r} ({reason}); "
                     f"nothing was changed. Fix access to that database, or remove them by hand ({todo}) and rerun"
                 ) from None
             log.warning("cannot remove taskdb's pg_cron jobs in %s (%s); remove them by hand: %s", cron_db, reason,
                         todo)  # fmt: skip
+            done += [{**job, "outcome": "unreachable"} for job in jobs]
+    return done
 
 
-def _unschedule_in(cconn: Connection, cron_db: str, jobs: list[dict[str, Any]]) -> list[int]:
-    """One transaction: unschedule this database's cleanup job, and the purge job if it is the last one."""
-    removed: list[int] = []
+def _unschedule_in(cconn: Connection, cron_db: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One transaction: unschedule this database's cleanup job, and the purge job if it is the last one.
+    Returns ``jobs`` with their outcome (see :func:`unschedule_jobs`); an unscheduled job has cron.job's jobid."""
+    outcomes: list[dict[str, Any]] = []
     with transaction(cconn):
         cconn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": NAMES_LOCK_KEY})
         ours = {job["job"]: job for job in jobs}
-        cleanup = ours.get(CLEANUP_JOB)
+        cleanup = ours.pop(CLEANUP_JOB, None)
         if cleanup is not None:
             found = _jobs_named(cconn, [cleanup["jobname"]]).get(cleanup["jobname"])
             if found is not None and found["database"] == cleanup["run_database"]:
                 scalar(cconn, "SELECT cron.unschedule(CAST(:id AS bigint))", {"id": found["jobid"]})
-                removed.append(int(found["jobid"]))
-        purge = ours.get(PURGE_JOB)
-        if purge is not None and not rows(cconn, CLEANUP_JOBS_SQL):
-            # The purge job serves every taskdb database of this server: it goes with the last cleanup job.
+                outcomes.append({**cleanup, "jobid": int(found["jobid"]), "outcome": "unscheduled"})
+            else:
+                outcomes.append({**cleanup, "outcome": "absent"})
+        purge = ours.pop(PURGE_JOB, None)
+        if purge is not None:
             found = _jobs_named(cconn, [purge["jobname"]]).get(purge["jobname"])
-            if found is not None and found["database"] == cron_db:
+            if found is None or found["database"] != cron_db:
+                outcomes.append({**purge, "outcome": "absent"})
+            elif rows(cconn, CLEANUP_JOBS_SQL):
+                outcomes.append({**purge, "outcome": "kept"})  # other databases' cleanup jobs still use it
+            else:
+                # The purge job serves every taskdb database of this server: it goes with the last cleanup job.
                 scalar(cconn, "SELECT cron.unschedule(CAST(:id AS bigint))", {"id": found["jobid"]})
-                removed.append(int(found["jobid"]))
+                outcomes.append({**purge, "jobid": int(found["jobid"]), "outcome": "unscheduled"})
+        outcomes += [{**job, "outcome": "absent"} for job in ours.values()]
+    removed = [job["jobid"] for job in outcomes if job["outcome"] == "unscheduled"]
     log.info("removed pg_cron jobs %s from %s", removed, cron_db)
-    return removed
+    return outcomes
 
 
 def _drop_extension_if_ours(
@@ -700,3 +889,148 @@ def _drop_extension_if_ours(
         return
     forget_owned(conn, "extension", name)
     log.info("dropped pg_cron from %s (taskdb had created it)", cron_db)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What :func:`remove` did: each recorded job with its ``outcome`` (see :func:`unschedule_jobs`)."""
+
+    database: str
+    jobs: list[dict[str, Any]]
+    cleared: int  # rows deleted from taskdb_cron_jobs
+
+    @property
+    def changed(self) -> bool:
+        return self.cleared > 0 or any(job["outcome"] == "unscheduled" for job in self.jobs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "changed": self.changed}
+
+
+def remove(conn: Connection, *, requested_by: str = "taskdb cron remove", revision: str = CRON_REVISION) -> Removal:
+    """``taskdb cron remove``: the downgrade's :func:`unschedule_jobs` (this database's cleanup job wherever it
+    lives, the purge job with the server's last cleanup job, pg_cron itself if taskdb created it and nothing
+    else uses it), then the record is cleared. An unreachable cron database is an error before anything
+    changes, whatever TASKDB_CRON says. Idempotent; the queue keeps working (``taskdb cleanup``)."""
+    database = str(scalar(conn, "SELECT current_database()"))
+    if not table_exists(conn, RECORD_TABLE):
+        return Removal(database, [], 0)
+    jobs = unschedule_jobs(conn, revision, "require", requested_by=requested_by)
+    with transaction(conn):
+        cleared = len(rows(
+            conn,
+            f"DELETE FROM {RECORD_TABLE} WHERE job = ANY(CAST(:jobs AS text[])) RETURNING job",
+            {"jobs": [job["job"] for job in jobs if job["outcome"] != "unreachable"]},
+        ))
+    return Removal(database, jobs, cleared)
+
+
+# -- status -----------------------------------------------------------------------------------------------
+
+JOB_STATE_SQL = (
+    "SELECT jobid, schedule, command, active FROM cron.job "
+    "WHERE jobname::text = :jobname AND database = :database"
+)
+LAST_RUNS_SQL = (
+    "SELECT runid, status, start_time, end_time, "
+    "round((extract(epoch FROM end_time - start_time) * 1000)::numeric, 1)::float8 AS duration_ms, "
+    "return_message FROM cron.job_run_details WHERE jobid = CAST(:jobid AS bigint) "
+    f"ORDER BY runid DESC LIMIT {LAST_RUNS}"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+def _read_job_states(conn: Connection, jobs: list[dict[str, Any]]) -> None:
+    """Add cron.job's view of each recorded job (``in_cron_job``, ``schedule``, ``active``) and its last runs,
+    reading each cron database once; ``unreadable`` says why when it cannot be read."""
+    url = conn.engine.url.render_as_string(hide_password=False)
+    by_cron_db: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        job.update(in_cron_job=None, active=None, last_runs=[], unreadable=None)
+        by_cron_db.setdefault(str(job["cron_database"]), []).append(job)
+    for cron_db, group in by_cron_db.items():
+        try:
+            with cron_connection(conn, cron_db) as cconn:
+                has_job = scalar(cconn, "SELECT to_regclass('cron.job') IS NOT NULL")
+                has_runs = scalar(cconn, "SELECT to_regclass('cron.job_run_details') IS NOT NULL")
+                for job in group:
+                    found = rows(cconn, JOB_STATE_SQL, {"jobname": job["jobname"], "database": job["run_database"]}) \
+                        if has_job else []  # fmt: skip
+                    job["in_cron_job"] = bool(found)
+                    if found:
+                        job.update(jobid=found[0]["jobid"], schedule=found[0]["schedule"],
+                                   command=found[0]["command"], active=found[0]["active"])  # fmt: skip
+                        if has_runs:
+                            job["last_runs"] = rows(cconn, LAST_RUNS_SQL, {"jobid": found[0]["jobid"]})
+        except (TaskdbError, DBAPIError) as exc:
+            for job in group:
+                job["unreadable"] = redact(_first_line(exc), url)
+
+
+def status(conn: Connection) -> dict[str, Any]:
+    """``taskdb cron status``, read-only: pg_cron readiness, the jobs taskdb recorded with their state in
+    cron.job (schedule, active) and last runs (cron.job_run_details, newest first), wherever they live; whether
+    the cleanup job follows ``cleanup_schedule``; queue_health's cron columns; and notes saying what to do."""
+    readiness = detect(conn)
+    database = readiness.current_database
+    upgraded = table_exists(conn, RECORD_TABLE)
+    schedule = stored_schedule(conn) if table_exists(conn, SETTINGS_TABLE) else None
+    jobs = [dict(job) for job in recorded_jobs(conn)]
+    _read_job_states(conn, jobs)
+    health = (
+        rows(conn, "SELECT cron_job_installed, cron_job_active, last_cleanup_at, cleanup_lag::text AS cleanup_lag "
+                   "FROM queue_health")[0]
+        if table_exists(conn, "queue_health") else {}
+    )  # fmt: skip
+    cleanup = next((job for job in jobs if job["job"] == CLEANUP_JOB), None)
+    installed = None if cleanup is not None and cleanup["in_cron_job"] is None else bool(
+        cleanup is not None and cleanup["in_cron_job"]
+    )
+    in_sync = None if not (cleanup and cleanup["in_cron_job"]) else cleanup["schedule"] == schedule
+    notes = _status_notes(readiness, upgraded, schedule, cleanup, in_sync, jobs)
+    return {
+        "database": database, "installed": installed, "cleanup_schedule": schedule, "in_sync": in_sync,
+        "jobs": jobs, "readiness": readiness.as_dict(), "health": health, "notes": notes,
+    }  # fmt: skip
+
+
+def _status_notes(
+    readiness: CronReadiness, upgraded: bool, schedule: str | None, cleanup: dict[str, Any] | None,
+    in_sync: bool | None, jobs: list[dict[str, Any]],
+) -> list[str]:  # fmt: skip
+    """Doctor-style lines: what is wrong, then what to do."""
+    database = readiness.current_database
+    if not upgraded:
+        return [f"no taskdb pg_cron job is installed: database {database} has not had revision {CRON_REVISION}; "
+                "`taskdb upgrade` installs the jobs where pg_cron is available"]  # fmt: skip
+    if cleanup is None:
+        notes = [f"no taskdb pg_cron job is installed for database {database}: nothing cancels stale Queued tasks "
+                 f"on a schedule. `taskdb cron install` installs it ({SCHEDULE_SETTING} {schedule!r}); {MEANWHILE}"]
+        if not readiness.ready:
+            notes.append(how_to_enable(str(readiness.problem), readiness.missing, "taskdb cron install"))
+        return notes
+    notes = []
+    visible = "" if readiness.superuser else (
+        f" (as role {readiness.user} sees it: pg_cron shows each role only its own jobs)"
+    )
+    for job in jobs:
+        where = f"in database {job['cron_database']}"
+        if job["unreadable"]:
+            notes.append(f"cron.job {where} could not be read ({job['unreadable']}): the job's state and runs are "
+                         "unknown; taskdb_cron_jobs says it was installed")  # fmt: skip
+        elif not job["in_cron_job"]:
+            notes.append(f"pg_cron job {job['jobname']} is recorded but missing from cron.job {where}{visible}: "
+                         f"`taskdb cron install` schedules it again; {MEANWHILE}")  # fmt: skip
+        elif not job["active"]:
+            notes.append(f"pg_cron job {job['jobname']} (jobid {job['jobid']}) is inactive {where}: "
+                         f"SELECT cron.alter_job({job['jobid']}, active => true) there to resume it")  # fmt: skip
+        elif job["last_runs"] and job["last_runs"][0]["status"] == "failed":
+            message = " ".join(str(job["last_runs"][0]["return_message"] or "").split())[:200]
+            notes.append(f"the last run of pg_cron job {job['jobname']} failed: {message}")
+    if in_sync is False:
+        notes.append(f"{SCHEDULE_SETTING} is {schedule!r} but pg_cron job {cleanup['jobname']} runs on "
+                     f"{cleanup['schedule']!r}: `taskdb cron sync` applies the setting")  # fmt: skip
+    return notes
