@@ -318,7 +318,7 @@ class _Checks:
                             "enable pg_cron (README: Enabling pg_cron) and then `taskdb cron install`")]
         return [Finding(CHECK_CLEANUP_JOB, WARNING,
                         f"pg_cron is ready in database {readiness.cron_database} but the cleanup job is not "
-                        "installed (upgraded with TASKDB_CRON=skip, or pg_cron came later)",
+                        "installed (upgraded with TASKDB_CRON=skip, pg_cron came later, or `taskdb cron remove`)",
                         "`taskdb cron install`, or run `taskdb cleanup` on a schedule of your own")]
 
     def _cron_job_state(self, job: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
