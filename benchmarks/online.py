@@ -2,7 +2,6 @@
 with a naive one-transaction migration of identical data.
 
     python benchmarks/online.py --rows 100000 1000000 5000000 [--rate 25] [--out docs/benchmarks.md]
-    scripts/bench-online   (the same, with the defaults the report uses)
 
 For each size: a throwaway PostgreSQL (taskdb.testing, durable settings: fsync and synchronous_commit on),
 the incident's half-migrated schema plus the application's own index on (status, created_at), N tasks of
