@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 
 import taskdb
 from taskdb import report
-from taskdb.config import normalize_url
-from taskdb.db import connect, create_engine
+from taskdb.db import autocommit_connection
 
 PACKAGE_DIR = Path(taskdb.__file__).resolve().parent
 
@@ -46,30 +43,14 @@ def alembic_config(url: str | None, *, configure_logging: bool = False, raise_ta
 def upgrade(url: str, revision: str = "head", *, raise_taskdb_errors: bool = False) -> dict[str, Any]:
     """Upgrade to ``revision``; returns what it did (``taskdb upgrade --json``): revisions, seconds, the
     changes it logged by action, flags by reason, and anything left NOT VALID or INVALID."""
-    before, since = _read(url, lambda conn: (report.revision(conn), report.log_high_water(conn)))
+    with autocommit_connection(url) as conn:
+        before, since = report.revision(conn), report.log_high_water(conn)
     started = time.monotonic()
     command.upgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors), revision)
     seconds = round(time.monotonic() - started, 3)
-    outcome = _read(url, lambda conn: report.upgrade_outcome(conn, since_log_id=since))
+    with autocommit_connection(url) as conn:
+        outcome = report.upgrade_outcome(conn, since_log_id=since)
     return {"from_revision": before, "to_revision": outcome.pop("revision"), "seconds": seconds, **outcome}
-
-
-T = TypeVar("T")
-
-
-def _read(url: str, read: Callable[[Any], T]) -> T:
-    with _autocommit(url) as conn:
-        return read(conn)
-
-
-@contextmanager
-def _autocommit(url: str) -> Iterator[Any]:
-    engine = create_engine(normalize_url(url))
-    try:
-        with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
-            yield conn
-    finally:
-        engine.dispose()
 
 
 def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = False) -> None:

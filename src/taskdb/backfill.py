@@ -282,7 +282,7 @@ def _sweep(
         )
         result.batch_size = config.next_size(result.batch_size, elapsed_ms)
         if progress:
-            progress(result.done, max(result.total, result.done))
+            progress(result.done, total)
         if config.batch_delay_s:
             time.sleep(config.batch_delay_s)
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from taskdb.config import driver_of, redact
+from taskdb.config import driver_of, normalize_url, redact
 from taskdb.errors import ConnectError
 from taskdb.sql import split_statements
 
@@ -27,6 +27,20 @@ def create_engine(url: str, application_name: str = APPLICATION_NAME) -> Engine:
     """An engine without a pool (one upgrade, one connection) that names itself in pg_stat_activity."""
     connect_args: dict[str, Any] = {"application_name": application_name}
     return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+@contextmanager
+def autocommit_connection(url: str) -> Iterator[Connection]:
+    """One AUTOCOMMIT connection to ``url`` (a plain postgresql:// URL means psycopg 3), engine disposed after.
+
+    Every library call on it opens the short transactions it needs.
+    """
+    engine = create_engine(normalize_url(url))
+    try:
+        with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def connect(engine: Engine) -> Connection:

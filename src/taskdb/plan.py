@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from taskdb import api, cron
+from taskdb import api, cron, report
 from taskdb.catalog import columns, table_exists
 from taskdb.db import rows, scalar
 from taskdb.locks import LockPolicy, find_blockers
@@ -106,7 +105,7 @@ def plan(conn: Connection) -> dict[str, Any]:
 def revisions(conn: Connection) -> dict[str, Any]:
     """The database's revision, head, and the pending revisions with their steps."""
     script = ScriptDirectory.from_config(api.alembic_config(None))
-    current = MigrationContext.configure(conn).get_current_revision() if table_exists(conn, "alembic_version") else None
+    current = report.revision(conn)
     head = script.get_current_head()
     pending = list(reversed(list(script.iterate_revisions(head, current)))) if head != current else []
     return {
@@ -163,10 +162,15 @@ def render(conn: Connection, query: str) -> str:
     def fill(match: re.Match[str]) -> str:
         name, argument = match.group(1), match.group(2)
         if argument is not None:  # an inline helper: its expression, with ${x} = the argument
-            body = "\n".join(line for line in sql[name].splitlines() if not line.lstrip().startswith("--"))
-            return body.replace("${x}", argument)
+            return inline_helper(name, argument)
         if name == "predict":
             return _PLACEHOLDER.sub(fill, sql["predict"])
         return values[name]
 
     return _PLACEHOLDER.sub(fill, sql[query])
+
+
+def inline_helper(name: str, argument: str) -> str:
+    """plan.sql's inline copy of the helper function ``taskdb_<name>``, applied to the SQL ``argument``."""
+    body = "\n".join(line for line in queries("plan")[name].splitlines() if not line.lstrip().startswith("--"))
+    return body.replace("${x}", argument)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
-from taskdb.db import connect, create_engine
+from taskdb.db import autocommit_connection
 
 EXAMPLES = argparse.RawDescriptionHelpFormatter
 
@@ -19,21 +15,19 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-@contextmanager
-def connection(url: str) -> Iterator[Connection]:
-    """An AUTOCOMMIT connection: every library call opens the short transactions it needs."""
-    engine = create_engine(url)
-    try:
-        with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
-            yield conn
-    finally:
-        engine.dispose()
+# An AUTOCOMMIT connection from a URL: every library call opens the short transactions it needs.
+connection = autocommit_connection
+
+
+def print_json(result: Any) -> None:
+    """The one JSON shape of every ``--json``: one object on one line, sorted keys, anything else as text."""
+    print(json.dumps(result, default=str, sort_keys=True))
 
 
 def emit(result: dict[str, Any], *, as_json: bool) -> None:
     """One JSON object (sorted keys), or an indented key: value listing."""
     if as_json:
-        print(json.dumps(result, default=str, sort_keys=True))
+        print_json(result)
         return
     for key, value in result.items():
         if isinstance(value, list):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from taskdb import doctor
-from taskdb.cli.common import EXAMPLES, add_json_flag, connection
+from taskdb.cli.common import EXAMPLES, add_json_flag, connection, print_json
 from taskdb.config import redact, resolve_url
 from taskdb.errors import ConfigError, ConnectError
 
@@ -38,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, url: str | None) -> int:
     report = _diagnose(args.url)
     if args.json:
-        print(json.dumps(report.as_dict(), default=str, sort_keys=True))
+        print_json(report.as_dict())
     else:
         print("\n".join(render(report)))
     return report.exit_code

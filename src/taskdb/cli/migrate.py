@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from taskdb import api
-from taskdb.cli.common import EXAMPLES, add_json_flag
+from taskdb.cli.common import EXAMPLES, add_json_flag, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_upgrade(args: argparse.Namespace, url: str) -> int:
     outcome = api.upgrade(url, args.revision, raise_taskdb_errors=True)
     if args.json:  # the summary object on stdout; the log stays on stderr
-        print(json.dumps(outcome, default=str, sort_keys=True))
+        print_json(outcome)
     else:
         changes = ", ".join(f"{n} {action}" for action, n in outcome["changes"].items()) or "no row changed"
         print(f"taskdb: {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "

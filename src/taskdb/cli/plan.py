@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from taskdb import plan
-from taskdb.cli.common import EXAMPLES, add_json_flag, connection
+from taskdb.cli.common import EXAMPLES, add_json_flag, connection, print_json
 
 # (key in plan()["rows"], label, indent): the order a DBA reads them in
 ROW_LINES = (
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     with connection(url) as conn:
         result = plan.plan(conn)
     if args.json:
-        print(json.dumps(result, default=str, sort_keys=True))
+        print_json(result)
     else:
         print("\n".join(render(result)))
     return 0

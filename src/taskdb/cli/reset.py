@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 
-from taskdb.cli.common import EXAMPLES, add_json_flag
+from taskdb.cli.common import EXAMPLES, add_json_flag, print_json
 from taskdb.reset import SEEDS, reset
 
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     result = reset(url, args.seed, upgrade=args.upgrade, force=args.force, announce=announce)
     if args.json:
-        print(json.dumps(asdict(result), default=str, sort_keys=True))
+        print_json(asdict(result))
         return 0
     tasks = ", ".join(f"{n} {status}" for status, n in result.tasks_by_status.items()) or "no task"
     announce(f'database "{result.database}" on {result.host} is ready: revision {result.revision or "<none>"}, '
