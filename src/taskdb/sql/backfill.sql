@@ -39,7 +39,10 @@ bounds AS (  -- (uuid has no max())
 batch AS (
     -- Joined to the window itself (not "id between its bounds"): the planner then knows the batch is at
     -- most batch_size rows. With bounds it guessed 115,000 and hash-joined the whole table (1 s per batch).
-    SELECT t.id
+    -- The columns are read here, from the row as locked: a row the application changed after this
+    -- statement's snapshot is rechecked and returned in its latest version, so its new values (not the
+    -- snapshot's) are what the batch derives from, logs as previous, and overwrites.
+    SELECT t.id, t.status, t.user_id, t.run_type, t.error_message, t.params, t.project_id
     FROM window_ids w
     JOIN tasks t ON t.id = w.id
     WHERE ${needs_work_t}
@@ -57,8 +60,7 @@ current_row AS (
            parent.user_id AS parent_user_id,
            parent.run_type AS parent_run_type,
            coalesce(parent.pending, false) AS parent_pending
-    FROM batch
-    JOIN tasks t ON t.id = batch.id
+    FROM batch t
     LEFT JOIN users own_user ON own_user.id = t.user_id
     LEFT JOIN LATERAL (
         SELECT u.id FROM projects pr JOIN users u ON u.id = pr.user_id WHERE pr.id = t.project_id
@@ -140,36 +142,38 @@ new_values AS (
 ),
 changes AS (
     SELECT n.*,
-           -- one key per changed column (the values are markers; the log reads the real ones)
-           jsonb_strip_nulls(jsonb_build_object(
-               'status', CASE WHEN n.status IS DISTINCT FROM n.old_status THEN 'true'::jsonb END,
-               'user_id', CASE WHEN n.user_id IS DISTINCT FROM n.old_user_id THEN 'true'::jsonb END,
-               'run_type', CASE WHEN n.run_type IS DISTINCT FROM n.old_run_type THEN 'true'::jsonb END,
-               'error_message', CASE WHEN n.error_message IS DISTINCT FROM n.old_error_message
-                                     THEN 'true'::jsonb END,
-               'legacy_reason', CASE WHEN n.legacy_reason IS NOT NULL THEN 'true'::jsonb END
-           )) AS changed_keys
+           n.status IS DISTINCT FROM n.old_status AS status_changed,
+           n.user_id IS DISTINCT FROM n.old_user_id AS user_id_changed,
+           n.run_type IS DISTINCT FROM n.old_run_type AS run_type_changed,
+           n.error_message IS DISTINCT FROM n.old_error_message AS error_message_changed,
+           n.legacy_reason IS NOT NULL AS legacy_reason_changed
     FROM new_values n
+),
+changed AS (
+    SELECT c.* FROM changes c
+    WHERE c.status_changed OR c.user_id_changed OR c.run_type_changed OR c.error_message_changed
+       OR c.legacy_reason_changed
 ),
 logged AS (
     -- previous: each changed column's value before (JSON null for a filled NULL); applied: after.
+    -- Built with plain CASEs: an aggregate over the changed keys per row cost ~10 us a row.
     INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor)
     SELECT c.id, c.action, coalesce(nullif(c.notes, ''), c.action),
-           (SELECT jsonb_object_agg(k, CASE k WHEN 'status' THEN to_jsonb(c.old_status)
-                                             WHEN 'user_id' THEN to_jsonb(c.old_user_id)
-                                             WHEN 'run_type' THEN to_jsonb(c.old_run_type)
-                                             WHEN 'error_message' THEN to_jsonb(c.old_error_message)
-                                             WHEN 'legacy_reason' THEN 'null'::jsonb END)
-            FROM jsonb_object_keys(c.changed_keys) AS k),
-           (SELECT jsonb_object_agg(k, CASE k WHEN 'status' THEN to_jsonb(c.status)
-                                             WHEN 'user_id' THEN to_jsonb(c.user_id)
-                                             WHEN 'run_type' THEN to_jsonb(c.run_type)
-                                             WHEN 'error_message' THEN to_jsonb(c.error_message)
-                                             WHEN 'legacy_reason' THEN to_jsonb(c.legacy_reason) END)
-            FROM jsonb_object_keys(c.changed_keys) AS k),
+           CASE WHEN c.status_changed THEN jsonb_build_object('status', c.old_status) ELSE '{}' END
+           || CASE WHEN c.user_id_changed THEN jsonb_build_object('user_id', c.old_user_id) ELSE '{}' END
+           || CASE WHEN c.run_type_changed THEN jsonb_build_object('run_type', c.old_run_type) ELSE '{}' END
+           || CASE WHEN c.error_message_changed
+                   THEN jsonb_build_object('error_message', c.old_error_message) ELSE '{}' END
+           || CASE WHEN c.legacy_reason_changed THEN '{"legacy_reason": null}'::jsonb ELSE '{}' END,
+           CASE WHEN c.status_changed THEN jsonb_build_object('status', c.status) ELSE '{}' END
+           || CASE WHEN c.user_id_changed THEN jsonb_build_object('user_id', c.user_id) ELSE '{}' END
+           || CASE WHEN c.run_type_changed THEN jsonb_build_object('run_type', c.run_type) ELSE '{}' END
+           || CASE WHEN c.error_message_changed
+                   THEN jsonb_build_object('error_message', c.error_message) ELSE '{}' END
+           || CASE WHEN c.legacy_reason_changed
+                   THEN jsonb_build_object('legacy_reason', c.legacy_reason) ELSE '{}' END,
            :actor
-    FROM changes c
-    WHERE c.changed_keys <> '{}'::jsonb
+    FROM changed c
 ),
 updated AS (
     UPDATE tasks t
@@ -178,8 +182,8 @@ updated AS (
         run_type = c.run_type,
         error_message = c.error_message,
         legacy_reason = c.legacy_reason
-    FROM changes c
-    WHERE t.id = c.id AND c.changed_keys <> '{}'::jsonb
+    FROM changed c
+    WHERE t.id = c.id
     RETURNING t.id
 ),
 moved AS (
