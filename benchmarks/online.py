@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", 
            "max_wal_size": "4GB", "checkpoint_timeout": "15min"}  # fmt: skip
 WARMUP_S, BEFORE_S, AFTER_S = 2.0, 6.0, 2.0
 BEGIN, END = "<!-- online:begin -->", "<!-- online:end -->"
+RUNNING_UPGRADE = re.compile(r"Running upgrade \S* ?-> (\S+),")
 
 # The application's traffic: one statement per operation, each in its own transaction (autocommit).
 WRITES = {
@@ -143,6 +145,7 @@ class Run:
     errors: list[str]
     rows_lost: int
     exit_code: int
+    phases: dict[str, float]  # revision -> seconds (taskdb only; from its log lines as they arrive)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -174,20 +177,26 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     env = os.environ | {"DATABASE_URL": url}  # not on the command line, where `ps` shows the password
     started_wall = time.time()
     started = time.perf_counter()
-    if migration == "taskdb":
-        done = subprocess.run([sys.executable, "-m", "taskdb.cli", "upgrade"], env=env,
-                              capture_output=True, text=True)  # fmt: skip
-    else:
-        done = subprocess.run([sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION], env=env,
-                              capture_output=True, text=True)  # fmt: skip
+    command = ([sys.executable, "-m", "taskdb.cli", "upgrade"] if migration == "taskdb"
+               else [sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION])  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    starts: list[tuple[str, float]] = []  # "Running upgrade A -> B" lines, timed as they arrive
+    stderr = []
+    for line in proc.stderr or ():
+        stderr.append(line)
+        if match := RUNNING_UPGRADE.search(line):
+            starts.append((match.group(1), time.perf_counter() - started))
+    returncode = proc.wait()
     seconds = time.perf_counter() - started
+    ends = [t for _, t in starts[1:]] + ([seconds] if starts else [])
+    phases = {revision: end - start for (revision, start), end in zip(starts, ends, strict=True)}
     ended_wall = time.time()
     time.sleep(AFTER_S)
     stop.set()
     for p in procs:
         p.join(timeout=120)
-    if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
+    if returncode != 0:
+        print("".join(stderr)[-3000:], file=sys.stderr)
     samples = [(kind, *s) for kind, f in files.items() for s in json.loads(f.read_text())]
     inserted = sum(1 for kind, _, _, err in samples if kind == "insert" and err is None)
     with engine.connect() as conn:
@@ -201,7 +210,7 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         migration=migration, seconds=seconds,
         latency={w: summarise(v) for w, v in windows.items()},
         errors=sorted({err for _, _, _, err in samples if err}),
-        rows_lost=before_rows + inserted - after_rows, exit_code=done.returncode,
+        rows_lost=before_rows + inserted - after_rows, exit_code=returncode, phases=phases,
     )
 
 
@@ -270,6 +279,10 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
             f"- {r['rows']:,} rows: total time x{ours.seconds / naive.seconds:.2f}; worst writer latency during "
             f"x{ours.latency['during']['worst'] / max(naive.latency['during']['worst'], 0.001):.3f}"
         )
+    lines += ["", "Where taskdb's time goes (seconds per revision, same runs):", ""]
+    for r in results:
+        ours = r["runs"][1]
+        lines.append(f"- {r['rows']:,} rows: " + ", ".join(f"{rev} {s:.1f}" for rev, s in ours.phases.items()))
     errors = {f"{r['rows']:,} {run.migration}": run.errors for r in results for run in r["runs"] if run.errors}
     if errors:
         lines += ["", "Writer errors:", "", *(f"- {k}: {'; '.join(v[:5])}" for k, v in errors.items())]

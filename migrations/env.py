@@ -14,11 +14,12 @@ import sys
 from alembic import context
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from taskdb import offline
 from taskdb.config import redact, resolve_url
 from taskdb.db import connect, create_engine
-from taskdb.errors import TaskdbError
+from taskdb.errors import TaskdbError, connection_lost
 from taskdb.migration import acquire_upgrade_lock, release_upgrade_lock
 
 config = context.config
@@ -97,6 +98,16 @@ def run_migrations_online() -> None:
                 if config.attributes.get("raise_taskdb_errors"):
                     raise  # the taskdb CLI maps the error's type to its exit code
                 raise CommandError(str(exc)) from None
+            except SQLAlchemyError as exc:
+                # The server ended the session (pg_terminate_backend, a failover): one line saying so and
+                # to rerun, instead of the traceback of the cleanup that then failed on the dead connection.
+                lost = connection_lost(exc)
+                if lost is None:
+                    raise
+                lost.args = (redact(str(lost), url),)
+                if config.attributes.get("raise_taskdb_errors"):
+                    raise lost from None
+                raise CommandError(str(lost)) from None
     finally:
         engine.dispose()
 

@@ -5,17 +5,23 @@ Revises: 0003_backfill
 Create Date: 2026-11-28
 
 Why: after the backfill every row is healthy or flagged; these constraints keep it that way whatever
-the application writes next. Order: every CHECK and the foreign key NOT VALID (new writes are checked
-from here on), a catch-up backfill of rows written since 0003, then VALIDATE each in its own
-transaction, then NOT NULL via a validated CHECK, then the index on user_id CONCURRENTLY.
-Locks: ACCESS EXCLUSIVE (CHECK, SET NOT NULL) and SHARE ROW EXCLUSIVE (foreign key, on tasks and users)
-for a moment each under lock_timeout with retries; VALIDATE scans under SHARE UPDATE EXCLUSIVE, which
-does not block reads or writes. Rerunning after a failure validates leftovers and rebuilds an INVALID index.
+the application writes next. Order: a temporary write guard (trigger tasks_taskdb_write_guard) that
+refuses new rows and updates breaking a CHECK below, exactly as the CHECK will, but never the update of a
+row that already breaks it; the foreign key NOT VALID; a catch-up backfill of rows written since 0003
+(after it no row breaks a CHECK, and the guard lets no new one appear); every CHECK NOT VALID; the guard
+dropped; VALIDATE each in its own transaction; NOT NULL via a validated CHECK; the index on user_id
+CONCURRENTLY. A NOT VALID CHECK refuses every UPDATE of a row that breaks it (GitLab's incident): with the
+guard, no legacy row an old application version still writes is ever refused an update.
+Locks: ACCESS EXCLUSIVE (CHECK, SET NOT NULL, dropping the guard) and SHARE ROW EXCLUSIVE (the guard's
+CREATE TRIGGER; the foreign key, on tasks and users) for a moment each under lock_timeout with retries;
+VALIDATE scans under SHARE UPDATE EXCLUSIVE, which does not block reads or writes. Rerunning after a
+failure validates leftovers, drops a leftover guard and rebuilds an INVALID index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 
 from taskdb.backfill import restore, run_backfill
 from taskdb.catalog import table_exists
@@ -23,13 +29,18 @@ from taskdb.constraints import (
     Check,
     ForeignKey,
     Index,
+    WriteGuard,
     add_not_valid,
     drop_constraint,
     drop_owned,
+    drop_write_guard,
+    drop_write_guard_sql,
     ensure_index,
     ensure_not_null,
+    install_write_guard,
     not_null_check_name,
     validate,
+    write_guard_sql,
 )
 from taskdb.migration import actor, offline_mode, offline_step, online_step
 
@@ -74,6 +85,8 @@ CHECKS = (
 USER_FK = ForeignKey(
     "tasks_user_id_fkey", "tasks", "user_id", "users(id)", "Every task's owner exists (credits, limits)."
 )
+# Enforces the CHECKs on new row versions while they are added (see WriteGuard): no NOT VALID window.
+WRITE_GUARD = WriteGuard("tasks_taskdb_write_guard", "taskdb_write_guard_tasks", "tasks", CHECKS)
 NOT_NULL = ("task_type", "params", "status", "attempts", "created_at")
 USER_INDEX = Index(
     "tasks_user_id_idx", "tasks", "(user_id)",
@@ -87,11 +100,21 @@ def upgrade() -> None:
         upgrade_offline()
         return
     with online_step(revision) as conn:
-        for item in (*CHECKS, USER_FK):
-            add_not_valid(conn, item, revision)
-        # Rows written between 0003 and the NOT VALID constraints above are backfilled now; from here
-        # on the constraints refuse new bad rows, so VALIDATE finds none.
-        run_backfill(conn, job=revision, actor=actor(revision))
+        # From the guard on, no write adds a row breaking a CHECK; updates of rows that already do go through.
+        install_write_guard(conn, WRITE_GUARD)
+        try:
+            add_not_valid(conn, USER_FK, revision)  # a NOT VALID foreign key checks updates only of user_id
+            # Rows written between 0003 and the guard are backfilled now: then no row breaks a CHECK, so adding
+            # them refuses no update of a legacy row, and VALIDATE finds nothing.
+            run_backfill(conn, job=revision, actor=actor(revision))
+            for item in CHECKS:
+                add_not_valid(conn, item, revision)
+        except Exception:
+            # Leave nothing half-done (a downgrade's restore must not meet the guard); the rerun installs it again.
+            with suppress(Exception):
+                drop_write_guard(conn, WRITE_GUARD)
+            raise
+        drop_write_guard(conn, WRITE_GUARD)
         for item in (*CHECKS, USER_FK):
             validate(conn, item.table, item.name)
         for column in NOT_NULL:
@@ -102,9 +125,14 @@ def upgrade() -> None:
 def upgrade_offline() -> None:
     """The same as static SQL, each step in its own transaction; the catch-up backfill is a CALL."""
     with offline_step(revision) as sql:
-        for item in (*CHECKS, USER_FK):
-            sql.add_not_valid(item)
+        with sql.transaction():
+            sql.frozen(write_guard_sql(WRITE_GUARD))
+        sql.add_not_valid(USER_FK)
         sql.backfill(revision, actor(revision))
+        for item in CHECKS:
+            sql.add_not_valid(item)
+        with sql.transaction():
+            sql.frozen(drop_write_guard_sql(WRITE_GUARD))
         for item in (*CHECKS, USER_FK):
             sql.validate(item)
         for column in NOT_NULL:
@@ -115,6 +143,7 @@ def upgrade_offline() -> None:
 def downgrade() -> None:
     """Drop the index, constraints and NOT NULLs this revision added; undo its catch-up backfill."""
     with online_step(revision) as conn:
+        drop_write_guard(conn, WRITE_GUARD)  # left by an interrupted upgrade
         drop_owned(conn, revision)
         for column in NOT_NULL:  # a temporary NOT NULL check left by an interrupted upgrade
             drop_constraint(conn, "tasks", not_null_check_name("tasks", column))

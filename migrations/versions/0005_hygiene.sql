@@ -241,7 +241,9 @@ $$;
 -- Queued tasks older than stale_after (what an operator should look at), and when cleanup cancels them.
 CREATE OR REPLACE VIEW stale_queued_tasks AS
 SELECT t.id, t.task_type, t.user_id, t.run_type, t.created_at,
-       now() - t.created_at AS age,
+       -- NULL for a created_at of +-infinity: PostgreSQL 15 cannot subtract it ("cannot subtract infinite
+       -- timestamps", the whole view failed); 17 returns an infinite interval
+       CASE WHEN isfinite(t.created_at) THEN now() - t.created_at END AS age,
        t.attempts, t.legacy_reason,
        t.created_at + (SELECT s.queued_ttl FROM task_hygiene_settings s) AS cancel_due_at
 FROM tasks t
@@ -275,7 +277,9 @@ SELECT
     claimable_task_count('local') AS claimable_local,
     (SELECT count(*) FROM stale_queued_tasks) AS stale_count,
     q.oldest_queued_at,
-    now() - q.oldest_queued_at AS oldest_queued_age,
+    -- NULL when the oldest Queued task was created at +-infinity (as age in stale_queued_tasks): a legacy
+    -- row with created_at 'infinity' made this view, and so `taskdb doctor`, fail on PostgreSQL 15
+    CASE WHEN isfinite(q.oldest_queued_at) THEN now() - q.oldest_queued_at END AS oldest_queued_age,
     (SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL) AS flagged_count,
     (SELECT count(*) FROM task_hygiene_log WHERE action = 'cancel' AND acted_at > now() - interval '24 hours')
         AS cancelled_last_24h,

@@ -3,8 +3,11 @@
 Algorithm (:func:`run_backfill`):
 
 1. Count the rows that need work, exactly (``needs_work`` in ``sql/backfill.sql``): the progress total.
-2. Read the checkpoint of this job (``taskdb_backfill_progress``). A run that crashed resumes in the
-   same sweep, after the last id it committed; nothing is redone, and redoing would change nothing.
+2. Read the checkpoint of this job (``taskdb_backfill_progress``: sweep, mode, last id, rows done in
+   that sweep). A run that crashed resumes in the same sweep, after the last id it committed; nothing is
+   redone, and redoing would change nothing. The crashed run's part of the sweep counts when the next
+   sweep's mode is chosen (its rows_done; its waiting rows still wait), so a resumed run sweeps exactly as
+   an uninterrupted one. A finished job with nothing left to do keeps its record.
 3. Sweep the table in keyset batches (``ORDER BY id LIMIT n``). Each batch is ONE statement, so one
    short transaction: it locks its rows ``FOR NO KEY UPDATE SKIP LOCKED`` (never waiting on a worker),
    applies the rules, writes ``task_hygiene_log``, and moves the checkpoint, all or nothing.
@@ -31,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import columns
 from taskdb.db import rows, scalar
+from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
 from taskdb.sql import queries
 
@@ -116,6 +120,22 @@ def status_type(conn: Connection) -> str:
     return columns(conn, "tasks")["status"].type
 
 
+# A resumed sweep: the rows up to the crashed run's cursor (its part of the sweep) that still need work and
+# have an orchestrator task, i.e. the ones that waited for it there (``needs_work`` of sql/backfill.sql).
+COUNT_WAITING_BEFORE = """
+SELECT count(*) FROM tasks t
+WHERE t.id <= CAST(:after AS uuid) AND ${needs_work_t}
+  AND EXISTS (SELECT 1 FROM tasks p
+              WHERE p.id = taskdb_try_uuid(t.params ->> 'orchestrator_task_id_ref') AND p.id <> t.id)
+"""
+
+
+def count_waiting_before_sql() -> str:
+    return Template(COUNT_WAITING_BEFORE).substitute(
+        needs_work_t=Template(queries("backfill")["needs_work"]).substitute(t="t")
+    )
+
+
 def count_needs_work(conn: Connection) -> int:
     return int(scalar(conn, render("count_needs_work")))
 
@@ -175,39 +195,60 @@ def _run(
     progress: ProgressFn | None,
 ) -> BackfillResult:
     total = count_needs_work(conn)
-    sweep, mode, after = _checkpoint(conn, job)
+    sweep, mode, after = _checkpoint(conn, job, total)
     result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after, batch_size=config.batch_size)
     if after:
         log.info("backfill %s: resuming sweep %d (%s) after id %s", job, sweep, mode, after)
     if progress:
         progress(0, total)
 
+    previous_waiting: int | None = None  # children waiting for their parent in the last normal sweep
     while total:  # nothing to do (0004's catch-up, a rerun): no sweep over the table at all
+        resumed = after  # a crashed run committed this sweep's batches up to this id
         done, flagged, waiting = _sweep(
             conn, statements, job=job, actor=actor, sweep=sweep, mode=mode, after=after,
             config=config, lock_policy=lock_policy, progress=progress, result=result,
         )
         result.sweeps += 1
+        if resumed:
+            done, waiting = _whole_sweep(conn, job, resumed, waiting)
         remaining = count_needs_work(conn)
         log.info(
             "backfill %s: sweep %d (%s) done: %d rows, %d flagged, %d waiting; %d remaining",
             job, sweep, mode, done, flagged, waiting, remaining,
         )
+        failpoint("backfill.after_sweep")
         if remaining == 0:
             break
-        if sweep >= config.max_sweeps and mode == WAITING:
-            log.warning("backfill %s: %d rows still need work after %d sweeps", job, remaining, sweep)
+        if mode == WAITING:
+            # A waiting sweep finishes every row that existed when it began (it waits for locked ones): what
+            # remains was written during it, e.g. by an old application version. Sweeping again would only chase
+            # new writes with a whole-table scan each time (seen: 50 sweeps while an old app kept writing);
+            # 0004's catch-up takes them, behind its write guard that lets no new one in.
+            log.warning("backfill %s: %d rows written during the backfill still need work after %d sweeps; "
+                        "the catch-up backfill of 0004_constraints (or a rerun) takes them", job, remaining, sweep)
             break
-        # More normal sweeps while children keep finding healthy parents; then flag the rest; then
-        # wait for the rows that workers held locked.
-        if mode == NORMAL and waiting and done and sweep < config.max_sweeps - 1:
+        # More normal sweeps while children keep finding healthy parents (fewer wait each time: rows an old
+        # application keeps writing are done in every sweep, so `done` alone is no progress, seen: 49 sweeps);
+        # then flag the rest; then wait for the rows that workers held locked.
+        progressed = previous_waiting is None or waiting < previous_waiting
+        previous_waiting = waiting
+        if mode == NORMAL and waiting and done and progressed and sweep < config.max_sweeps - 1:
             next_mode = NORMAL
         elif mode == NORMAL:
             next_mode = FINAL
         else:
             next_mode = WAITING
         sweep, mode, after = sweep + 1, next_mode, None
+        conn.execute(  # the checkpoint of the new sweep: its rows_done counts this sweep's rows only
+            sa.text(
+                "UPDATE taskdb_backfill_progress SET sweep = :sweep, mode = :mode, last_id = NULL, rows_done = 0, "
+                "updated_at = clock_timestamp() WHERE job = :job"
+            ),
+            {"job": job, "sweep": sweep, "mode": mode},
+        )
 
+    failpoint("backfill.before_finish")
     conn.execute(
         sa.text("UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = :job"),
         {"job": job},
@@ -217,12 +258,15 @@ def _run(
     return result
 
 
-def _checkpoint(conn: Connection, job: str) -> tuple[int, str, str | None]:
+def _checkpoint(conn: Connection, job: str, total: int) -> tuple[int, str, str | None]:
     found = rows(
         conn,
         "SELECT sweep, mode, last_id::text AS last_id, finished_at FROM taskdb_backfill_progress WHERE job = :job",
         {"job": job},
     )
+    if found and found[0]["finished_at"] is not None and not total:
+        # finished, nothing new to do (e.g. rerun after a crash before alembic_version moved): keep its record
+        return int(found[0]["sweep"]), str(found[0]["mode"]), None
     if not found or found[0]["finished_at"] is not None:
         conn.execute(
             sa.text(
@@ -234,6 +278,15 @@ def _checkpoint(conn: Connection, job: str) -> tuple[int, str, str | None]:
         )
         return 1, NORMAL, None
     return int(found[0]["sweep"]), str(found[0]["mode"]), found[0]["last_id"]
+
+
+def _whole_sweep(conn: Connection, job: str, resumed_after: str, waiting: int) -> tuple[int, int]:
+    """A resumed sweep's rows done and rows waiting, the crashed run's batches included: the checkpoint's
+    rows_done counts every row of the sweep, and the rows up to the crash's cursor that still need work and
+    have an orchestrator task are the ones that waited for it."""
+    done = scalar(conn, "SELECT rows_done FROM taskdb_backfill_progress WHERE job = :job", {"job": job})
+    waited = scalar(conn, count_waiting_before_sql(), {"after": resumed_after})
+    return int(done), waiting + int(waited)
 
 
 def _sweep(
@@ -283,6 +336,7 @@ def _sweep(
         result.batch_size = config.next_size(result.batch_size, elapsed_ms)
         if progress:
             progress(result.done, total)
+        failpoint("backfill.after_batch")  # the batch and its checkpoint are committed
         if config.batch_delay_s:
             time.sleep(config.batch_delay_s)
 

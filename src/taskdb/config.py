@@ -38,7 +38,7 @@ def resolve_url(explicit: str | None = None, environ: Mapping[str, str] | None =
 def parse_url(raw: str) -> URL:
     try:
         return make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(f"not a database URL: {redact(raw)!r}") from None
 
 

@@ -48,6 +48,7 @@ from taskdb.catalog import forget_owned, owned, record_owned, table_exists
 from taskdb.config import redact
 from taskdb.db import connect, create_engine, rows, scalar, sqlstate, transaction
 from taskdb.errors import ConfigError, TaskdbError
+from taskdb.failpoints import failpoint
 
 log = logging.getLogger("taskdb.cron")
 
@@ -648,6 +649,8 @@ def _schedule_jobs(
             except DBAPIError as exc:
                 raise _ExtensionRefused(str(exc.orig).strip().splitlines()[0]) from None
             created = True
+            if cconn is conn:  # pg_cron in this very database: taskdb's ownership commits with the extension
+                record_owned(cconn, "extension", extension_owner_name(cron_db), CRON_REVISION)
         cconn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": NAMES_LOCK_KEY})
         version = parse_version(scalar(cconn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"))
         cleanup_name = choose_name(cconn, CLEANUP_JOB, current)
@@ -656,6 +659,7 @@ def _schedule_jobs(
         cleanup.validate(version, where)
         purge.validate(version)
         jobs = [_ensure_job(cconn, cleanup, CLEANUP_JOB, cron_db), _ensure_job(cconn, purge, PURGE_JOB, cron_db)]
+    failpoint("cron.after_schedule")  # committed in the cron database, not yet recorded in the target
     for job in jobs:
         if job.changed:
             log.info("pg_cron job %s scheduled (%s) in %s, runs in %s", job.jobname, job.schedule, cron_db,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class TaskdbError(Exception):
     """taskdb failed."""
@@ -47,7 +49,8 @@ class LockRetriesExhausted(TaskdbError):
         ) or "no blocking session found any more"
         super().__init__(
             f"Failed after {attempts} attempts to take the lock for: {statement.strip().splitlines()[0]} "
-            f"-- blocked by: {who}. Nothing half-done is left; rerun when the blocker is gone."
+            f"-- blocked by: {who}. Nothing half-done is left (an INVALID index an interrupted CREATE INDEX "
+            "CONCURRENTLY leaves is rebuilt by the rerun); rerun when the blocker is gone."
         )
 
 
@@ -67,3 +70,107 @@ class ConstraintViolated(TaskdbError):
             "nothing was deleted; the constraint stays NOT VALID, so new rows are already checked. "
             "Fix or flag these rows, then rerun the upgrade."
         )
+
+
+class ConnectionLost(TaskdbError):
+    """The server ended the database session while taskdb was using it."""
+
+    def __init__(
+        self, reason: str, *, revision: str | None = None, step: str | None = None, statement: str | None = None
+    ) -> None:
+        self.reason, self.revision, self.step, self.statement = reason, revision, step, statement
+        where = "".join((
+            f" in revision {revision}" if revision else "",
+            f", step {step}" if step else "",
+            f" running `{statement}`" if statement else "",
+        ))
+        super().__init__(
+            f"the database connection was lost{where}: {reason}. The server ended the session "
+            "(pg_terminate_backend by an administrator, a restart, a failover or a timeout): what had committed "
+            "stays and the statement that was running was rolled back. Rerun the same command: it resumes "
+            "where it stopped."
+        )
+
+
+# SQLSTATEs with which the server ends a session: admin_shutdown (pg_terminate_backend, fast shutdown),
+# crash_shutdown, cannot_connect_now, idle_session_timeout, idle_in_transaction_session_timeout; and
+# class 08, connection exceptions.
+SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
+
+
+def connection_lost(exc: BaseException) -> ConnectionLost | None:
+    """The :class:`ConnectionLost` behind ``exc``; None when ``exc`` is not about a lost connection.
+
+    Cleanup code that runs on the dead connection (``finally`` blocks that RESET a setting, ROLLBACK,
+    release the upgrade lock, Alembic's own COMMIT) raises again on top of the driver's error, so the
+    whole chain (``__cause__`` and ``__context__``) is searched, and its tracebacks say which revision
+    was running.
+    """
+    chain = _chain(exc)
+    found = next((e for e in chain if isinstance(e, ConnectionLost)), None)
+    if found is not None:
+        return found
+    ended = [e for e in chain if _ends_session(e)]
+    if not ended:
+        return None
+    # the driver error as SQLAlchemy wrapped it (it knows the statement), the original one first
+    lost = next((e for e in reversed(ended) if hasattr(e, "orig")), ended[-1])
+    revision, function = _running_revision(chain)
+    return ConnectionLost(_reason(lost), revision=revision, step=function, statement=_statement(lost))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is seen for seen in chain):
+            continue
+        chain.append(e)
+        todo += [e.__cause__, e.__context__]
+    return chain
+
+
+def _ends_session(exc: BaseException) -> bool:
+    from taskdb.db import sqlstate  # taskdb.db imports this module
+
+    if getattr(exc, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+        return True
+    code = sqlstate(exc) or ""
+    return code in SESSION_ENDED or code.startswith("08")
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    for arg in getattr(orig, "args", ()):  # pg8000: the server's error fields as a dict
+        if isinstance(arg, dict) and arg.get("M"):
+            return str(arg["M"])
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def _statement(exc: BaseException) -> str | None:
+    """The one-line statement (DDL) that was running; None for a long query such as a backfill batch, and
+    for the session bookkeeping (SET, COMMIT...) that merely found the session gone."""
+    lines = [
+        line.strip() for line in str(getattr(exc, "statement", None) or "").splitlines()
+        if line.strip() and not line.strip().startswith("--")
+    ]
+    if len(lines) != 1 or lines[0].split()[0].upper() in ("SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK", "SELECT"):
+        return None
+    return lines[0][:160]
+
+
+def _running_revision(chain: list[BaseException]) -> tuple[str | None, str | None]:
+    """The revision whose upgrade()/downgrade() was on the stack, and the library function it had called."""
+    for exc in reversed(chain):  # from the original error: later ones may be raised by cleanup (__exit__)
+        frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        for i, frame in enumerate(frames):
+            names = frame.f_globals
+            if (
+                frame.f_code.co_name in ("upgrade", "downgrade")
+                and "down_revision" in names
+                and isinstance(names.get("revision"), str)
+            ):
+                callee = frames[i + 1].f_code.co_name if i + 1 < len(frames) else None
+                return names["revision"], (f"{callee}()" if callee else None)
+    return None, None

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from taskdb.db import rows, scalar
 from taskdb.errors import TaskdbError
+from taskdb.failpoints import failpoint
 
 log = logging.getLogger("taskdb.hygiene")
 
@@ -26,6 +27,7 @@ def cancel_stale_queued(conn: Connection, *, actor: str, max_batches: int = 1_00
         for _ in range(max_batches):
             cancelled = int(scalar(conn, "SELECT cancel_stale_queued_tasks()"))
             total += cancelled
+            failpoint("hygiene.after_cleanup_batch")  # this batch is committed
             if cancelled == 0:
                 break
     finally:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from taskdb.db import scalar
 from taskdb.errors import UpgradeInProgress
+from taskdb.failpoints import failpoint
 from taskdb.sql import parse_queries
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def online_step(revision: str) -> Iterator[Connection]:
         # switching to AUTOCOMMIT); end it so that every statement below really commits on its own.
         conn.exec_driver_sql("COMMIT")
         yield conn
+    failpoint("migration.before_stamp")  # the step is done; alembic_version does not say so yet
 
 
 def offline_mode() -> bool:

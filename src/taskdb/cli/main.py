@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from alembic.util import CommandError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from taskdb.cli import cleanup, cron, demo, doctor, migrate, plan, reset, sql
 from taskdb.cli.common import EXAMPLES
 from taskdb.cli.progress import setup_logging
 from taskdb.config import redact, resolve_url
-from taskdb.errors import TaskdbError
+from taskdb.errors import TaskdbError, connection_lost
 
 COMMANDS = (plan, migrate, sql, doctor, cleanup, cron, reset, demo)  # the order of `taskdb --help`
 
@@ -51,7 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"taskdb: {redact(str(exc), url)}", file=sys.stderr)
         return 1
-    except DBAPIError as exc:  # a database error no library layer expected: one line, not a traceback
+    except SQLAlchemyError as exc:
+        # The server ended the session (pg_terminate_backend, a failover): cleanup on the dead connection
+        # may have raised on top of the driver's error; say what happened and to rerun, in one line.
+        lost = connection_lost(exc)
+        if lost is not None:
+            print(f"taskdb: {args.command} failed: {redact(str(lost), url)}", file=sys.stderr)
+            return lost.exit_code
+        if not isinstance(exc, DBAPIError):
+            raise
+        # a database error no library layer expected: one line, not a traceback
         reason = str(exc.orig or exc).strip().splitlines()[0]
         print(f"taskdb: {args.command} failed: database error: {redact(reason, url)}", file=sys.stderr)
         return 1

@@ -9,8 +9,12 @@
 
 -- needs_work --
 -- A row the backfill has not finished: not flagged, and its status, user or run type is not yet right.
+-- "status IS NULL" is needed on its own: NULL is not distinct from its (NULL) canonical form, so a nullable
+-- status column's NULL on an otherwise healthy row was never flagged missing_status (found by
+-- tests/faults/test_fuzz_legacy.py).
 (${t}.legacy_reason IS NULL AND (
-       ${t}.status::text IS DISTINCT FROM taskdb_canonical_status(${t}.status::text)
+       ${t}.status IS NULL
+    OR ${t}.status::text IS DISTINCT FROM taskdb_canonical_status(${t}.status::text)
     OR ${t}.run_type IS NULL OR ${t}.run_type NOT IN ('cloud', 'local')
     OR ${t}.user_id IS NULL
     OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = ${t}.user_id)))

@@ -159,6 +159,7 @@ DECLARE
     -- resolve_batch: bind parameters $1 after, $2 batch_size, $3 final, $4 actor, $5 job, $6 sweep, $7 mode
     c_resolve_batch CONSTANT text := {{resolve_batch}};
     c_count_needs_work CONSTANT text := {{count_needs_work}};
+    c_count_waiting_before CONSTANT text := {{count_waiting_before}};  -- binds $1: the crashed run's cursor
     v_status_type text;
     v_skip_locked text;
     v_waiting_for_locks text;
@@ -172,6 +173,9 @@ DECLARE
     v_done bigint;
     v_flagged bigint;
     v_waiting bigint;
+    v_resumed uuid;  -- a crashed run committed this sweep's batches up to this id
+    v_waited bigint;
+    v_previous_waiting bigint;  -- children waiting in the last sweep: more normal sweeps only while fewer wait
     v_batch record;
     v_attempt integer;
     v_started timestamptz;
@@ -193,7 +197,9 @@ BEGIN
     EXECUTE c_count_needs_work INTO v_total;
     SELECT p.sweep, p.mode, p.last_id, p.finished_at INTO v_sweep, v_mode, v_after, v_finished
     FROM taskdb_backfill_progress p WHERE p.job = p_job;
-    IF NOT FOUND OR v_finished IS NOT NULL THEN
+    IF FOUND AND v_finished IS NOT NULL AND v_total = 0 THEN
+        v_after := NULL;  -- finished, nothing new to do (a rerun): the job keeps its record
+    ELSIF NOT FOUND OR v_finished IS NOT NULL THEN
         INSERT INTO taskdb_backfill_progress (job, sweep, mode) VALUES (p_job, 1, 'normal')
         ON CONFLICT (job) DO UPDATE SET sweep = 1, mode = 'normal', last_id = NULL, rows_done = 0,
             started_at = clock_timestamp(), updated_at = clock_timestamp(), finished_at = NULL;
@@ -210,6 +216,7 @@ BEGIN
         v_done := 0;
         v_flagged := 0;
         v_waiting := 0;
+        v_resumed := v_after;
         LOOP  -- the batches of one sweep
             v_attempt := 1;
             v_started := clock_timestamp();
@@ -261,22 +268,35 @@ BEGIN
                 PERFORM pg_sleep(extract(epoch FROM p_batch_delay)::float8);
             END IF;
         END LOOP;
+        IF v_resumed IS NOT NULL THEN  -- the crashed run's part of the sweep counts too: its rows_done, its waiting rows
+            SELECT p.rows_done INTO v_done FROM taskdb_backfill_progress p WHERE p.job = p_job;
+            EXECUTE c_count_waiting_before INTO v_waited USING v_resumed;
+            v_waiting := v_waiting + v_waited;
+        END IF;
         EXECUTE c_count_needs_work INTO v_remaining;
         RAISE NOTICE 'backfill %: sweep % (%) done: % rows, % flagged, % waiting; % remaining',
             p_job, v_sweep, v_mode, v_done, v_flagged, v_waiting, v_remaining;
         EXIT WHEN v_remaining = 0;
-        IF v_sweep >= p_max_sweeps AND v_mode = 'waiting' THEN
-            RAISE WARNING 'backfill %: % rows still need work after % sweeps', p_job, v_remaining, v_sweep;
+        IF v_mode = 'waiting' THEN  -- what remains was written during that sweep: 0004's catch-up takes it
+            RAISE WARNING 'backfill %: % rows written during the backfill still need work after % sweeps; the '
+                'catch-up backfill of 0004_constraints (or a rerun) takes them', p_job, v_remaining, v_sweep;
             EXIT;
         END IF;
         -- More normal sweeps while children keep finding healthy parents; then flag the rest; then wait for
         -- the rows that workers held locked.
+        -- (fewer children wait each time: rows an old application keeps writing make v_done > 0 every sweep)
         v_mode := CASE WHEN v_mode = 'normal' AND v_waiting > 0 AND v_done > 0 AND v_sweep < p_max_sweeps - 1
+                            AND v_waiting < coalesce(v_previous_waiting, v_waiting + 1)
                        THEN 'normal'
                        WHEN v_mode = 'normal' THEN 'final'
                        ELSE 'waiting' END;
+        v_previous_waiting := v_waiting;
         v_sweep := v_sweep + 1;
         v_after := NULL;
+        -- the checkpoint of the new sweep: its rows_done counts this sweep's rows only
+        UPDATE taskdb_backfill_progress SET sweep = v_sweep, mode = v_mode, last_id = NULL, rows_done = 0,
+            updated_at = clock_timestamp() WHERE job = p_job;
+        COMMIT;
     END LOOP;
 
     UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = p_job;

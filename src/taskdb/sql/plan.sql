@@ -68,9 +68,9 @@ facts AS (
 ),
 classified AS (
     SELECT f.*,
-           -- = needs_work in sql/backfill.sql
+           -- = needs_work in sql/backfill.sql (a NULL status needs work: it is flagged missing_status)
            (f.legacy_reason IS NULL AND (
-                  f.status IS DISTINCT FROM f.canonical_status
+                  f.status IS NULL OR f.status IS DISTINCT FROM f.canonical_status
                OR f.run_type IS NULL OR f.run_type NOT IN ('cloud', 'local')
                OR f.user_id IS NULL OR f.own_user_id IS NULL)) AS needs_work,
            coalesce(f.own_user_id, f.project_user_id, f.params_user_id) AS self_user_id,

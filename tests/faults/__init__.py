@@ -1,0 +1,1 @@
+"""Faults and bad input: crashes, killed connections, blocking transactions, fuzzed legacy data."""
