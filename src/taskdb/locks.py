@@ -29,6 +29,9 @@ LOCK_NOT_AVAILABLE = "55P03"
 # Sessions that hold a lock on one of the relations we need, oldest transaction first. Only transactions
 # older than our wait (:waited_s seconds) can have made us wait: the writers that had queued behind our
 # request got their locks the moment it gave up, and must not be named instead of the real blocker.
+# pg_locks is read live and pg_stat_activity from a snapshot, so a writer seen between two transactions
+# (idle, no xact_start) can still show the lock of the transaction it began a moment later: a session
+# outside a transaction holds no relation lock, and that fresh one did not make us wait.
 BLOCKERS_SQL = """
 SELECT pid, application_name, state, mode, relation, xact_age, query, xact_start
 FROM (
@@ -40,10 +43,10 @@ FROM (
     JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
       AND l.relation = ANY (SELECT to_regclass(r)::oid FROM unnest(CAST(:relations AS text[])) AS r)
-      AND (a.xact_start IS NULL OR a.xact_start <= clock_timestamp() - make_interval(secs => :waited_s))
+      AND a.xact_start <= clock_timestamp() - make_interval(secs => :waited_s)
     ORDER BY a.pid, a.xact_start
 ) b
-ORDER BY xact_start NULLS LAST, pid
+ORDER BY xact_start, pid
 """
 
 # CREATE INDEX CONCURRENTLY also waits for every older transaction of this database, whatever it touched
