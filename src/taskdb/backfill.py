@@ -120,22 +120,6 @@ def status_type(conn: Connection) -> str:
     return columns(conn, "tasks")["status"].type
 
 
-# A resumed sweep: the rows up to the crashed run's cursor (its part of the sweep) that still need work and
-# have an orchestrator task, i.e. the ones that waited for it there (``needs_work`` of sql/backfill.sql).
-COUNT_WAITING_BEFORE = """
-SELECT count(*) FROM tasks t
-WHERE t.id <= CAST(:after AS uuid) AND ${needs_work_t}
-  AND EXISTS (SELECT 1 FROM tasks p
-              WHERE p.id = taskdb_try_uuid(t.params ->> 'orchestrator_task_id_ref') AND p.id <> t.id)
-"""
-
-
-def count_waiting_before_sql() -> str:
-    return Template(COUNT_WAITING_BEFORE).substitute(
-        needs_work_t=Template(queries("backfill")["needs_work"]).substitute(t="t")
-    )
-
-
 def count_needs_work(conn: Connection) -> int:
     return int(scalar(conn, render("count_needs_work")))
 
@@ -285,7 +269,7 @@ def _whole_sweep(conn: Connection, job: str, resumed_after: str, waiting: int) -
     rows_done counts every row of the sweep, and the rows up to the crash's cursor that still need work and
     have an orchestrator task are the ones that waited for it."""
     done = scalar(conn, "SELECT rows_done FROM taskdb_backfill_progress WHERE job = :job", {"job": job})
-    waited = scalar(conn, count_waiting_before_sql(), {"after": resumed_after})
+    waited = scalar(conn, render("count_waiting_before"), {"after": resumed_after})
     return int(done), waiting + int(waited)
 
 

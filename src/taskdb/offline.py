@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from taskdb import cron
 from taskdb.adopt import TableSpec
-from taskdb.backfill import BackfillConfig, count_waiting_before_sql, render
+from taskdb.backfill import BackfillConfig, render
 from taskdb.catalog import ensure_owned_table, record_owned
 from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
 from taskdb.locks import LockPolicy
@@ -124,8 +124,8 @@ def backfill_procedure() -> str:
 
 
 def waiting_before_statement() -> str:
-    """backfill.COUNT_WAITING_BEFORE with its one bind, the crashed run's cursor, as ``$1``."""
-    compiled = sa.text(count_waiting_before_sql()).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    """sql/backfill.sql's count_waiting_before with its one bind, the crashed run's cursor, as ``$1``."""
+    compiled = sa.text(render("count_waiting_before")).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
     if tuple(compiled.positiontup or ()) != ("after",):
         raise RuntimeError(f"count_waiting_before binds {compiled.positiontup} are not ('after',)")
     return str(compiled)

@@ -14,7 +14,9 @@ def test_parse_queries_splits_on_named_headers() -> None:
 
 
 def test_backfill_query_names() -> None:
-    assert set(queries("backfill")) == {"needs_work", "count_needs_work", "resolve_batch", "restore_batch"}
+    assert set(queries("backfill")) == {
+        "needs_work", "count_needs_work", "count_waiting_before", "resolve_batch", "restore_batch"
+    }
 
 
 def test_split_statements_respects_quotes_dollar_quotes_and_comments() -> None:

@@ -23,6 +23,14 @@
 -- The exact number of rows still to backfill or flag: the progress total and the done test.
 SELECT count(*) FROM tasks t WHERE ${needs_work_t}
 
+-- count_waiting_before --
+-- A resumed sweep: the rows up to the crashed run's cursor (its part of the sweep) that still need work
+-- and have an orchestrator task, i.e. the ones that waited for it there.
+SELECT count(*) FROM tasks t
+WHERE t.id <= CAST(:after AS uuid) AND ${needs_work_t}
+  AND EXISTS (SELECT 1 FROM tasks p
+              WHERE p.id = taskdb_try_uuid(t.params ->> 'orchestrator_task_id_ref') AND p.id <> t.id)
+
 -- resolve_batch --
 -- One keyset batch in one statement (so one transaction): derive what can be derived, flag what
 -- cannot, log every changed value, and move the resumable cursor, all or nothing.
