@@ -23,6 +23,18 @@ def with_driver(url: str, driver: str) -> str:
     return make_url(url).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 
 
+def load_incident(url: str) -> None:
+    """The incident (half-migrated schema and its rows) into the database at ``url``, owned by whoever
+    ``url`` logs in as."""
+    engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            seeds.load_schema(conn, "half_migrated")
+            seeds.load_incident(conn)
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Db:
     """A throwaway database: its plain URL and a few helpers to look inside."""

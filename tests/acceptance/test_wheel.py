@@ -18,10 +18,9 @@ import pytest
 from alembic.script import ScriptDirectory
 
 import taskdb
-from taskdb import api, seeds
-from taskdb.db import create_engine
+from taskdb import api
 from taskdb.testing.base import PostgresServer
-from tests.helpers import CONSTRAINTS
+from tests.helpers import CONSTRAINTS, load_incident
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT_SRC = ROOT / "src"
@@ -88,13 +87,7 @@ def test_upgrade_from_the_wheel_repairs_the_incident(
     wheel_venv: Path, tmp_path: Path, pg_server: PostgresServer, pg_database_factory: Callable[..., str]
 ) -> None:
     name = pg_database_factory()
-    engine = create_engine(pg_server.url(name, "psycopg"))
-    try:
-        with engine.begin() as conn:
-            seeds.load_schema(conn, "half_migrated")
-            seeds.load_incident(conn)
-    finally:
-        engine.dispose()
+    load_incident(pg_server.url(name))
     assert tmp_path.resolve() != ROOT and not tmp_path.resolve().is_relative_to(ROOT)
 
     upgrade = run([wheel_venv / "bin" / "taskdb", "--url", pg_server.url(name), "upgrade"], cwd=tmp_path)

@@ -24,13 +24,12 @@ from urllib.parse import quote, quote_plus
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 from psycopg import sql
 
-from taskdb import api, seeds
+from taskdb import api
 from taskdb.testing import start_postgres
 from taskdb.testing.base import PostgresServer, scram_verifier
-from tests.helpers import CONSTRAINTS, DRIVERS
+from tests.helpers import CONSTRAINTS, DRIVERS, load_incident
 
 ROOT = Path(api.alembic_ini()).parent
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGSERVICE", "PGPASSWORD")
@@ -82,13 +81,7 @@ def make_role(server: PostgresServer, *options: str) -> str:
 def incident_database(server: PostgresServer) -> str:
     """A fresh database holding the incident (half-migrated), created and owned by the superuser."""
     name = server.create_database()
-    engine = sa.create_engine(server.url(name, "psycopg"), poolclass=sa.NullPool)
-    try:
-        with engine.begin() as conn:
-            seeds.load_schema(conn, "half_migrated")
-            seeds.load_incident(conn)
-    finally:
-        engine.dispose()
+    load_incident(server.url(name))
     return name
 
 

@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from taskdb import api, cron, seeds
+from taskdb import api, cron
 from taskdb.errors import ConfigError
 from taskdb.testing import available_targets, start_postgres
 from taskdb.testing.base import PostgresServer, Target
-from tests.helpers import DRIVERS, Db, user_id, with_driver
+from tests.helpers import DRIVERS, Db, load_incident, user_id, with_driver
 from tests.helpers_catalog import catalog
 
 SAME = "taskdb_cron_same"  # the database a "same database" server names in cron.database_name
@@ -402,11 +402,7 @@ def app_role(fresh_server: PostgresServer) -> Iterator[tuple[Db, str]]:
     db.execute(f"ALTER DATABASE {name} OWNER TO taskdb_app")
     db.execute("ALTER SCHEMA public OWNER TO taskdb_app")
     url = fresh_server.url_object(name).set(username="taskdb_app", password=password)
-    engine = sa.create_engine(with_driver(url.render_as_string(hide_password=False), "psycopg"), poolclass=sa.NullPool)
-    with engine.begin() as conn:  # the tables belong to the application's role, as in production
-        seeds.load_schema(conn, "half_migrated")
-        seeds.load_incident(conn)
-    engine.dispose()
+    load_incident(url.render_as_string(hide_password=False))  # the tables belong to the application's role
     yield db, url.render_as_string(hide_password=False)
     db.engine.dispose()
 
