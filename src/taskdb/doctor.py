@@ -269,12 +269,15 @@ class _Checks:
         health = rows(self.conn, SQL["queue_health"])[0]["health"]
         self.report.queue_health = dict(health)
         settings = rows(self.conn, SQL["settings"])[0]
-        age = health.get("oldest_queued_age_seconds")
-        if age is None or float(age) <= settings["stale_after_seconds"]:
+        # the count is the view stale_queued_tasks (one predicate); the age is NULL for a created_at of
+        # -infinity, which the view counts
+        if not health.get("stale_count"):
             return []
+        age = health.get("oldest_queued_age_seconds")
+        waited = duration(float(age)) if age is not None else "since created_at -infinity"
         return [Finding(CHECK_STALE_QUEUED, WARNING,
                         f"{health.get('stale_count')} Queued task(s) older than stale_after "
-                        f"({settings['stale_after']}); the oldest has waited {duration(float(age))}",
+                        f"({settings['stale_after']}); the oldest has waited {waited}",
                         "SELECT * FROM stale_queued_tasks shows them and when the cleanup cancels them (queued_ttl "
                         f"{settings['queued_ttl']}); check the workers of their run type, and that the cleanup runs "
                         "(`taskdb cleanup --dry-run`)")]

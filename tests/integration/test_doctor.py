@@ -91,6 +91,15 @@ def test_a_queued_task_older_than_stale_after_is_a_warning(healthy: Db) -> None:
     assert diagnose(healthy).findings == []
 
 
+def test_a_queued_task_created_at_minus_infinity_is_stale_too(healthy: Db) -> None:
+    # its age is NULL in queue_health (PostgreSQL 15 cannot subtract it), but stale_queued_tasks counts it
+    task = add_task(healthy, user="bob")
+    healthy.execute("UPDATE tasks SET created_at = '-infinity' WHERE id = :id", id=task)
+    [stale] = diagnose(healthy).findings
+    assert stale.check == "stale_queued"
+    assert "1 Queued task(s) older than stale_after" in stale.message and "since created_at -infinity" in stale.message
+
+
 # -- the catalog of tasks ----------------------------------------------------------------------------------
 
 def test_a_not_valid_constraint_is_a_warning_and_its_fix_works(healthy: Db) -> None:
