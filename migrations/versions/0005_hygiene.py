@@ -13,9 +13,9 @@ The trigger tasks_cancel_children cancels the Queued descendants of a task that 
 Cancelled. Functions that need more rights than their callers are SECURITY DEFINER with a pinned
 search_path; EXECUTE goes to the group roles taskdb_autoscaler, taskdb_worker, taskdb_monitor (created
 where the migration role may create roles; never dropped by a downgrade, since roles are cluster-wide).
-Locks: CREATE TRIGGER takes SHARE ROW EXCLUSIVE on tasks for a moment (under lock_timeout, with
-retries); five partial indexes CONCURRENTLY; the cleanup locks only the rows it cancels, one batch
-(one short transaction) at a time, SKIP LOCKED.
+Locks: CREATE TRIGGER, alone in its transaction, takes SHARE ROW EXCLUSIVE on tasks for a moment (under
+lock_timeout, with retries); five partial indexes CONCURRENTLY; the cleanup locks only the rows it cancels,
+one batch (one short transaction) at a time, SKIP LOCKED.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from taskdb.backfill import restore
 from taskdb.catalog import ensure_roles, table_exists
 from taskdb.constraints import Index, drop_owned, ensure_index
 from taskdb.db import execute_script, transaction
+from taskdb.failpoints import failpoint
 from taskdb.hygiene import cancel_stale_queued
 from taskdb.locks import run_locked
 from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_sql
@@ -52,9 +53,9 @@ OBJECTS = (
     "taskdb_cron_job_state",
     "queue_health",
     "taskdb_cancel_children",
-    "tasks_cancel_children",
     "revokes",
 )
+TRIGGER = "tasks_cancel_children"  # its own transaction, after the objects (see the .sql)
 # credits decides whose work is claimable: an adopted users table must have it (taskdb will not
 # invent a balance of 0 for everyone, which would make nothing claimable).
 USERS_WITH_CREDITS = TableSpec("users", "", {"id": ("uuid",), "credits": ("numeric", "integer", "bigint")})
@@ -87,7 +88,8 @@ ROLES = ("taskdb_autoscaler", "taskdb_worker", "taskdb_monitor")
 
 
 def create_objects(conn: Connection) -> None:
-    """All objects, the trigger and the grants in one transaction (the caller bounds its lock wait)."""
+    """All objects and the grants in one transaction; nothing in it conflicts with the application's
+    writes (views and functions take ACCESS SHARE on tasks)."""
     for name in OBJECTS:
         execute_script(conn, SQL[name])
     if ensure_roles(conn, ROLES, revision):
@@ -102,20 +104,26 @@ def upgrade() -> None:
     with online_step(revision) as conn:
         check_shape(conn, USERS_WITH_CREDITS)
         run_locked(conn, create_objects, relations=["tasks", "users"])
+        failpoint("hygiene.before_trigger")  # the objects are committed, the trigger is not there yet
+        run_locked(conn, lambda c: execute_script(c, SQL[TRIGGER]), relations=["tasks"],
+                   label=f"CREATE TRIGGER {TRIGGER} ON tasks")
         for index in INDEXES:
             ensure_index(conn, index, revision)
         cancel_stale_queued(conn, actor=actor(revision))
 
 
 def upgrade_offline() -> None:
-    """The same as static SQL: shape check, objects + roles + grants in one transaction, the indexes
-    CONCURRENTLY, then the cleanup as a CALL of taskdb_cancel_stale_queued_all (outside a transaction)."""
+    """The same as static SQL: shape check, objects + roles + grants in one transaction, the trigger in its
+    own, the indexes CONCURRENTLY, then the cleanup as a CALL of taskdb_cancel_stale_queued_all (outside a
+    transaction)."""
     with offline_step(revision) as sql:
         with sql.transaction():
             sql.check_shapes([(USERS_WITH_CREDITS, {})])
             for name in OBJECTS:
                 sql.frozen(SQL[name])
             sql.roles_and_grants(ROLES, SQL["grants"])
+        with sql.transaction():
+            sql.frozen(SQL[TRIGGER])
         for index in INDEXES:
             sql.ensure_index(index)
         sql.cleanup(actor(revision))

@@ -321,6 +321,13 @@ CASES = [
     ),
     # hygiene (0005) and pg_cron (0006), from the data upgraded to 0004
     Case(
+        "0005-objects-before-trigger",
+        "hygiene objects committed, the trigger (its own transaction) not yet: the rerun creates it once",
+        "alembic",
+        "hygiene.before_trigger:1",
+        start=AT_0004,
+    ),
+    Case(
         "0005-objects-before-indexes",
         "hygiene objects committed, no index yet: the rerun builds them",
         "taskdb",
