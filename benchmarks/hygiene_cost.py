@@ -1,22 +1,25 @@
 """Cost of the hygiene objects on a large tasks table: claimable_task_count, claim_next_task,
 queue_health, stale_queued_tasks and cancel_stale_queued_tasks, with their plans.
 
-    python benchmarks/hygiene_cost.py --rows 1000000 --queued 10000 [--backend local] [--out docs/benchmarks-hygiene.md]
+    python benchmarks/hygiene_cost.py --rows 5000000 --queued 10000 [--backend local] [--out docs/benchmarks.md]
 
 Builds a throwaway PostgreSQL (taskdb.testing), an upgraded schema, N healthy tasks of 1,000 users with
-`--queued` of them Queued (a tenth of those older than the TTL), then times each call REPEAT times
-(median and worst, milliseconds) and keeps one EXPLAIN ANALYZE per call.
+`--queued` of them Queued (a tenth of those older than the TTL), then times each call REPEAT times in a
+transaction it rolls back (so a claim or a cleanup meets the same queue every time: median and worst,
+milliseconds) and keeps the plans of one more call: the functions are opaque to EXPLAIN, so auto_explain
+reports every statement they run (log_nested_statements), with actual times and buffers.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
+from report import machine, write_section  # benchmarks/report.py (this script's folder is on sys.path)
 
 from taskdb import api
 from taskdb.testing import start_postgres
@@ -28,7 +31,11 @@ CALLS = {
     "claim_next_task (rolled back)": "SELECT id FROM claim_next_task('bench', 'gpu')",
     "queue_health": "SELECT * FROM queue_health",
     "stale_queued_tasks (count)": "SELECT count(*) FROM stale_queued_tasks",
+    "cancel_stale_queued_tasks() (rolled back)": "SELECT cancel_stale_queued_tasks()",
 }
+# auto_explain to the client (as NOTICEs) for this session only: the plans inside the functions too.
+AUTO_EXPLAIN = {"log_min_duration": "0", "log_analyze": "on", "log_buffers": "on", "log_timing": "on",
+                "log_nested_statements": "on", "log_level": "notice"}  # fmt: skip
 
 
 def load(engine: sa.Engine, rows: int, queued: int) -> None:
@@ -66,18 +73,31 @@ def timed(engine: sa.Engine, sql: str) -> tuple[float, float, str]:
             started = time.perf_counter()
             conn.exec_driver_sql(sql).all()
             samples.append((time.perf_counter() - started) * 1000)
-            conn.rollback()  # a claim is undone: every sample sees the same queue
-        plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"))
+            conn.rollback()  # a claim or a cleanup is undone: every sample sees the same queue
+    return statistics.median(samples), max(samples), plans(engine, sql)
+
+
+def plans(engine: sa.Engine, sql: str) -> str:
+    """Every plan the call runs, outermost last (auto_explain reports a statement when it ends)."""
+    notices: list[str] = []
+    with engine.connect() as conn:
+        conn.connection.driver_connection.add_notice_handler(  # type: ignore[union-attr]
+            lambda diag: notices.append(diag.message_primary or "")
+        )
+        conn.exec_driver_sql("LOAD 'auto_explain'")
+        for name, value in AUTO_EXPLAIN.items():
+            conn.exec_driver_sql(f"SET auto_explain.{name} = '{value}'")
+        conn.exec_driver_sql(sql).all()
         conn.rollback()
-    return statistics.median(samples), max(samples), plan
+    return "\n\n".join(n.strip() for n in notices if "plan:" in n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--backend", default=None)
-    parser.add_argument("--out", default=None, help="write a Markdown report here")
+    parser.add_argument("--out", default=None, help="replace the hygiene section of this Markdown file")
     args = parser.parse_args()
     with start_postgres(args.backend) as server:
         url = server.url(server.create_database("bench"))
@@ -87,24 +107,23 @@ def main() -> None:
         load(engine, args.rows, args.queued)
         load_s = time.perf_counter() - started
         results = {name: timed(engine, sql) for name, sql in CALLS.items()}
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            started = time.perf_counter()
+        with engine.connect() as conn:
             cancelled = conn.exec_driver_sql("SELECT cancel_stale_queued_tasks()").scalar()
-            cleanup_ms = (time.perf_counter() - started) * 1000
+            conn.rollback()
         engine.dispose()
         lines = [
             f"## Hygiene objects at {args.rows:,} rows ({args.queued:,} Queued)",
             "",
-            f"{datetime.now(UTC):%Y-%m-%d}, PostgreSQL {server.major} ({server.backend} backend), "
-            f"{platform.machine()}, {platform.processor() or 'cpu'}; load {load_s:.0f} s. "
-            f"Command: `python benchmarks/hygiene_cost.py --rows {args.rows} --queued {args.queued}`",
+            f"{datetime.now(UTC):%Y-%m-%d}, PostgreSQL {server.major} ({server.backend} backend), {machine()}; "
+            f"load {load_s:.0f} s. Each call {REPEAT} times, rolled back; a cleanup call cancels {cancelled} "
+            f"stale tasks (one batch). Command: "
+            f"`python benchmarks/hygiene_cost.py --rows {args.rows} --queued {args.queued}`",
             "",
             f"| call | median ms | worst ms (of {REPEAT}) |",
             "| --- | ---: | ---: |",
             *(f"| `{name}` | {med:.2f} | {worst:.2f} |" for name, (med, worst, _) in results.items()),
-            f"| `cancel_stale_queued_tasks()` (one batch, {cancelled} cancelled) | {cleanup_ms:.1f} | |",
             "",
-            "<details><summary>plans</summary>",
+            "<details><summary>plans (auto_explain, nested statements included)</summary>",
             "",
             *(f"`{name}`\n```\n{plan}\n```\n" for name, (_, _, plan) in results.items()),
             "</details>",
@@ -112,8 +131,7 @@ def main() -> None:
         report = "\n".join(lines)
         print(report)
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as out:
-                out.write("# Benchmarks\n\n" + report + "\n")
+            write_section(Path(args.out), "hygiene", report)
 
 
 if __name__ == "__main__":

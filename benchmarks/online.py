@@ -19,7 +19,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from report import machine, write_section  # benchmarks/report.py (this script's folder is on sys.path)
 
 from taskdb import seeds
 from taskdb.config import normalize_url
@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", "shared_buffers": "512MB",
            "max_wal_size": "4GB", "checkpoint_timeout": "15min"}  # fmt: skip
 WARMUP_S, BEFORE_S, AFTER_S = 2.0, 6.0, 2.0
-BEGIN, END = "<!-- online:begin -->", "<!-- online:end -->"
 RUNNING_UPGRADE = re.compile(r"Running upgrade \S* ?-> (\S+),")
 
 # The application's traffic: one statement per operation, each in its own transaction (autocommit).
@@ -146,6 +145,8 @@ class Run:
     rows_lost: int
     exit_code: int
     phases: dict[str, float]  # revision -> seconds (taskdb only; from its log lines as they arrive)
+    worst_by_kind: dict[str, tuple[float, str]]  # writer kind -> (worst ms during, revision running then)
+    by_revision: dict[str, dict[str, float]]  # revision -> p50 / p99 / worst / n of the statements it saw start
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,6 +191,8 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     seconds = time.perf_counter() - started
     ends = [t for _, t in starts[1:]] + ([seconds] if starts else [])
     phases = {revision: end - start for (revision, start), end in zip(starts, ends, strict=True)}
+    spans = [(revision, started_wall + start, started_wall + end)
+             for (revision, start), end in zip(starts, ends, strict=True)]  # fmt: skip
     ended_wall = time.time()
     time.sleep(AFTER_S)
     stop.set()
@@ -206,11 +209,21 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         "before": [ms for _, t, ms, _ in samples if started_wall - BEFORE_S <= t < started_wall],
         "during": [ms for _, t, ms, _ in samples if started_wall <= t <= ended_wall],
     }
+    by_revision = {
+        rev: summarise([ms for _, t, ms, _ in samples if a <= t < b]) for rev, a, b in spans
+    }
+    worst_by_kind = {}
+    for kind in WRITES:
+        during = [(ms, t) for k, t, ms, _ in samples if k == kind and started_wall <= t <= ended_wall]
+        if during:
+            ms, t = max(during)
+            worst_by_kind[kind] = (ms, next((rev for rev, a, b in spans if a <= t < b), ""))
     return Run(
         migration=migration, seconds=seconds,
         latency={w: summarise(v) for w, v in windows.items()},
         errors=sorted({err for _, _, _, err in samples if err}),
         rows_lost=before_rows + inserted - after_rows, exit_code=returncode, phases=phases,
+        worst_by_kind=worst_by_kind, by_revision=by_revision,
     )
 
 
@@ -246,15 +259,12 @@ def bench(rows: int, rate: float, backend: str | None, tmp: Path) -> dict[str, A
 
 
 def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "cpu")  # fmt: skip
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     first = results[0]
     lines = [
         "## Online upgrade under load: taskdb vs a naive one-transaction migration",
         "",
         f"{datetime.now(UTC):%Y-%m-%d}, PostgreSQL {first['major']} ({first['backend']} backend, fsync on), "
-        f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB. Four writer connections at {rate:g} statements/s "
+        f"{machine()}. Four writer connections at {rate:g} statements/s "
         "each (insert, claim, complete, update a legacy row). Latencies in ms; `before` = the "
         f"{BEFORE_S:g} s before the migration started, `during` = while it ran. Command: `{command}`",
         "",
@@ -283,21 +293,22 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
     for r in results:
         ours = r["runs"][1]
         lines.append(f"- {r['rows']:,} rows: " + ", ".join(f"{rev} {s:.1f}" for rev, s in ours.phases.items()))
+    lines += ["", "Writers during each of taskdb's revisions (statements that started while it ran): "
+              "p99 / worst ms (n):", ""]
+    for r in results:
+        ours = r["runs"][1]
+        lines.append(f"- {r['rows']:,} rows: " + ", ".join(
+            f"{rev} {d['p99']:.0f} / {d['worst']:.0f} ({d['n']})" for rev, d in ours.by_revision.items() if d["n"]))
+    lines += ["", "Worst writer statement of each kind during taskdb's upgrade, ms (the revision running when it "
+              "started):", ""]
+    for r in results:
+        ours = r["runs"][1]
+        lines.append(f"- {r['rows']:,} rows: " + ", ".join(
+            f"{kind} {ms:.0f} ({rev or '-'})" for kind, (ms, rev) in ours.worst_by_kind.items()))
     errors = {f"{r['rows']:,} {run.migration}": run.errors for r in results for run in r["runs"] if run.errors}
     if errors:
         lines += ["", "Writer errors:", "", *(f"- {k}: {'; '.join(v[:5])}" for k, v in errors.items())]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -318,7 +329,7 @@ def main() -> None:
     section = report(results, args.rate, command)
     print(section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), "online", section)
 
 
 if __name__ == "__main__":
