@@ -366,8 +366,8 @@ $$;
 -- In a transaction of its own, after the objects: CREATE TRIGGER takes SHARE ROW EXCLUSIVE on tasks, which
 -- the application's writes queue behind, so nothing else may run while it is held. Created when missing
 -- (a rerun): DROP TRIGGER would take ACCESS EXCLUSIVE, which also waits for and blocks every reader.
--- (Inside the objects' transaction, with the DROP, the writers' worst statement during 0005 was 121 ms at
--- 1,000,000 rows: benchmarks/online.py.)
+-- (Before, DROP TRIGGER's ACCESS EXCLUSIVE was held from the DROP through the revokes, roles and grants
+-- to the COMMIT of the objects' transaction.)
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
