@@ -136,6 +136,27 @@ def writer(kind: str, url: str, rate: float, stop: Any, out: str, legacy_ids: li
     Path(out).write_text(json.dumps(samples))
 
 
+# What the writers' backends are doing, sampled: a wait event, or none (on a CPU, or in the OS's run queue).
+WAITS_SQL = """
+SELECT coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity
+WHERE state = 'active' AND application_name LIKE 'bench-%'
+"""
+
+
+def sample_waits(url: str, stop: Any, out: str, interval_s: float = 0.02) -> None:
+    """Every ``interval_s`` until ``stop``: (time, wait) for each writer statement in flight."""
+    import psycopg
+
+    samples: list[tuple[float, str]] = []
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
+                         application_name="sampler") as conn:  # fmt: skip
+        while not stop.is_set():
+            now = time.time()
+            samples.extend((now, wait) for (wait,) in conn.execute(WAITS_SQL).fetchall())
+            time.sleep(interval_s)
+    Path(out).write_text(json.dumps(samples))
+
+
 @dataclass
 class Run:
     migration: str
@@ -147,6 +168,7 @@ class Run:
     phases: dict[str, float]  # revision -> seconds (taskdb only; from its log lines as they arrive)
     worst_by_kind: dict[str, tuple[float, str]]  # writer kind -> (worst ms during, revision running then)
     by_revision: dict[str, dict[str, float]]  # revision -> p50 / p99 / worst / n of the statements it saw start
+    waits: dict[str, dict[str, int]]  # revision -> wait event -> samples of writer statements in flight
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -172,6 +194,8 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     files = {kind: tmp / f"{migration}-{kind}.json" for kind in WRITES}
     procs = [ctx.Process(target=writer, args=(kind, url, rate, stop, str(files[kind]), legacy_ids))
              for kind in WRITES]  # fmt: skip
+    waits_file = tmp / f"{migration}-waits.json"
+    procs.append(ctx.Process(target=sample_waits, args=(url, stop, str(waits_file))))
     for p in procs:
         p.start()
     time.sleep(WARMUP_S + BEFORE_S)
@@ -209,6 +233,12 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         "before": [ms for _, t, ms, _ in samples if started_wall - BEFORE_S <= t < started_wall],
         "during": [ms for _, t, ms, _ in samples if started_wall <= t <= ended_wall],
     }
+    waits: dict[str, dict[str, int]] = {}
+    for t, wait in json.loads(waits_file.read_text()):
+        rev = next((rev for rev, a, b in spans if a <= t < b), None)
+        if rev:
+            waits.setdefault(rev, {}).setdefault(wait, 0)
+            waits[rev][wait] += 1
     by_revision = {
         rev: summarise([ms for _, t, ms, _ in samples if a <= t < b]) for rev, a, b in spans
     }
@@ -223,7 +253,7 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         latency={w: summarise(v) for w, v in windows.items()},
         errors=sorted({err for _, _, _, err in samples if err}),
         rows_lost=before_rows + inserted - after_rows, exit_code=returncode, phases=phases,
-        worst_by_kind=worst_by_kind, by_revision=by_revision,
+        worst_by_kind=worst_by_kind, by_revision=by_revision, waits=waits,
     )
 
 
@@ -299,6 +329,16 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
         ours = r["runs"][1]
         lines.append(f"- {r['rows']:,} rows: " + ", ".join(
             f"{rev} {d['p99']:.0f} / {d['worst']:.0f} ({d['n']})" for rev, d in ours.by_revision.items() if d["n"]))
+    lines += ["", "What the writers' statements in flight were doing during each revision (pg_stat_activity sampled "
+              "every 20 ms; `running` = no wait event: on a CPU or waiting for one):", ""]
+    for r in results:
+        ours = r["runs"][1]
+        parts = []
+        for rev, counts in ours.waits.items():
+            total = sum(counts.values())
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+            parts.append(f"{rev} " + " ".join(f"{w} {100 * n / total:.0f}%" for w, n in top) + f" (n={total})")
+        lines.append(f"- {r['rows']:,} rows: " + "; ".join(parts))
     lines += ["", "Worst writer statement of each kind during taskdb's upgrade, ms (the revision running when it "
               "started):", ""]
     for r in results:
