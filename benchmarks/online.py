@@ -16,6 +16,7 @@ Rows lost = rows before + rows inserted - rows after.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import multiprocessing as mp
 import os
@@ -136,25 +137,36 @@ def writer(kind: str, url: str, rate: float, stop: Any, out: str, legacy_ids: li
     Path(out).write_text(json.dumps(samples))
 
 
-# What the writers' backends are doing, sampled: a wait event, or none (on a CPU, or in the OS's run queue).
+# Sampled: what the writers' backends are doing (a wait event, or none: on a CPU or in the OS's run queue),
+# and the statement taskdb's session is running (its first words, comments left out).
 WAITS_SQL = """
-SELECT coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity
-WHERE state = 'active' AND application_name LIKE 'bench-%'
+SELECT application_name LIKE 'taskdb%' AS ours,
+       CASE WHEN application_name LIKE 'taskdb%'
+            THEN left(btrim(regexp_replace(regexp_replace(query, '--[^\\n]*', '', 'g'), '\\s+', ' ', 'g')), 48)
+            ELSE coalesce(wait_event_type || ':' || wait_event, 'running') END
+FROM pg_stat_activity
+WHERE state = 'active' AND (application_name LIKE 'bench-%' OR application_name LIKE 'taskdb%')
 """
 
 
 def sample_waits(url: str, stop: Any, out: str, interval_s: float = 0.02) -> None:
-    """Every ``interval_s`` until ``stop``: (time, wait) for each writer statement in flight."""
+    """Every ``interval_s`` until ``stop``: (time, is taskdb's session, its statement or the writer's wait)."""
     import psycopg
 
-    samples: list[tuple[float, str]] = []
+    samples: list[tuple[float, bool, str]] = []
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
                          application_name="sampler") as conn:  # fmt: skip
         while not stop.is_set():
             now = time.time()
-            samples.extend((now, wait) for (wait,) in conn.execute(WAITS_SQL).fetchall())
+            samples.extend((now, ours, what) for ours, what in conn.execute(WAITS_SQL).fetchall())
             time.sleep(interval_s)
     Path(out).write_text(json.dumps(samples))
+
+
+def statement_at(ours: list[tuple[float, str]], t: float, interval_s: float = 0.05) -> str | None:
+    """taskdb's statement sampled last before ``t`` (``ours`` sorted by time), if still in flight then."""
+    i = bisect.bisect_right(ours, (t, "\uffff")) - 1
+    return ours[i][1] if i >= 0 and t - ours[i][0] <= interval_s else None
 
 
 @dataclass
@@ -169,6 +181,7 @@ class Run:
     worst_by_kind: dict[str, tuple[float, str]]  # writer kind -> (worst ms during, revision running then)
     by_revision: dict[str, dict[str, float]]  # revision -> p50 / p99 / worst / n of the statements it saw start
     waits: dict[str, dict[str, int]]  # revision -> wait event -> samples of writer statements in flight
+    by_statement: dict[str, dict[str, float]]  # taskdb's statement in flight -> writers that started meanwhile
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -233,12 +246,18 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         "before": [ms for _, t, ms, _ in samples if started_wall - BEFORE_S <= t < started_wall],
         "during": [ms for _, t, ms, _ in samples if started_wall <= t <= ended_wall],
     }
+    sampled = json.loads(waits_file.read_text())
     waits: dict[str, dict[str, int]] = {}
-    for t, wait in json.loads(waits_file.read_text()):
+    for t, ours_, wait in sampled:
         rev = next((rev for rev, a, b in spans if a <= t < b), None)
-        if rev:
+        if rev and not ours_:
             waits.setdefault(rev, {}).setdefault(wait, 0)
             waits[rev][wait] += 1
+    ours = sorted((t, what) for t, ours_, what in sampled if ours_)
+    during_statement: dict[str, list[float]] = {}
+    for _, t, ms, _ in samples:
+        if started_wall <= t <= ended_wall and (statement := statement_at(ours, t)):
+            during_statement.setdefault(statement, []).append(ms)
     by_revision = {
         rev: summarise([ms for _, t, ms, _ in samples if a <= t < b]) for rev, a, b in spans
     }
@@ -254,6 +273,7 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         errors=sorted({err for _, _, _, err in samples if err}),
         rows_lost=before_rows + inserted - after_rows, exit_code=returncode, phases=phases,
         worst_by_kind=worst_by_kind, by_revision=by_revision, waits=waits,
+        by_statement={q: summarise(v) for q, v in during_statement.items()},
     )
 
 
@@ -339,6 +359,13 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
             top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
             parts.append(f"{rev} " + " ".join(f"{w} {100 * n / total:.0f}%" for w, n in top) + f" (n={total})")
         lines.append(f"- {r['rows']:,} rows: " + "; ".join(parts))
+    lines += ["", "Writers by the statement taskdb was running when they started (sampled), the five with the "
+              "worst writer: worst / p99 ms (n):", ""]
+    for r in results:
+        ours = r["runs"][1]
+        top = sorted(ours.by_statement.items(), key=lambda kv: -kv[1]["worst"])[:5]
+        lines.append(f"- {r['rows']:,} rows: " + "; ".join(
+            f"`{q}` {d['worst']:.0f} / {d['p99']:.0f} ({d['n']})" for q, d in top))
     lines += ["", "Worst writer statement of each kind during taskdb's upgrade, ms (the revision running when it "
               "started):", ""]
     for r in results:
