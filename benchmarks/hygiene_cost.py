@@ -4,7 +4,8 @@ queue_health, stale_queued_tasks and cancel_stale_queued_tasks, with their plans
     python benchmarks/hygiene_cost.py --rows 5000000 --queued 10000 [--backend local] [--out docs/benchmarks.md]
 
 Builds a throwaway PostgreSQL (taskdb.testing), an upgraded schema, N healthy tasks of 1,000 users with
-`--queued` of them Queued (a tenth of those older than the TTL), then times each call REPEAT times in a
+`--queued` of them Queued (a tenth of those older than the TTL) and the task_hygiene_log an upgrade's
+backfill leaves behind (`--log-rows`, default 60 % of N), then times each call REPEAT times in a
 transaction it rolls back (so a claim or a cleanup meets the same queue every time: median and worst,
 milliseconds) and keeps the plans of one more call: the functions are opaque to EXPLAIN, so auto_explain
 reports every statement they run (log_nested_statements), with actual times and buffers.
@@ -38,7 +39,7 @@ AUTO_EXPLAIN = {"log_min_duration": "0", "log_analyze": "on", "log_buffers": "on
                 "log_nested_statements": "on", "log_level": "notice"}  # fmt: skip
 
 
-def load(engine: sa.Engine, rows: int, queued: int) -> None:
+def load(engine: sa.Engine, rows: int, queued: int, log_rows: int) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO users (id, credits) SELECT md5('u' || n)::uuid, 10 FROM generate_series(1, 1000) n"
@@ -60,6 +61,15 @@ def load(engine: sa.Engine, rows: int, queued: int) -> None:
                    now() - CASE WHEN n %% 10 = 0 THEN interval '9 days' ELSE (n %% 600) * interval '1 minute' END,
                    md5('u' || (n %% 1000 + 1))::uuid, CASE WHEN n %% 3 = 0 THEN 'local' ELSE 'cloud' END
             FROM generate_series(1, {queued}) n
+            """
+        )
+        # the log as an upgrade leaves it (a row per task its backfill changed), a month old
+        conn.exec_driver_sql(
+            f"""
+            INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor, acted_at)
+            SELECT id, 'backfill', 'user_id from the project owner', '{{"user_id": null}}',
+                   jsonb_build_object('user_id', user_id), 'taskdb revision 0003_backfill', now() - interval '30 days'
+            FROM tasks WHERE status <> 'Queued' LIMIT {log_rows}
             """
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -96,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--queued", type=int, default=10_000)
+    parser.add_argument("--log-rows", type=int, default=None,
+                        help="task_hygiene_log rows, as an upgrade leaves them (default: 60 %% of --rows)")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--out", default=None, help="replace the hygiene section of this Markdown file")
     args = parser.parse_args()
@@ -104,7 +116,8 @@ def main() -> None:
         api.upgrade(url)
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"), poolclass=sa.NullPool)
         started = time.perf_counter()
-        load(engine, args.rows, args.queued)
+        log_rows = int(args.rows * 0.6) if args.log_rows is None else args.log_rows
+        load(engine, args.rows, args.queued, log_rows)
         load_s = time.perf_counter() - started
         results = {name: timed(engine, sql) for name, sql in CALLS.items()}
         with engine.connect() as conn:
@@ -112,12 +125,14 @@ def main() -> None:
             conn.rollback()
         engine.dispose()
         lines = [
-            f"## Hygiene objects at {args.rows:,} rows ({args.queued:,} Queued)",
+            f"## Hygiene objects at {args.rows:,} rows ({args.queued:,} Queued, {log_rows:,} log rows)",
             "",
             f"{datetime.now(UTC):%Y-%m-%d}, PostgreSQL {server.major} ({server.backend} backend), {machine()}; "
             f"load {load_s:.0f} s. Each call {REPEAT} times, rolled back; a cleanup call cancels {cancelled} "
             f"stale tasks (one batch). Command: "
-            f"`python benchmarks/hygiene_cost.py --rows {args.rows} --queued {args.queued}`",
+            f"`python benchmarks/hygiene_cost.py --rows {args.rows} --queued {args.queued}"
+            f"{' --backend ' + args.backend if args.backend else ''}`. The log holds what an "
+            "upgrade's backfill leaves (a row per task it changed, by default 60 % of the rows, a month old).",
             "",
             f"| call | median ms | worst ms (of {REPEAT}) |",
             "| --- | ---: | ---: |",
