@@ -100,7 +100,7 @@ def find_blockers(
     if snapshots or (waited_s and not found):  # after a wait nobody's lock explains: the snapshots did
         listed = {b["pid"] for b in found}
         older = [b for b in rows(conn, OPEN_TRANSACTIONS_SQL, params) if b["pid"] not in listed]
-        found = sorted(found + older, key=lambda b: (b["xact_start"] is None, b["xact_start"] or 0))
+        found = sorted(found + older, key=lambda b: b["xact_start"])  # both queries name transactions only
     for b in found:
         b.pop("xact_start", None)
     return found
