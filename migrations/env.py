@@ -18,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskdb import offline
 from taskdb.config import redact, resolve_url
-from taskdb.db import connect, create_engine
+from taskdb.db import connect, create_engine, require_primary
 from taskdb.errors import TaskdbError, connection_lost
-from taskdb.migration import acquire_upgrade_lock, release_upgrade_lock
+from taskdb.upgrade_lock import UpgradeLock
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -61,22 +61,53 @@ def run_migrations_offline() -> None:
         offline.end_script(context.get_context())
 
 
+# Alembic commands that only read the version table: no upgrade lock, and they work on a standby.
+READ_ONLY_COMMANDS = frozenset({"current", "check", "heads", "show", "history"})
+
+
+def command_name() -> str:
+    """``upgrade``, ``downgrade``, ``current``...: from the taskdb API, else from Alembic's own command line."""
+    named = config.attributes.get("taskdb_command")
+    if named:
+        return str(named)
+    cmd = getattr(config.cmd_opts, "cmd", None)
+    return getattr(cmd[0], "__name__", "migration") if cmd else "migration"
+
+
 def run_with(connection: Connection) -> None:
-    context.configure(connection=connection, transaction_per_migration=True)
-    acquire_upgrade_lock(connection)
-    connection.commit()  # the advisory lock is session-level; Alembic must start from a clean slate
-    try:
+    """Refuse a standby, take the upgrade lock on a connection of its own (taskdb.upgrade_lock), run the chain.
+
+    The lock is checked after each revision: if its session ended, the run stops before the next one.
+    """
+    command = command_name()
+    if command in READ_ONLY_COMMANDS:
+        context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations()
+        if connection.in_transaction():
+            connection.rollback()
+        return
+    try:
+        require_primary(connection, f"taskdb {command}")
     finally:
         if connection.in_transaction():
-            connection.rollback()  # after a failure the transaction is aborted; either way it is done
-        release_upgrade_lock(connection)
-        connection.commit()
+            connection.rollback()  # nothing may stay open while we wait for the lock
+    with UpgradeLock(connection.engine, command) as lock:
+        context.configure(
+            connection=connection,
+            transaction_per_migration=True,
+            on_version_apply=lambda **_: lock.check(connection),
+        )
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if connection.in_transaction():
+                connection.rollback()  # after a failure the transaction is aborted; either way it is done
 
 
 def run_migrations_online() -> None:
-    """Run the migrations on one connection, under the session advisory upgrade lock."""
+    """Run the migrations on one connection, under the upgrade lock."""
     shared = config.attributes.get("connection")
     if shared is not None:
         run_with(shared)

@@ -164,7 +164,7 @@ def drop_added_columns(conn: Connection, table: str, revision: str, policy: Lock
 
 
 def ensure_enum_labels(conn: Connection, type_name: str, labels: Sequence[str], revision: str) -> list[str]:
-    """Add missing labels to an enum (outside a transaction, as PostgreSQL requires for use in the same run).
+    """Add missing labels to an enum, each in a transaction of its own (committed before the run uses it).
 
     PostgreSQL cannot drop an enum label, so a downgrade leaves these in place (recorded as owned).
     """
@@ -174,7 +174,6 @@ def ensure_enum_labels(conn: Connection, type_name: str, labels: Sequence[str], 
             conn,
             [f"ALTER TYPE {type_name} ADD VALUE IF NOT EXISTS '{label}'"],
             relations=["tasks"],
-            in_transaction=False,
         )
         record_owned(conn, "enum_label", f"{type_name}.{label}", revision)
     return missing

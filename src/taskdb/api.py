@@ -26,7 +26,9 @@ def alembic_ini() -> Path:
     raise FileNotFoundError("alembic.ini not found next to the taskdb package or in its checkout")
 
 
-def alembic_config(url: str | None, *, configure_logging: bool = False, raise_taskdb_errors: bool = False) -> Config:
+def alembic_config(
+    url: str | None, *, configure_logging: bool = False, raise_taskdb_errors: bool = False, command: str = "migration"
+) -> Config:
     """An Alembic Config for ``url`` (passed as ``-x url=...``, exactly as on the command line).
 
     With ``raise_taskdb_errors`` a :class:`taskdb.errors.TaskdbError` reaches the caller as itself
@@ -37,6 +39,7 @@ def alembic_config(url: str | None, *, configure_logging: bool = False, raise_ta
     config.set_main_option("script_location", str(ini.parent / "migrations"))
     config.attributes["configure_logging"] = configure_logging
     config.attributes["raise_taskdb_errors"] = raise_taskdb_errors
+    config.attributes["taskdb_command"] = command  # how the upgrade lock's holder is named in pg_stat_activity
     return config
 
 
@@ -46,7 +49,7 @@ def upgrade(url: str, revision: str = "head", *, raise_taskdb_errors: bool = Fal
     with autocommit_connection(url) as conn:
         before, since = report.revision(conn), report.log_high_water(conn)
     started = time.monotonic()
-    command.upgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors), revision)
+    command.upgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors, command="upgrade"), revision)
     seconds = round(time.monotonic() - started, 3)
     with autocommit_connection(url) as conn:
         outcome = report.upgrade_outcome(conn, since_log_id=since)
@@ -54,11 +57,11 @@ def upgrade(url: str, revision: str = "head", *, raise_taskdb_errors: bool = Fal
 
 
 def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = False) -> None:
-    command.downgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors), revision)
+    command.downgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors, command="downgrade"), revision)
 
 
 def current(url: str) -> None:
-    command.current(alembic_config(url), verbose=False)
+    command.current(alembic_config(url, command="current"), verbose=False)
 
 
 def history(*, verbose: bool = False) -> None:

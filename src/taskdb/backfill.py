@@ -23,14 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from string import Template
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import columns
 from taskdb.db import rows, scalar
@@ -143,29 +141,16 @@ def run_backfill(
         for lock in ("SKIP LOCKED", "")
     }
 
-    with batch_settings(conn):
-        return _run(conn, statements, job=job, actor=actor, config=config, lock_policy=lock_policy,
-                    progress=progress)
+    return _run(conn, statements, job=job, actor=actor, config=config, lock_policy=lock_policy, progress=progress)
 
 
-@contextmanager
-def batch_settings(conn: Connection) -> Iterator[None]:
-    """Session settings for many short batch statements, restored afterwards.
-
-    - jit off: a batch's cost estimate crosses jit_above_cost, and compiling took 300 of 400 ms per batch
-      (EXPLAIN ANALYZE, 100k rows); JIT only pays for long queries.
-    - custom plans: both drivers prepare a statement they run repeatedly, and PostgreSQL then switches to
-      a generic plan in which ``:after IS NULL OR id > :after`` cannot use the cursor, so every batch
-      scanned the index from the start: 809 s instead of about 60 at 1,000,000 rows.
-    """
-    conn.exec_driver_sql("SET jit = off")
-    conn.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
-    try:
-        yield
-    finally:
-        with suppress(DBAPIError):  # the connection may be gone; the session with it
-            conn.exec_driver_sql("RESET jit")
-            conn.exec_driver_sql("RESET plan_cache_mode")
+# Settings of every batch transaction (SET LOCAL: nothing stays on a pooled server connection).
+# - jit off: a batch's cost estimate crosses jit_above_cost, and compiling took 300 of 400 ms per batch
+#   (EXPLAIN ANALYZE, 100k rows); JIT only pays for long queries.
+# - custom plans: a driver may prepare a statement it runs repeatedly, and PostgreSQL then switches to a
+#   generic plan in which ``:after IS NULL OR id > :after`` cannot use the cursor, so every batch scanned
+#   the index from the start: 809 s instead of about 60 at 1,000,000 rows.
+BATCH_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
 def _run(
@@ -300,7 +285,7 @@ def _sweep(
             batch.update(c.execute(statement, params).one()._mapping)
 
         started = time.monotonic()
-        run_locked(conn, run_batch, policy=lock_policy, in_transaction=False)
+        run_locked(conn, run_batch, policy=lock_policy, settings=BATCH_SETTINGS)
         if not batch["scanned"]:
             return done, flagged, waiting
         after = str(batch["last_id"])
@@ -328,15 +313,21 @@ def _sweep(
 def restore(conn: Connection, *, actor: str, batch_size: int = 1000) -> int:
     """Undo what ``actor`` logged, in keyset batches over task ids; returns rows restored."""
     statement = sa.text(render("restore_batch", status_type=status_type(conn)))
-    with batch_settings(conn):
-        return _restore(conn, statement, actor=actor, batch_size=batch_size)
+    return _restore(conn, statement, actor=actor, batch_size=batch_size)
 
 
 def _restore(conn: Connection, statement: sa.TextClause, *, actor: str, batch_size: int) -> int:
     after: str | None = None
     restored = 0
     while True:
-        batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size}).one()
+        params = {"actor": actor, "after": after, "batch_size": batch_size}
+        found: list[sa.Row] = []
+
+        def run_batch(c: Connection, params: dict = params, found: list = found) -> None:
+            found.append(c.execute(statement, params).one())
+
+        run_locked(conn, run_batch, settings=BATCH_SETTINGS, label="restore batch")
+        batch = found[-1]
         if not batch.scanned:
             return restored
         restored += int(batch.restored)

@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import forget_owned, owned, record_owned, table_exists
 from taskdb.config import redact
-from taskdb.db import connect, create_engine, rows, scalar, sqlstate, transaction
+from taskdb.db import connect, create_engine, require_primary, rows, scalar, sqlstate, transaction
 from taskdb.errors import ConfigError, TaskdbError
 from taskdb.failpoints import failpoint
 
@@ -737,6 +737,7 @@ def install(
     ``schedule`` replaces ``task_hygiene_settings.cleanup_schedule``: validated first (syntax, then against the
     server's pg_cron), scheduled in the cron database, then written to the settings together with the record
     (one transaction of the target database), and logged with ``actor``. ``conn`` is AUTOCOMMIT."""
+    require_primary(conn, requested_by)
     _require_upgraded(conn, requested_by)
     plan = prepare(conn, "require", schedule=schedule, requested_by=requested_by)
     assert plan.schedule is not None and plan.readiness is not None  # require: ready, or raised
@@ -767,6 +768,7 @@ def sync(conn: Connection, *, actor: str | None = None, requested_by: str = "tas
     """``taskdb cron sync``: make the installed jobs match ``task_hygiene_settings.cleanup_schedule`` again (a
     DBA's UPDATE takes effect; the jobid is kept). The same path as :func:`install`, but only where the cleanup
     job is recorded as installed: a job removed on purpose is not brought back (:class:`CronNotInstalled`)."""
+    require_primary(conn, requested_by)
     _require_upgraded(conn, requested_by)
     if not any(job["job"] == CLEANUP_JOB for job in recorded_jobs(conn)):
         database = scalar(conn, "SELECT current_database()")
@@ -916,6 +918,7 @@ def remove(conn: Connection, *, requested_by: str = "taskdb cron remove", revisi
     lives, the purge job with the server's last cleanup job, pg_cron itself if taskdb created it and nothing
     else uses it), then the record is cleared. An unreachable cron database is an error before anything
     changes, whatever TASKDB_CRON says. Idempotent; the queue keeps working (``taskdb cleanup``)."""
+    require_primary(conn, requested_by)
     database = str(scalar(conn, "SELECT current_database()"))
     if not table_exists(conn, RECORD_TABLE):
         return Removal(database, [], 0)

@@ -16,17 +16,19 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from taskdb import driver
 from taskdb.config import driver_of, normalize_url, redact
-from taskdb.errors import ConnectError
+from taskdb.errors import ConnectError, ReadOnlyTarget
 from taskdb.sql import split_statements
 
 APPLICATION_NAME = "taskdb"
 
 
 def create_engine(url: str, application_name: str = APPLICATION_NAME) -> Engine:
-    """An engine without a pool (one upgrade, one connection) that names itself in pg_stat_activity."""
-    connect_args: dict[str, Any] = {"application_name": application_name}
-    return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    """An engine without a pool (one upgrade, one connection) that names itself in pg_stat_activity and
+    leaves no server-side state behind a transaction pooler (taskdb.driver)."""
+    args: dict[str, Any] = {"application_name": application_name, **driver.connect_args(driver_of(url))}
+    return driver.make_pooler_safe(sa.create_engine(url, poolclass=NullPool, connect_args=args))
 
 
 @contextmanager
@@ -74,11 +76,11 @@ def is_autocommit(conn: Connection) -> bool:
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
+def transaction(conn: Connection, begin: str = "BEGIN") -> Iterator[Connection]:
     """A real server-side transaction on an AUTOCOMMIT connection: BEGIN ... COMMIT, or ROLLBACK."""
     if not is_autocommit(conn):
         raise RuntimeError("taskdb steps need a connection in AUTOCOMMIT mode (use autocommit_block)")
-    conn.exec_driver_sql("BEGIN")
+    conn.exec_driver_sql(begin)
     try:
         yield conn
     except BaseException:
@@ -86,6 +88,35 @@ def transaction(conn: Connection) -> Iterator[Connection]:
             conn.exec_driver_sql("ROLLBACK")
         raise
     conn.exec_driver_sql("COMMIT")
+
+
+@contextmanager
+def read_only_transaction(
+    conn: Connection, *, lock_timeout_ms: int, isolation: str = "READ COMMITTED"
+) -> Iterator[Connection]:
+    """A READ ONLY transaction that waits at most ``lock_timeout_ms`` for a lock (SET LOCAL): what the read-only
+    commands run in. Read-only is per transaction, never ``default_transaction_read_only`` for the session:
+    behind a transaction pooler that would land on a server connection the application then writes on."""
+    with transaction(conn, f"BEGIN ISOLATION LEVEL {isolation} READ ONLY"):
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'")
+        yield conn
+
+
+def require_primary(conn: Connection, command: str) -> None:
+    """Refuse, before any change, a hot standby or a connection whose transactions are read-only."""
+    in_recovery, read_only = conn.exec_driver_sql(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on'"
+    ).one()
+    if in_recovery:
+        raise ReadOnlyTarget(
+            f"{command}: this server is a standby (pg_is_in_recovery() is true) and taskdb changes only a "
+            "primary; nothing was changed. Point --url at the primary."
+        )
+    if read_only:
+        raise ReadOnlyTarget(
+            f"{command}: this connection is read-only (default_transaction_read_only = on, from the role, the "
+            "database or a read-only endpoint); nothing was changed. Connect as a role that may write, to the primary."
+        )
 
 
 def scalar(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Any:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
@@ -30,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb import api, cron
 from taskdb.config import redact
-from taskdb.db import is_autocommit, rows, scalar
+from taskdb.db import is_autocommit, read_only_transaction, rows, scalar
 from taskdb.errors import TaskdbError
 from taskdb.sql import queries
 
@@ -120,23 +119,17 @@ def cannot_connect(reason: str) -> Report:
 def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Report:
     """Run every check that the database's state allows; never writes.
 
-    A health check must answer, not queue behind an upgrade's DDL: for its duration the session's
-    lock_timeout is ``lock_timeout_ms`` (restored afterwards), and a check that times out is "cannot check".
+    A health check must answer, not queue behind an upgrade's DDL: each check runs in a READ ONLY transaction
+    with ``SET LOCAL lock_timeout`` = ``lock_timeout_ms``, and a check that times out is "cannot check".
     """
     if not is_autocommit(conn):
         raise RuntimeError("taskdb.doctor.diagnose needs an AUTOCOMMIT connection")
-    previous = scalar(conn, "SELECT current_setting('lock_timeout')")
-    scalar(conn, "SELECT set_config('lock_timeout', :t, false)", {"t": f"{int(lock_timeout_ms)}ms"})
-    try:
-        return _diagnose(conn)
-    finally:
-        with suppress(DBAPIError):  # a connection that died mid-check has no session left to restore
-            scalar(conn, "SELECT set_config('lock_timeout', :t, false)", {"t": previous})
+    return _diagnose(conn, lock_timeout_ms)
 
 
-def _diagnose(conn: Connection) -> Report:
+def _diagnose(conn: Connection, lock_timeout_ms: int) -> Report:
     report = Report()
-    checks = _Checks(conn, report)
+    checks = _Checks(conn, report, lock_timeout_ms)
     # The schema check decides what else can run: on a database without the hygiene objects the queue
     # checks would only fail, so the report says "cannot check" and why (with the revision, if any).
     if not checks.run(CHECK_SCHEMA, checks.schema):
@@ -155,8 +148,8 @@ def _diagnose(conn: Connection) -> Report:
 class _Checks:
     """The checks, sharing one connection and what earlier checks learnt (objects, settings)."""
 
-    def __init__(self, conn: Connection, report: Report) -> None:
-        self.conn, self.report = conn, report
+    def __init__(self, conn: Connection, report: Report, lock_timeout_ms: int) -> None:
+        self.conn, self.report, self.lock_timeout_ms = conn, report, lock_timeout_ms
         self.objects: dict[str, Any] = {}
         self.url = conn.engine.url.render_as_string(hide_password=False)  # only to redact error text
 
@@ -164,7 +157,9 @@ class _Checks:
         """Run one check; True when it ran and found nothing that stops the others."""
         self.report.checked.append(name)
         try:
-            found = check()
+            # each check in a short READ ONLY transaction of its own, waiting for no lock longer than the limit
+            with read_only_transaction(self.conn, lock_timeout_ms=self.lock_timeout_ms):
+                found = check()
         except DBAPIError as exc:  # e.g. a role without SELECT on a view: this check cannot vouch for anything
             reason = redact(str(exc.orig or exc).strip().splitlines()[0], self.url)
             found = [Finding(name, ERROR, f"cannot run the {name} check: {reason}",

@@ -54,10 +54,36 @@ class LockRetriesExhausted(TaskdbError):
         )
 
 
+class StatementTimedOut(TaskdbError):
+    """A statement ran longer than the session's statement_timeout."""
+
+    def __init__(self, statement: str, limit: str, *, ours: bool) -> None:
+        self.statement, self.limit = statement, limit
+        what = f"`{statement.strip().splitlines()[0][:160]}`"
+        if ours:
+            fix = (f"{what} was cancelled by statement_timeout = {limit} (TASKDB_STATEMENT_TIMEOUT_MS). Raise it, or "
+                   "set 0 for no limit, then rerun: the upgrade resumes.")
+        else:
+            fix = (f"{what} was cancelled by statement_timeout = {limit}, a default of the role or database: it runs "
+                   "outside a transaction, where taskdb cannot set its own timeout. Lift it for the role that "
+                   "upgrades (ALTER ROLE ... SET statement_timeout = 0), then rerun: the upgrade resumes.")
+        super().__init__(fix)
+
+
 class UpgradeInProgress(TaskdbError):
     """Another taskdb upgrade holds the upgrade lock on this database."""
 
     exit_code = 3
+
+
+class UpgradeLockLost(TaskdbError):
+    """The session holding the upgrade lock ended while the upgrade ran."""
+
+
+class ReadOnlyTarget(TaskdbError):
+    """The database is a standby or read-only: taskdb changes only a primary."""
+
+    exit_code = 2
 
 
 class ConstraintViolated(TaskdbError):
@@ -153,7 +179,7 @@ def _statement(exc: BaseException) -> str | None:
     for the session bookkeeping (SET, COMMIT...) that merely found the session gone."""
     lines = [
         line.strip() for line in str(getattr(exc, "statement", None) or "").splitlines()
-        if line.strip() and not line.strip().startswith("--")
+        if line.strip() and not line.strip().startswith(("--", "/*"))  # comments (the lock watchdog's tag)
     ]
     if len(lines) != 1 or lines[0].split()[0].upper() in ("SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK", "SELECT"):
         return None

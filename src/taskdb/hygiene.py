@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from taskdb.db import rows, scalar
+from taskdb.db import require_primary, rows, scalar, transaction
 from taskdb.errors import TaskdbError
 from taskdb.failpoints import failpoint
 
@@ -20,18 +20,17 @@ def cancel_stale_queued(conn: Connection, *, actor: str, max_batches: int = 1_00
 
     ``actor`` is recorded in task_hygiene_log and task_hygiene_runs.
     """
+    require_primary(conn, "taskdb cleanup")
     require_hygiene(conn)
-    conn.execute(sa.text("SELECT set_config('taskdb.actor', :actor, false)"), {"actor": actor})
     total = 0
-    try:
-        for _ in range(max_batches):
+    for _ in range(max_batches):
+        with transaction(conn):  # the actor is transaction-local: nothing stays on a pooled server session
+            conn.execute(sa.text("SELECT set_config('taskdb.actor', :actor, true)"), {"actor": actor})
             cancelled = int(scalar(conn, "SELECT cancel_stale_queued_tasks()"))
-            total += cancelled
-            failpoint("hygiene.after_cleanup_batch")  # this batch is committed
-            if cancelled == 0:
-                break
-    finally:
-        conn.execute(sa.text("SELECT set_config('taskdb.actor', '', false)"))
+        total += cancelled
+        failpoint("hygiene.after_cleanup_batch")  # this batch is committed
+        if cancelled == 0:
+            break
     if total:
         log.info("cancelled %d stale Queued tasks", total)
     return total

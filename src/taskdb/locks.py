@@ -4,6 +4,12 @@ Every DDL statement runs under ``SET LOCAL lock_timeout``: if a long transaction
 lock, our ALTER gives up quickly instead of queueing behind it (and making every writer queue behind
 *us*). Only SQLSTATE 55P03 (lock_not_available) is retried, with jittered exponential backoff; the
 whole transaction is rerun. When the budget is spent the error names the sessions holding locks.
+
+Settings are transaction-local only (``SET LOCAL``): behind a transaction pooler a session ``SET`` lands on
+a server connection the application's workers share. A statement that cannot run in a transaction (CREATE /
+DROP INDEX CONCURRENTLY) therefore gets no settings at all: a watchdog on a second connection plays its
+lock_timeout, cancelling it when it has waited for a lock longer than the timeout (the statement carries a
+unique trailing comment, so the watchdog finds its backend whichever server connection the pooler gave it).
 """
 
 from __future__ import annotations
@@ -11,20 +17,27 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from taskdb.db import rows, sqlstate, transaction
-from taskdb.errors import LockRetriesExhausted
+from taskdb.db import connect, create_engine, rows, scalar, sqlstate, transaction
+from taskdb.errors import LockRetriesExhausted, StatementTimedOut
 
 log = logging.getLogger("taskdb.locks")
 
 LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+WATCH_INTERVAL_S = 0.05
 
 # Sessions that hold a lock on one of the relations we need, oldest transaction first. Only transactions
 # older than our wait (:waited_s seconds) can have made us wait: the writers that had queued behind our
@@ -77,13 +90,23 @@ class LockPolicy:
     attempts: int = 8
     backoff_base_s: float = 0.5
     backoff_max_s: float = 10.0
+    #: every transaction taskdb opens sets its own statement_timeout (0 = none), whatever the role's default is
+    statement_timeout_ms: int = 0
 
     @classmethod
     def from_env(cls) -> LockPolicy:
         return cls(
             lock_timeout_ms=_env_int("TASKDB_LOCK_TIMEOUT_MS", cls.lock_timeout_ms),
             attempts=_env_int("TASKDB_LOCK_ATTEMPTS", cls.attempts),
+            statement_timeout_ms=_env_int("TASKDB_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms),
         )
+
+    def set_local(self, conn: Connection, settings: Mapping[str, str] | None = None) -> None:
+        """The transaction's own timeouts (and ``settings``), all ``SET LOCAL``."""
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_ms)}ms'")
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{int(self.statement_timeout_ms)}ms'")
+        for name, value in (settings or {}).items():
+            conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: several pods retrying at once do not retry in step."""
@@ -114,11 +137,13 @@ def run_locked(
     policy: LockPolicy | None = None,
     in_transaction: bool = True,
     label: str | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> None:
     """Run DDL (or one batch) with a bounded lock wait, retrying only lock_not_available.
 
-    ``statements`` run together in one transaction (or, with ``in_transaction=False``, one statement
-    outside any transaction, for CREATE INDEX CONCURRENTLY). A callable gets the connection instead.
+    ``statements`` run together in one transaction under the policy's ``SET LOCAL`` timeouts and
+    ``settings`` (or, with ``in_transaction=False``, one statement outside any transaction, for CREATE INDEX
+    CONCURRENTLY, under the lock-wait watchdog). A callable gets the connection instead.
     ``label`` is what warnings and a lock failure call the work (default: the statement that waited, when
     it is one line, else the first statement or the callable's name).
     """
@@ -129,24 +154,26 @@ def run_locked(
     ))
     for attempt in range(1, policy.attempts + 1):
         attempt_started = time.monotonic()
+        watch = None
         try:
             if in_transaction:
                 with transaction(conn):
-                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(policy.lock_timeout_ms)}ms'")
+                    policy.set_local(conn, settings)
                     _run(conn, statements)
             else:
-                conn.exec_driver_sql(f"SET lock_timeout = '{int(policy.lock_timeout_ms)}ms'")
-                try:
+                with lock_watchdog(conn, policy.lock_timeout_ms) as watch:
                     _run(conn, statements)
-                finally:
-                    if not conn.invalidated:  # a dead session took the setting with it
-                        conn.exec_driver_sql("RESET lock_timeout")
             return
         except (DBAPIError, conn.dialect.loaded_dbapi.Error) as exc:
             # the driver's own error too: a script run on the raw DBAPI cursor (db.execute_script) raises it
-            if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+            code = sqlstate(exc)
+            if code == QUERY_CANCELED and not (watch and watch.fired):
+                if in_transaction:
+                    raise StatementTimedOut(str(label), f"{policy.statement_timeout_ms}ms", ours=True) from None
+                raise StatementTimedOut(str(label), _setting(conn, "statement_timeout"), ours=False) from None
+            if code != LOCK_NOT_AVAILABLE and not (code == QUERY_CANCELED and watch and watch.fired):
                 raise
-            waited = str(getattr(exc, "statement", None) or "").strip()
+            waited = _untagged(str(getattr(exc, "statement", None) or "")).strip()
             if not explicit and waited and "\n" not in waited:
                 label = waited
             blockers = find_blockers(
@@ -162,6 +189,77 @@ def run_locked(
                 [b["pid"] for b in blockers], pause,
             )
             time.sleep(pause)
+
+
+def _setting(conn: Connection, name: str) -> str:
+    try:
+        return str(scalar(conn, f"SELECT current_setting('{name}')"))
+    except DBAPIError:
+        return "?"
+
+
+class _Watch:
+    """What the watchdog saw: ``fired`` once it cancelled the statement for waiting too long on a lock."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.fired = tag, False
+        self.stop = threading.Event()
+
+
+_TAG = "/* taskdb lock watch "
+
+
+def _untagged(statement: str) -> str:
+    return statement.split(f"\n{_TAG}", 1)[0]
+
+
+@contextmanager
+def lock_watchdog(conn: Connection, lock_timeout_ms: int) -> Iterator[_Watch]:
+    """While the block runs, statements on ``conn`` carry a unique comment, and a thread on a connection of
+    its own cancels the backend running one when it has waited on a lock for ``lock_timeout_ms``."""
+    watch = _Watch(uuid.uuid4().hex)
+
+    def tag(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> tuple:
+        # at the end: pg_stat_activity still shows the statement first (operators and tests look for it there)
+        return f"{statement}\n{_TAG}{watch.tag} */", parameters
+
+    event.listen(conn, "before_cursor_execute", tag, retval=True)
+    watcher = threading.Thread(target=_watch, args=(conn.engine, watch, lock_timeout_ms / 1000), daemon=True)
+    watcher.start()
+    try:
+        yield watch
+    finally:
+        event.remove(conn, "before_cursor_execute", tag)
+        watch.stop.set()
+        watcher.join()
+
+
+WATCH_SQL = """
+SELECT pid, wait_event_type = 'Lock' AS waiting FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND datname = current_database() AND strpos(query, :tag) > 0 AND state = 'active'
+"""
+CANCEL_SQL = """
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'
+"""
+
+
+def _watch(engine: Engine, watch: _Watch, timeout_s: float) -> None:
+    tag = f"{_TAG}{watch.tag} */"
+    waiting_since: dict[int, float] = {}
+    own = create_engine(engine.url.render_as_string(hide_password=False), application_name="taskdb lock watchdog")
+    try:
+        with connect(own.execution_options(isolation_level="AUTOCOMMIT")) as conn:
+            while not watch.stop.wait(WATCH_INTERVAL_S):
+                now = time.monotonic()
+                seen = {int(r["pid"]): bool(r["waiting"]) for r in rows(conn, WATCH_SQL, {"tag": tag})}
+                waiting_since = {pid: waiting_since.get(pid, now) for pid, waiting in seen.items() if waiting}
+                for pid, since in waiting_since.items():
+                    if now - since >= timeout_s and scalar(conn, CANCEL_SQL, {"pid": pid}):
+                        watch.fired = True
+    except Exception as exc:  # the statement goes on without a lock_timeout; the run must not die of it
+        log.warning("lock watchdog stopped (%s): the running statement has no lock timeout", exc)
+    finally:
+        own.dispose()
 
 
 def _run(conn: Connection, statements: Sequence[str] | Callable[[Connection], None]) -> None:

@@ -1,10 +1,8 @@
-"""What the revisions share: an AUTOCOMMIT connection for online-safe steps, the upgrade lock, actors."""
+"""What the revisions share: an AUTOCOMMIT connection for online-safe steps, offline twins, actors."""
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +12,6 @@ from alembic import op
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
-from taskdb.db import scalar
-from taskdb.errors import UpgradeInProgress
 from taskdb.failpoints import failpoint
 from taskdb.sql import parse_queries
 
@@ -23,11 +19,6 @@ if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
 
 log = logging.getLogger("taskdb.migration")
-
-# Session advisory lock key held for a whole `upgrade`/`downgrade` run: two pods of one deploy never
-# interleave their steps. (The number is 'taskdb' in ASCII, so it is recognisable in pg_locks.)
-UPGRADE_LOCK_KEY = 0x7461736B6462
-UPGRADE_LOCK_WAIT_S = 60.0
 
 
 def actor(revision: str) -> str:
@@ -77,31 +68,3 @@ def offline_step(revision: str) -> Iterator[OfflineScript]:
 def revision_sql(revision_file: str) -> dict[str, str]:
     """The frozen SQL that sits beside a revision file (same name, ``.sql``), split on ``-- name --``."""
     return parse_queries(Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8"))
-
-
-def acquire_upgrade_lock(conn: Connection, wait_s: float | None = None) -> None:
-    """Take the session advisory lock, waiting at most ``wait_s`` (``TASKDB_UPGRADE_LOCK_WAIT_S``)."""
-    if wait_s is None:
-        wait_s = float(os.environ.get("TASKDB_UPGRADE_LOCK_WAIT_S") or UPGRADE_LOCK_WAIT_S)
-    deadline = time.monotonic() + wait_s
-    announced = False
-    while not scalar(conn, "SELECT pg_try_advisory_lock(:k)", {"k": UPGRADE_LOCK_KEY}):
-        holder = scalar(
-            conn,
-            "SELECT string_agg(pid::text, ', ') FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = :k",
-            {"k": UPGRADE_LOCK_KEY},
-        )
-        if time.monotonic() >= deadline:
-            raise UpgradeInProgress(
-                f"another taskdb upgrade is running on this database (pid {holder}); waited {wait_s:.0f}s. "
-                "Let it finish, then rerun: the upgrade is idempotent."
-            )
-        if not announced:
-            log.warning("another taskdb upgrade is running (pid %s): waiting up to %.0fs", holder, wait_s)
-            announced = True
-        time.sleep(0.5)
-
-
-def release_upgrade_lock(conn: Connection) -> None:
-    scalar(conn, "SELECT pg_advisory_unlock(:k)", {"k": UPGRADE_LOCK_KEY})

@@ -37,8 +37,8 @@ from taskdb.backfill import BackfillConfig, render
 from taskdb.catalog import ensure_owned_table, record_owned
 from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
 from taskdb.locks import LockPolicy
-from taskdb.migration import UPGRADE_LOCK_KEY
 from taskdb.sql import queries, split_statements
+from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
 
 # The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
 BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
@@ -363,6 +363,8 @@ class VersionStatements:
 
     def write(self, text: str) -> int:
         stripped = text.strip()
+        if stripped.startswith(("INSERT INTO alembic_version", "UPDATE alembic_version")):
+            self.target.write(template("one_session", lock_key=_upgrade_lock_key()).strip() + "\n\n")
         if self._CREATE.match(stripped):
             text = text.replace("CREATE TABLE alembic_version", "CREATE TABLE IF NOT EXISTS alembic_version", 1)
         elif stripped.startswith("INSERT INTO alembic_version"):

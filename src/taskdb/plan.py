@@ -1,7 +1,8 @@
 """`taskdb plan`: what an upgrade would do, read-only.
 
-Everything runs with ``default_transaction_read_only`` on, and the counts come from one REPEATABLE READ,
-READ ONLY transaction, so they describe one moment of the table. The per-row prediction is
+Everything runs in READ ONLY transactions (never the session's ``default_transaction_read_only``, which
+behind a transaction pooler would land on a connection the application writes on), and the counts come from
+one REPEATABLE READ, READ ONLY transaction, so they describe one moment of the table. The per-row prediction is
 ``predict`` in ``sql/plan.sql``; the tests hold it to what the upgrade then really does.
 """
 
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from taskdb import api, cron, report
 from taskdb.catalog import columns, table_exists
-from taskdb.db import rows, scalar
+from taskdb.db import read_only_transaction, rows, scalar
 from taskdb.locks import LockPolicy, find_blockers
 from taskdb.sql import queries
 
@@ -61,10 +62,10 @@ STEPS: dict[str, tuple[Step, ...]] = {
         Step("CREATE INDEX CONCURRENTLY tasks_user_id_idx", "SHARE UPDATE EXCLUSIVE (writes continue)", True),
     ),
     "0005_hygiene": (
-        Step("create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
-             "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries", False),
         Step("CREATE INDEX CONCURRENTLY x5 (partial: Queued, In Progress, flagged rows)",
              "SHARE UPDATE EXCLUSIVE (writes continue)", True),
+        Step("create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
+             "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries", False),
         Step("cancel Queued tasks older than queued_ttl, in batches", "row locks SKIP LOCKED, one batch at a time",
              False),
     ),
@@ -78,27 +79,20 @@ _PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
 
 def plan(conn: Connection) -> dict[str, Any]:
     """The whole plan as a JSON-ready dict. ``conn`` is AUTOCOMMIT; nothing is written."""
-    conn.exec_driver_sql("SET default_transaction_read_only = on")
     policy = LockPolicy.from_env()
-    try:
-        conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            # a plan waits for no lock: an ALTER queued on tasks must not queue readers behind the plan
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms'")
-            result: dict[str, Any] = {
-                "database": scalar(conn, "SELECT current_database()"),
-                "server_version": scalar(conn, "SELECT current_setting('server_version')"),
-                **revisions(conn),
-            }
-            result["rows"] = predict_summary(conn) if table_exists(conn, "tasks") else None
-            result["blocking_sessions"] = find_blockers(conn, ["tasks", "users", "projects"])
-        finally:
-            conn.exec_driver_sql("COMMIT")
-        result["lock_policy"] = {"lock_timeout_ms": policy.lock_timeout_ms, "attempts": policy.attempts}
+    # a plan waits for no lock: an ALTER queued on tasks must not queue readers behind the plan
+    with read_only_transaction(conn, lock_timeout_ms=policy.lock_timeout_ms, isolation="REPEATABLE READ"):
+        result: dict[str, Any] = {
+            "database": scalar(conn, "SELECT current_database()"),
+            "server_version": scalar(conn, "SELECT current_setting('server_version')"),
+            **revisions(conn),
+        }
+        result["rows"] = predict_summary(conn) if table_exists(conn, "tasks") else None
+        result["blocking_sessions"] = find_blockers(conn, ["tasks", "users", "projects"])
+    result["lock_policy"] = {"lock_timeout_ms": policy.lock_timeout_ms, "attempts": policy.attempts}
+    with read_only_transaction(conn, lock_timeout_ms=policy.lock_timeout_ms):
         readiness = cron.detect(conn)
-        result["pg_cron"] = readiness.as_dict() | {"summary": readiness.describe()}
-    finally:
-        conn.exec_driver_sql("RESET default_transaction_read_only")
+    result["pg_cron"] = readiness.as_dict() | {"summary": readiness.describe()}
     return result
 
 

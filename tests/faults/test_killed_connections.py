@@ -6,10 +6,11 @@ non-zero with one line saying the connection was lost, where, and to rerun (no t
 the rerun must exit 0 and end exactly where an uninterrupted run on the same data ends: the same row
 checksum per task, no INVALID index, no NOT VALID constraint, the same log without duplicates.
 
-The session is found the way an operator finds it: the backend holding taskdb's upgrade advisory lock
-(``application_name`` taskdb) in ``pg_stat_activity`` / ``pg_locks``. A VALIDATE or an index build only
-lasts milliseconds on test data, so another session holds a lock (or a snapshot) that makes the
-statement visibly wait, then the upgrade's session is killed while it is *inside* that statement.
+The session is found the way an operator finds it: while taskdb's upgrade lock is held (``pg_locks``), the
+backend named ``taskdb`` in ``pg_stat_activity`` (the lock's own session is named ``taskdb upgrade …``).
+A VALIDATE or an index build only lasts milliseconds on test data, so another session holds a lock (or a
+snapshot) that makes the statement visibly wait, then the upgrade's session is killed while it is
+*inside* that statement.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from taskdb import api
-from taskdb.migration import UPGRADE_LOCK_KEY
+from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
+from tests.end_state import assert_same_end_state
 from tests.helpers import Db, with_driver
 
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
@@ -90,18 +92,19 @@ def wait_for(what: str, probe: Callable[[], Any], proc: subprocess.Popen[str], t
 
 
 def upgrade_session(db: Db) -> dict[str, Any] | None:
-    """The backend of the running upgrade: the one holding taskdb's upgrade advisory lock in this database."""
+    """The backend running the upgrade's steps (application_name taskdb; the upgrade lock's own session is
+    named ``taskdb upgrade <host>:<pid>`` while it holds the lock)."""
     found = db.rows(
         """
         SELECT a.pid, a.application_name, a.state, a.wait_event_type, a.wait_event, a.query
-        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.granted
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND ((l.classid::bigint << 32) | l.objid::bigint) = :k
+        FROM pg_stat_activity a
+        WHERE a.datname = current_database() AND a.application_name = 'taskdb'
+          AND EXISTS (SELECT FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                      AND ((l.classid::bigint << 32) | l.objid::bigint) = :k)
         """,
         k=UPGRADE_LOCK_KEY,
     )
-    return found[0] if found else None
+    return found[0] if len(found) == 1 else None
 
 
 def terminate(db: Db, pid: int) -> None:
@@ -188,80 +191,6 @@ def assert_clear_failure(db: Db, result: subprocess.CompletedProcess[str], revis
     for needed in (TERMINATED, f"in revision {revision}", "Rerun the same command", *more):
         assert needed in line, f"{needed!r} not in {line!r}"
     return line
-
-
-# -- the end state of an uninterrupted run ------------------------------------------------------------
-
-
-def row_checksums(db: Db, *, besides_task_type: str | None = None) -> dict[str, str]:
-    """md5 of every task's whole row (every column but created_at: the seeds make it relative to load time),
-    leaving out the rows of ``besides_task_type`` (an application's own writes during the test)."""
-    return {
-        r["id"]: r["md5"]
-        for r in db.rows(
-            "SELECT id::text AS id, md5((to_jsonb(t) - 'created_at')::text) AS md5 FROM tasks t "
-            "WHERE task_type IS DISTINCT FROM :tt",
-            tt=besides_task_type,
-        )
-    }
-
-
-def log_entries(db: Db) -> list[tuple[str, ...]]:
-    return sorted(
-        tuple(r.values())
-        for r in db.rows(
-            "SELECT task_id::text, action, reason, previous::text, applied::text, actor FROM task_hygiene_log"
-        )
-    )
-
-
-def schema_objects(db: Db) -> dict[str, Any]:
-    return {
-        "revision": db.scalar("SELECT version_num FROM alembic_version"),
-        "constraints": sorted(
-            (r["conname"], r["convalidated"])
-            for r in db.rows("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'tasks'::regclass")
-        ),
-        "indexes": sorted(
-            (r["name"], r["indisvalid"])
-            for r in db.rows(
-                "SELECT indexrelid::regclass::text AS name, indisvalid FROM pg_index WHERE indrelid = 'tasks'::regclass"
-            )
-        ),
-        "not_null": sorted(
-            r["attname"]
-            for r in db.rows(
-                "SELECT attname FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attnotnull AND attnum > 0"
-            )
-        ),
-        # roles and the pg_cron extension are the server's: the first database upgraded on it owns them
-        "owned": sorted(
-            tuple(r.values())
-            for r in db.rows(
-                "SELECT kind, name, revision FROM taskdb_owned_objects WHERE kind NOT IN ('role', 'extension')"
-            )
-        ),
-    }
-
-
-def assert_same_end_state(db: Db, reference: Db, *, besides_task_type: str | None = None) -> None:
-    assert row_checksums(db, besides_task_type=besides_task_type) == row_checksums(reference)
-    assert db.scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
-    assert (
-        db.rows(
-            "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE NOT convalidated "
-            "AND connamespace = 'public'::regnamespace"
-        )
-        == []
-    )
-    assert schema_objects(db) == schema_objects(reference)
-    duplicates = db.scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM task_hygiene_log GROUP BY task_id, action, previous, applied, actor "
-        "HAVING count(*) > 1) d"
-    )
-    assert duplicates == 0
-    assert log_entries(db) == log_entries(reference)
-    assert db.scalar("SELECT count(*) FROM taskdb_backfill_progress WHERE finished_at IS NULL") == 0
 
 
 def load_bulk(*targets: Db, rows: int = 400) -> None:
@@ -383,4 +312,37 @@ def test_session_killed_mid_create_index_concurrently(db: Db, reference: Db) -> 
     rerun = run("taskdb", db)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"index {name} is INVALID (an earlier build was interrupted): rebuilding it" in rerun.stderr
+    assert_same_end_state(db, reference)
+
+
+def test_the_upgrade_lock_session_killed_mid_backfill(db: Db, reference: Db) -> None:
+    """An administrator (or a pooler) ends the session that holds the upgrade lock: the upgrade notices at the
+    end of the revision it is running, stops before the next one (another upgrade could have the lock by
+    then), and says so in one line; the rerun finishes."""
+    load_bulk(db, reference)
+    reference.upgrade()
+    slow = {"TASKDB_BACKFILL_BATCH_SIZE": "10", "TASKDB_BACKFILL_DELAY_MS": "50"}
+    with started("taskdb", db, **slow) as proc:
+        holder = wait_for(
+            "the backfill under the upgrade lock",
+            lambda: (
+                db.scalar("SELECT to_regclass('taskdb_backfill_progress') IS NOT NULL")
+                and db.scalar("SELECT rows_done >= 20 FROM taskdb_backfill_progress WHERE job = '0003_backfill'")
+                and db.scalar(
+                    "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'taskdb upgrade %' "
+                    "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k",
+                    k=UPGRADE_LOCK_KEY,
+                )
+            ),
+            proc,
+        )
+        terminate(db, holder)
+        failed = finish(proc)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr
+    assert "the upgrade lock's session" in failed.stderr and "Rerun the same command" in failed.stderr
+    assert db.scalar("SELECT version_num FROM alembic_version") == "0002_columns"  # stopped before moving on
+    rerun = run("taskdb", db)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_end_state(db, reference)

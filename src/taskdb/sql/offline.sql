@@ -8,15 +8,31 @@
 -- at run time (the generator cannot know whether tasks.status is text or an enum).
 
 -- upgrade_lock --
--- The session advisory lock every taskdb upgrade holds (src/taskdb/migration.py): an online upgrade and this
--- script never interleave. Released at the end of the script, or when psql exits.
+-- The upgrade lock's key as a session advisory lock (the online upgrade takes it transaction-scoped, see
+-- src/taskdb/upgrade_lock.py): an online upgrade and this script never interleave. Released at the end of the
+-- script, or when psql exits. The script needs one session: see one_session.
 DO $taskdb$
 BEGIN
     IF NOT pg_try_advisory_lock({{lock_key}}) THEN
-        RAISE EXCEPTION 'another taskdb upgrade is running on this database (pid %): let it finish, then rerun '
-            'this script (it is idempotent)',
+        RAISE EXCEPTION 'another taskdb upgrade holds the upgrade lock on this database (server pid %): let it '
+            'finish, then rerun this script (it is idempotent)',
             (SELECT string_agg(pid::text, ', ') FROM pg_locks WHERE locktype = 'advisory' AND granted
              AND ((classid::bigint << 32) | objid::bigint) = {{lock_key}});
+    END IF;
+END
+$taskdb$;
+
+-- one_session --
+-- Before each version bump: the lock taken at the start is still this session's. Through a transaction pooler
+-- (PgBouncer pool_mode = transaction, Supabase's port 6543) psql's statements land on different server sessions:
+-- stop there, before the version moves, instead of running on without the lock.
+DO $taskdb$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+                   AND ((classid::bigint << 32) | objid::bigint) = {{lock_key}}) THEN
+        RAISE EXCEPTION 'this script needs one database session from start to end (it holds the upgrade lock): '
+            'apply it over a direct connection or a session pooler, not a transaction pooler (PgBouncer '
+            'pool_mode = transaction, Supabase port 6543); rerun it there, it resumes';
     END IF;
 END
 $taskdb$;

@@ -242,22 +242,40 @@ class LocalServer(PostgresServer):
 
     backend = "local"
 
-    def __init__(self, major: int | None = None, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, major: int | None = None, settings: Mapping[str, str] | None = None, *,
+        standby_of: LocalServer | None = None,
+    ) -> None:
+        """``standby_of``: a hot standby of that (local) primary, made with ``pg_basebackup -R`` and streaming
+        from it; same major, same superuser password (replicated with the catalog)."""
         super().__init__()
         sweep_leftovers()
-        self.installation = find_installation(major)
+        self.installation = find_installation(standby_of.major if standby_of else major)
         self._run_as = _run_as()
-        template = _template(self.installation, self._run_as)
         self._proc: subprocess.Popen[bytes] | None = None
+        self.standby_of = standby_of
         self.dir = _make_dir(self._run_as, "server")
         try:
-            shutil.copytree(template, self.dir / "data", symlinks=True)
-            self._run_as.chown(self.dir / "data")
+            if standby_of is None:
+                shutil.copytree(_template(self.installation, self._run_as), self.dir / "data", symlinks=True)
+                self._run_as.chown(self.dir / "data")
+            else:
+                self._password = standby_of.password
+                self._base_backup(standby_of)
             self._start(settings)
         except BaseException:
             self._cleanup()
             raise
         LIVE_SERVERS.add(self)
+
+    def _base_backup(self, primary: LocalServer) -> None:
+        proc = subprocess.run(
+            [str(self.installation.bindir / "pg_basebackup"), "-D", str(self.dir / "data"), "-R", "-X", "stream",
+             "-h", primary.socket_dir, "-p", str(primary.port), "-U", primary.user, "--no-sync"],
+            capture_output=True, text=True, timeout=300, cwd=self.dir, **self._run_as.popen_kwargs(),
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise PostgresUnavailable(f"pg_basebackup failed (exit {proc.returncode}): {tail(proc.stderr)}")
 
     @property
     def log_path(self) -> Path:
@@ -313,13 +331,14 @@ class LocalServer(PostgresServer):
                 if port_taken and attempt + 1 < PORT_ATTEMPTS:
                     continue  # someone took the port between free_port() and bind(): another port
                 raise
-        # The template has no password; each server gets its own, set as a SCRAM verifier.
-        with self._socket_connect() as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(self.user), sql.Literal(scram_verifier(self.password))
+        if self.standby_of is None:  # a standby is read-only; its password is the primary's
+            # The template has no password; each server gets its own, set as a SCRAM verifier.
+            with self._socket_connect() as conn:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(self.user), sql.Literal(scram_verifier(self.password))
+                    )
                 )
-            )
         self.major = self._read_major()
 
     def _socket_connect(self) -> psycopg.Connection[Any]:
