@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from taskdb.db import require_primary, rows, scalar, transaction
 from taskdb.errors import TaskdbError
 from taskdb.failpoints import failpoint
+from taskdb.locks import LockPolicy
 
 log = logging.getLogger("taskdb.hygiene")
 
@@ -22,9 +23,12 @@ def cancel_stale_queued(conn: Connection, *, actor: str, max_batches: int = 1_00
     """
     require_primary(conn, "taskdb cleanup")
     require_hygiene(conn)
+    policy = LockPolicy.from_env()
     total = 0
     for _ in range(max_batches):
         with transaction(conn):  # the actor is transaction-local: nothing stays on a pooled server session
+            # its own statement_timeout, not the role's (managed services set short ones)
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{policy.statement_timeout_ms}ms'")
             conn.execute(sa.text("SELECT set_config('taskdb.actor', :actor, true)"), {"actor": actor})
             cancelled = int(scalar(conn, "SELECT cancel_stale_queued_tasks()"))
         total += cancelled

@@ -147,7 +147,7 @@ def transaction_pooler(pg_server: PostgresServer) -> Iterator[PgBouncer]:
 
 @pytest.fixture(scope="module")
 def session_pooler(pg_server: PostgresServer) -> Iterator[PgBouncer]:
-    with PgBouncer(pg_server, mode="session", pool_size=8) as pooler:
+    with PgBouncer(pg_server, mode="session", pool_size=10) as pooler:
         yield pooler
 
 
@@ -172,6 +172,8 @@ def test_every_command_through_a_transaction_pooler_leaves_the_workers_nothing(
         json.loads(ok(taskdb(url, "cleanup", "--json")).stdout)
         json.loads(ok(taskdb(url, "cron", "status", "--json")).stdout)
         time.sleep(0.5)  # the workers' last transactions land on the connections taskdb used last
+    print(f"\ntransaction pooler, {driver}: {workers.writes} worker transactions on {len(workers.backends)} server "
+          f"connections, {len(workers.errors)} errors, {len(workers.leaks)} leaks")
     workers.assert_untouched()
     assert len(workers.backends) >= 2  # the pool really rotated the workers over several server connections
     assert upgrade_locks_left(pg_server) == 0
@@ -198,9 +200,10 @@ def test_upgrade_through_a_session_pooler(
 PAIRS = 5
 
 
-@pytest.mark.parametrize("path", ["direct", "transaction pooler"])
+@pytest.mark.parametrize("path", ["direct", "transaction pooler", "session pooler"])
 def test_two_pods_upgrade_at_once(
-    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, pg_database_factory, path: str
+    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, session_pooler: PgBouncer,
+    pg_database_factory, path: str,
 ) -> None:
     """Five pairs of `taskdb upgrade` started together under writer traffic: both exit 0 every time (the
     second waits for the first, then finds the work done), and the end is that of one uninterrupted run."""
@@ -214,8 +217,9 @@ def test_two_pods_upgrade_at_once(
         target = Db(pg_server.url(name), engine)
         try:
             prepare(target, bulk=3000)
-            url = pg_server.url(name) if path == "direct" else transaction_pooler.url(name)
-            conninfo = (pg_server.url(name) if path == "direct" else transaction_pooler.conninfo(name))
+            pooler = {"transaction pooler": transaction_pooler, "session pooler": session_pooler}.get(path)
+            url = pooler.url(name) if pooler else pg_server.url(name)
+            conninfo = pooler.conninfo(name) if pooler else pg_server.url(name)
             workers = Workers(conninfo, count=2)
             with workers.running():
                 env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
@@ -223,7 +227,11 @@ def test_two_pods_upgrade_at_once(
                 command = [sys.executable, "-m", "taskdb.cli", "upgrade"]
                 pods = [subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                         for _ in range(2)]
+                started = time.monotonic()
                 results = [(p.wait(300), *p.communicate()) for p in pods]
+                print(f"\n{path} pair {pair}: both done in {time.monotonic() - started:.1f}s, exits "
+                      f"{[r[0] for r in results]}, waited {['holds the upgrade lock' in r[2] for r in results]}, "
+                      f"{workers.writes} worker transactions")
             for code, _out, err in results:
                 assert code == 0, f"pair {pair}: {err[-3000:]}"
                 assert "Traceback" not in err
