@@ -9,6 +9,7 @@ online-safe steps commit as they go, so a crash leaves finished revisions record
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from alembic import context
@@ -16,13 +17,14 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from taskdb import offline
+from taskdb import offline, target
 from taskdb.config import redact, resolve_url
 from taskdb.db import connect, create_engine, require_primary
 from taskdb.errors import TaskdbError, connection_lost
 from taskdb.upgrade_lock import UpgradeLock
 
 config = context.config
+log = logging.getLogger("taskdb.migration")
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
     from logging.config import fileConfig
 
@@ -89,6 +91,8 @@ def run_with(connection: Connection) -> None:
         return
     try:
         require_primary(connection, f"taskdb {command}")
+        table = target.resolve(connection, f"taskdb {command}")
+        log.info("taskdb %s: %s", command, table.describe())
     finally:
         if connection.in_transaction():
             connection.rollback()  # nothing may stay open while we wait for the lock

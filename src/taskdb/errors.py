@@ -86,6 +86,12 @@ class ReadOnlyTarget(TaskdbError):
     exit_code = 2
 
 
+class TargetRefused(TaskdbError):
+    """taskdb cannot tell, or does not support, the tasks table the connection points at."""
+
+    exit_code = 2
+
+
 class ConstraintViolated(TaskdbError):
     """Rows violate a constraint taskdb is validating."""
 

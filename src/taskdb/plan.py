@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from taskdb import api, cron, report
+from taskdb import api, cron, report, target
 from taskdb.catalog import columns, table_exists
 from taskdb.db import read_only_transaction, rows, scalar
 from taskdb.locks import LockPolicy, find_blockers
@@ -83,6 +83,7 @@ def plan(conn: Connection) -> dict[str, Any]:
     # a plan waits for no lock: an ALTER queued on tasks must not queue readers behind the plan
     with read_only_transaction(conn, lock_timeout_ms=policy.lock_timeout_ms, isolation="REPEATABLE READ"):
         result: dict[str, Any] = {
+            "table": target.resolve(conn, "taskdb plan").describe(),
             "database": scalar(conn, "SELECT current_database()"),
             "server_version": scalar(conn, "SELECT current_setting('server_version')"),
             **revisions(conn),

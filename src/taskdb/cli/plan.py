@@ -61,6 +61,7 @@ def render(result: dict[str, Any]) -> list[str]:
     lines = [
         f"taskdb plan for database {result['database']} (PostgreSQL {result['server_version']}): "
         f"revision {result['current_revision'] or '<none>'} -> {result['head']}",
+        f"table: {result['table']}",
         "",
     ]
     if not result["pending"]:
