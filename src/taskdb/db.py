@@ -32,12 +32,13 @@ def create_engine(url: str, application_name: str = APPLICATION_NAME) -> Engine:
 
 
 @contextmanager
-def autocommit_connection(url: str) -> Iterator[Connection]:
+def autocommit_connection(url: str, application_name: str = APPLICATION_NAME) -> Iterator[Connection]:
     """One AUTOCOMMIT connection to ``url`` (a plain postgresql:// URL means psycopg 3), engine disposed after.
 
-    Every library call on it opens the short transactions it needs.
+    Every library call on it opens the short transactions it needs. ``application_name`` names it in
+    pg_stat_activity (the upgrade lock's holder and the lock watchdog are connections of their own).
     """
-    engine = create_engine(normalize_url(url))
+    engine = create_engine(normalize_url(url), application_name)
     try:
         with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn

@@ -124,10 +124,6 @@ def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Rep
     """
     if not is_autocommit(conn):
         raise RuntimeError("taskdb.doctor.diagnose needs an AUTOCOMMIT connection")
-    return _diagnose(conn, lock_timeout_ms)
-
-
-def _diagnose(conn: Connection, lock_timeout_ms: int) -> Report:
     report = Report()
     checks = _Checks(conn, report, lock_timeout_ms)
     # The schema check decides what else can run: on a database without the hygiene objects the queue

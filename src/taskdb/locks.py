@@ -30,7 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from taskdb.db import connect, create_engine, rows, scalar, sqlstate, transaction
+from taskdb.db import autocommit_connection, rows, scalar, sqlstate, transaction
 from taskdb.errors import LockRetriesExhausted, StatementTimedOut
 
 log = logging.getLogger("taskdb.locks")
@@ -167,12 +167,14 @@ def run_locked(
         except (DBAPIError, conn.dialect.loaded_dbapi.Error) as exc:
             # the driver's own error too: a script run on the raw DBAPI cursor (db.execute_script) raises it
             code = sqlstate(exc)
-            if code == QUERY_CANCELED and not (watch and watch.fired):
+            # a lock wait that ran out: our lock_timeout, or the watchdog's cancel (which plays it)
+            lock_wait = code == LOCK_NOT_AVAILABLE or (code == QUERY_CANCELED and watch is not None and watch.fired)
+            if not lock_wait:
+                if code != QUERY_CANCELED:
+                    raise
                 if in_transaction:
                     raise StatementTimedOut(str(label), f"{policy.statement_timeout_ms}ms", ours=True) from None
                 raise StatementTimedOut(str(label), _setting(conn, "statement_timeout"), ours=False) from None
-            if code != LOCK_NOT_AVAILABLE and not (code == QUERY_CANCELED and watch and watch.fired):
-                raise
             waited = _untagged(str(getattr(exc, "statement", None) or "")).strip()
             if not explicit and waited and "\n" not in waited:
                 label = waited
@@ -246,9 +248,9 @@ SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND wait_ev
 def _watch(engine: Engine, watch: _Watch, timeout_s: float) -> None:
     tag = f"{_TAG}{watch.tag} */"
     waiting_since: dict[int, float] = {}
-    own = create_engine(engine.url.render_as_string(hide_password=False), application_name="taskdb lock watchdog")
+    url = engine.url.render_as_string(hide_password=False)
     try:
-        with connect(own.execution_options(isolation_level="AUTOCOMMIT")) as conn:
+        with autocommit_connection(url, application_name="taskdb lock watchdog") as conn:
             while not watch.stop.wait(WATCH_INTERVAL_S):
                 now = time.monotonic()
                 seen = {int(r["pid"]): bool(r["waiting"]) for r in rows(conn, WATCH_SQL, {"tag": tag})}
@@ -258,8 +260,6 @@ def _watch(engine: Engine, watch: _Watch, timeout_s: float) -> None:
                         watch.fired = True
     except Exception as exc:  # the statement goes on without a lock_timeout; the run must not die of it
         log.warning("lock watchdog stopped (%s): the running statement has no lock timeout", exc)
-    finally:
-        own.dispose()
 
 
 def _run(conn: Connection, statements: Sequence[str] | Callable[[Connection], None]) -> None:

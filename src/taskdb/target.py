@@ -18,16 +18,23 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from taskdb.db import rows, scalar
+from taskdb.db import rows
 from taskdb.errors import TargetRefused
 
 SUPPORTED_SCHEMA = "public"
 
-SCHEMAS_SQL = """
-SELECT n.nspname AS schema FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-ORDER BY 1
+# One read: the schemas holding a tasks table, where the search_path resolves it (or would create it), and
+# the estimated size of public.tasks.
+TARGET_SQL = """
+SELECT ARRAY(SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+             ORDER BY 1) AS schemas,
+       (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = to_regclass('tasks')) AS resolved,
+       current_schema()::text AS first_schema,
+       current_setting('search_path') AS search_path,
+       (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('public.tasks')) AS estimate
 """
 
 
@@ -51,24 +58,21 @@ class TasksTable:
 def resolve(conn: Connection, command: str) -> TasksTable:
     """The table ``command`` would work on; raises :class:`TargetRefused` (exit 2) where it must not guess."""
     configured = os.environ.get("TASKDB_SCHEMA") or None
-    schemas = [r["schema"] for r in rows(conn, SCHEMAS_SQL)]
-    resolved = scalar(conn, "SELECT n.nspname FROM pg_namespace n WHERE n.oid = "
-                            "(SELECT relnamespace FROM pg_class WHERE oid = to_regclass('tasks'))")
-    first = scalar(conn, "SELECT current_schema()")
-    schema = configured or resolved or first
+    found = rows(conn, TARGET_SQL)[0]
+    schemas = list(found["schemas"])
+    on_path = found["resolved"] or found["first_schema"]  # where unqualified names land: taskdb's SQL uses them
     if configured is None and len(schemas) > 1:
         raise TargetRefused(
             f"{command}: a tasks table exists in several schemas ({', '.join(schemas)}); nothing was changed. "
             f"Name the queue's schema with TASKDB_SCHEMA (taskdb supports {SUPPORTED_SCHEMA} today)."
         )
-    if schema != SUPPORTED_SCHEMA or (resolved or first) != SUPPORTED_SCHEMA:
-        where = f"TASKDB_SCHEMA={configured}" if configured and configured != SUPPORTED_SCHEMA else (
-            f"the search_path ({scalar(conn, 'SELECT current_setting(' + repr('search_path') + ')')}) resolves "
-            f"tasks to {resolved or first}.tasks"
-        )
+    if configured not in (None, SUPPORTED_SCHEMA) or on_path != SUPPORTED_SCHEMA:
+        where = (f"TASKDB_SCHEMA={configured}" if configured not in (None, SUPPORTED_SCHEMA)
+                 else f"the search_path ({found['search_path']}) resolves tasks to {on_path}.tasks")
         raise TargetRefused(
             f"{command}: {where}, and taskdb works only on {SUPPORTED_SCHEMA}.tasks for now; nothing was changed. "
             f"Put {SUPPORTED_SCHEMA} first in the role's search_path if the queue is {SUPPORTED_SCHEMA}.tasks."
         )
-    estimate = scalar(conn, "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('public.tasks')")
-    return TasksTable(schema, resolved is not None, None if estimate is None or estimate < 0 else int(estimate))
+    estimate = found["estimate"]
+    return TasksTable(SUPPORTED_SCHEMA, found["resolved"] is not None,
+                      None if estimate is None or estimate < 0 else int(estimate))

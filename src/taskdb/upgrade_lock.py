@@ -25,13 +25,14 @@ import os
 import random
 import socket
 import time
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from taskdb.db import connect, create_engine, rows, scalar
+from taskdb.db import autocommit_connection, rows, scalar
 from taskdb.errors import UpgradeInProgress, UpgradeLockLost
 
 log = logging.getLogger("taskdb.upgrade_lock")
@@ -70,21 +71,22 @@ class UpgradeLock:
         self.engine, self.command = engine, command
         self.wait_s = lock_wait_s() if wait_s is None else wait_s
         self.conn: Connection | None = None
-        self.own_engine: Engine | None = None
+        self._stack = ExitStack()  # the connection and its engine
         self.backend_pid: int | None = None
 
     def __enter__(self) -> UpgradeLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
     def acquire(self) -> None:
         # a connection of its own, named for pg_stat_activity: the holder an operator (or a waiting pod) sees
-        self.own_engine = create_engine(self.engine.url.render_as_string(hide_password=False),
-                                        application_name=holder_name(self.command))
-        conn = connect(self.own_engine.execution_options(isolation_level="AUTOCOMMIT"))
+        url = self.engine.url.render_as_string(hide_password=False)
+        conn = self._stack.enter_context(autocommit_connection(url, application_name=holder_name(self.command)))
         self.conn = conn
         deadline = time.monotonic() + self.wait_s
         announced = False
@@ -135,9 +137,7 @@ class UpgradeLock:
         except DBAPIError:
             pass  # the session is gone, and the lock with it
         finally:
-            conn.close()
-            if self.own_engine is not None:
-                self.own_engine.dispose()
+            self._stack.close()
 
 
 def describe(holders: list[dict[str, Any]]) -> str:
