@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskdb import offline, target
 from taskdb.config import redact, resolve_url
-from taskdb.db import connect, create_engine, require_primary
+from taskdb.db import connect, create_engine, require_primary, unpin_schema
 from taskdb.errors import TaskdbError, connection_lost
 from taskdb.upgrade_lock import UpgradeLock
 
@@ -53,6 +53,7 @@ def run_migrations_offline() -> None:
         transaction_per_migration=True,
         dialect_opts={"paramstyle": "named"},
         output_buffer=offline.VersionStatements(config.output_buffer or sys.stdout),
+        taskdb_schema=target.configured_schema(schema_argument()),
     )
     with context.begin_transaction():
         offline.begin_script(
@@ -76,30 +77,45 @@ def command_name() -> str:
     return getattr(cmd[0], "__name__", "migration") if cmd else "migration"
 
 
+def schema_argument() -> str | None:
+    """``-x schema=...``: the queue's schema, as TASKDB_SCHEMA names it (taskdb.target)."""
+    return context.get_x_argument(as_dictionary=True).get("schema")
+
+
 def run_with(connection: Connection) -> None:
-    """Refuse a standby, take the upgrade lock on a connection of its own (taskdb.upgrade_lock), run the chain.
+    """Pin the connection to the queue's schema, refuse a standby, take the upgrade lock on a connection of its
+    own (taskdb.upgrade_lock), run the chain.
 
     The lock is checked after each revision: if its session ended, the run stops before the next one.
     """
     command = command_name()
-    if command in READ_ONLY_COMMANDS:
-        context.configure(connection=connection, transaction_per_migration=True)
-        with context.begin_transaction():
-            context.run_migrations()
-        if connection.in_transaction():
-            connection.rollback()
-        return
     try:
-        require_primary(connection, f"taskdb {command}")
-        table = target.resolve(connection, f"taskdb {command}")
-        log.info("taskdb %s: %s", command, table.describe())
+        if command not in READ_ONLY_COMMANDS:
+            require_primary(connection, f"taskdb {command}")
+        table = target.pin(connection, f"taskdb {command}", schema_argument())
     finally:
         if connection.in_transaction():
             connection.rollback()  # nothing may stay open while we wait for the lock
+    try:
+        if command in READ_ONLY_COMMANDS:
+            context.configure(connection=connection, transaction_per_migration=True, version_table_schema=table.schema)
+            with context.begin_transaction():
+                context.run_migrations()
+            if connection.in_transaction():
+                connection.rollback()
+            return
+        log.info("taskdb %s: %s", command, table.describe())
+        run_locked_chain(connection, command, table.schema)
+    finally:
+        unpin_schema(connection)  # a connection handed in goes back as it came
+
+
+def run_locked_chain(connection: Connection, command: str, schema: str) -> None:
     with UpgradeLock(connection.engine, command) as lock:
         context.configure(
             connection=connection,
             transaction_per_migration=True,
+            version_table_schema=schema,
             on_version_apply=lambda **_: lock.check(connection),
         )
         try:

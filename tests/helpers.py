@@ -76,10 +76,20 @@ class Db:
         return [
             r["column_name"]
             for r in self.rows(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = :t ORDER BY ordinal_position",
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = :t AND table_schema = current_schema() ORDER BY ordinal_position",
                 t=table,
             )
         ]
+
+
+def schema_db(url: str, schema: str) -> Db:
+    """The database at ``url`` seen through a search_path of ``schema`` (created if missing); dispose its engine."""
+    engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool,
+                              connect_args={"options": f"-c search_path={schema}"})
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    return Db(url, engine)
 
 
 def task_id(name: str) -> str:

@@ -79,7 +79,7 @@ INDEXES = (
     ),
     Index(
         "tasks_queued_orchestrator_ref_idx", "tasks",
-        "(taskdb_try_uuid(params ->> 'orchestrator_task_id_ref')) WHERE status = 'Queued'",
+        "(@schema@.taskdb_try_uuid(params ->> 'orchestrator_task_id_ref')) WHERE status = 'Queued'",
         "tasks_cancel_children finds the Queued children of a failed orchestrator task.",
     ),
 )

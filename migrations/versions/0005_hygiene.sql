@@ -3,8 +3,8 @@
 -- lifecycle trigger, and the grants.
 --
 -- Least privilege: functions that read or write more than their callers may (the count, the claim, the
--- cleanup, the trigger) are SECURITY DEFINER with search_path pinned to pg_catalog, public, pg_temp, so a
--- caller's objects can never stand in for ours; EXECUTE is revoked from PUBLIC and granted to roles.
+-- cleanup, the trigger) are SECURITY DEFINER with search_path pinned to pg_catalog, taskdb's schema, pg_temp, so
+-- a caller's objects can never stand in for ours; EXECUTE is revoked from PUBLIC and granted to roles.
 
 -- task_hygiene_settings --
 -- One row that DBAs tune with UPDATE; every function and view below reads it, none hard-codes a number.
@@ -72,7 +72,7 @@ WHERE t.status = 'Queued'
 CREATE OR REPLACE FUNCTION claimable_task_count(p_run_type text DEFAULT 'cloud', p_include_active boolean DEFAULT false)
 RETURNS integer
 LANGUAGE sql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
     WITH wanted AS (SELECT taskdb_run_type_arg(p_run_type) AS run_type,
                            (SELECT user_concurrency_limit FROM task_hygiene_settings) AS lim),
     ready AS (
@@ -106,7 +106,7 @@ $$;
 CREATE OR REPLACE FUNCTION claim_next_task(p_worker_id text, p_run_type text DEFAULT 'cloud')
 RETURNS SETOF tasks
 LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 DECLARE
     v_run_type text := taskdb_run_type_arg(p_run_type);
     v_limit integer := (SELECT user_concurrency_limit FROM task_hygiene_settings);
@@ -161,7 +161,7 @@ $$;
 CREATE OR REPLACE FUNCTION cancel_stale_queued_tasks(p_max_age interval DEFAULT NULL, p_batch_size integer DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 DECLARE
     v_max_age interval := coalesce(p_max_age, (SELECT queued_ttl FROM task_hygiene_settings));
     v_batch integer := coalesce(p_batch_size, (SELECT cleanup_batch_size FROM task_hygiene_settings));
@@ -227,7 +227,7 @@ BEGIN
         PERFORM set_config('taskdb.actor', p_actor, false);
     END IF;
     LOOP
-        v_batch := cancel_stale_queued_tasks();
+        v_batch := @schema@.cancel_stale_queued_tasks();  -- the caller's search_path may not reach it
         COMMIT;
         EXIT WHEN v_batch = 0;
     END LOOP;
@@ -255,7 +255,7 @@ WHERE t.status = 'Queued'
 -- NULLs when pg_cron is not installed here (the cron revision refines this).
 CREATE OR REPLACE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 BEGIN
     IF to_regclass('cron.job') IS NULL THEN
         installed := false;
@@ -300,7 +300,7 @@ CROSS JOIN taskdb_cron_job_state() c;
 -- trigger's own UPDATE does not cascade again (taskdb.cascading), so deep chains cost no recursion.
 -- jit = off: the recursive query's cost estimate would otherwise JIT-compile on every statement.
 CREATE OR REPLACE FUNCTION taskdb_cancel_children() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp SET jit = off AS $$
 DECLARE
     -- whoever ended the parents: a revision or pg_cron job (taskdb.actor), else the session's role
     v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || session_user);
@@ -396,6 +396,19 @@ GRANT EXECUTE ON FUNCTION claimable_task_count(text, boolean) TO taskdb_autoscal
 GRANT EXECUTE ON FUNCTION claim_next_task(text, text) TO taskdb_worker;
 GRANT EXECUTE ON FUNCTION taskdb_cron_job_state() TO taskdb_monitor;
 GRANT SELECT ON stale_queued_tasks, queue_health, task_hygiene_settings, task_hygiene_runs TO taskdb_monitor;
+-- The roles reach these through their schema: USAGE on it, where they do not have it already (public gives
+-- it to everyone; a schema of the application's may not). This transaction's search_path is that schema.
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['taskdb_autoscaler', 'taskdb_worker', 'taskdb_monitor'] LOOP
+        IF NOT has_schema_privilege(v_role, current_schema(), 'USAGE') THEN
+            EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), v_role);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- drop_objects --
 -- Downgrade: everything above, dependants first (grants go with their objects; roles stay, see README).

@@ -27,7 +27,7 @@ COMMENT ON TABLE taskdb_cron_jobs IS 'pg_cron jobs taskdb scheduled (cron.job ma
 -- monitoring role would otherwise never see the job the migrating role scheduled; search_path is pinned.
 CREATE OR REPLACE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, @schema@, pg_temp
 AS $$
 DECLARE
     v_job record;
@@ -56,7 +56,7 @@ $$;
 -- CREATE OR REPLACE keeps its grants).
 CREATE OR REPLACE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 BEGIN
     IF to_regclass('cron.job') IS NULL THEN
         installed := false;

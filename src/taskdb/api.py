@@ -12,8 +12,7 @@ from alembic import command
 from alembic.config import Config
 
 import taskdb
-from taskdb import report
-from taskdb.db import autocommit_connection
+from taskdb import report, target
 
 PACKAGE_DIR = Path(taskdb.__file__).resolve().parent
 
@@ -46,12 +45,12 @@ def alembic_config(
 def upgrade(url: str, revision: str = "head", *, raise_taskdb_errors: bool = False) -> dict[str, Any]:
     """Upgrade to ``revision``; returns what it did (``taskdb upgrade --json``): revisions, seconds, the
     changes it logged by action, flags by reason, and anything left NOT VALID or INVALID."""
-    with autocommit_connection(url) as conn:
+    with target.connection(url, "taskdb upgrade") as conn:
         before, since = report.revision(conn), report.log_high_water(conn)
     started = time.monotonic()
     command.upgrade(alembic_config(url, raise_taskdb_errors=raise_taskdb_errors, command="upgrade"), revision)
     seconds = round(time.monotonic() - started, 3)
-    with autocommit_connection(url) as conn:
+    with target.connection(url, "taskdb upgrade") as conn:
         outcome = report.upgrade_outcome(conn, since_log_id=since)
     return {"from_revision": before, "to_revision": outcome.pop("revision"), "seconds": seconds, **outcome}
 

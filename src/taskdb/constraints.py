@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import columns, constraint, forget_owned, index_is_valid, owned, record_owned
-from taskdb.db import execute_script, rows, scalar, sqlstate, transaction
+from taskdb.db import execute_script, in_schema, rows, scalar, schema_qualified, sqlstate, transaction
 from taskdb.errors import ConstraintViolated
 from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
@@ -164,8 +164,8 @@ def drop_owned(conn: Connection, revision: str, policy: LockPolicy | None = None
     for qualified in owned(conn, "index", revision):
         table, name = qualified.split(".", 1)
         run_locked(
-            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {name}"], relations=[table], policy=policy,
-            in_transaction=False,
+            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, name)}"], relations=[table],
+            policy=policy, in_transaction=False,
         )
         with transaction(conn):
             forget_owned(conn, "index", qualified)
@@ -187,21 +187,23 @@ def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPoli
     if index_is_valid(conn, index.name) is False:
         log.warning("index %s is INVALID (an earlier build was interrupted): rebuilding it", index.name)
         run_locked(
-            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"], relations=[index.table], policy=policy,
-            in_transaction=False,
+            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, index.name)}"], relations=[index.table],
+            policy=policy, in_transaction=False,
         )
     if index_is_valid(conn, index.name) is None:
         # recorded as taskdb's before the build, so that an INVALID leftover is known to be ours
         with transaction(conn):
             record_owned(conn, "index", f"{index.table}.{index.name}", revision)
         failpoint("index.before_create_concurrently")
-        create = f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {index.table} {index.definition}"
+        # outside a transaction: the statement names the schema itself (db.schema_qualified)
+        create = (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {schema_qualified(conn, index.table)} "
+                  f"{in_schema(conn, index.definition)}")
 
         def build(c: Connection) -> None:
             # A lock_timeout in one of the build's waits (for writers, for old snapshots) leaves the index
             # INVALID: the retry must rebuild it, not skip it because of IF NOT EXISTS.
             if index_is_valid(c, index.name) is False:
-                c.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
+                c.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(c, index.name)}"))
             c.execute(sa.text(create))
 
         run_locked(conn, build, relations=[index.table], policy=policy, in_transaction=False, label=create)
@@ -249,7 +251,7 @@ def write_guard_sql(guard: WriteGuard) -> str:
     """The guard's function and trigger (idempotent)."""
     return f"""
 CREATE OR REPLACE FUNCTION {guard.function}() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $guard$
+LANGUAGE plpgsql SET search_path = pg_catalog, @schema@, pg_temp AS $guard$
 DECLARE
     broken text;
 BEGIN

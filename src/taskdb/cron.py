@@ -46,7 +46,17 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import forget_owned, owned, record_owned, table_exists
 from taskdb.config import redact
-from taskdb.db import connect, create_engine, require_primary, rows, scalar, sqlstate, transaction
+from taskdb.db import (
+    connect,
+    create_engine,
+    pinned_schema,
+    quote_ident,
+    require_primary,
+    rows,
+    scalar,
+    sqlstate,
+    transaction,
+)
 from taskdb.errors import ConfigError, TaskdbError
 from taskdb.failpoints import failpoint
 
@@ -204,9 +214,15 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def cleanup_command(jobname: str) -> str:
-    """The cleanup job's command: the batched procedure, the actor naming the pg_cron job."""
-    return f"CALL taskdb_cancel_stale_queued_all({quote_literal('pg_cron job ' + jobname)})"
+def cleanup_command(jobname: str, schema: str) -> str:
+    """The cleanup job's command: the batched procedure, in the queue's schema (the job's session has its own
+    search_path), the actor naming the pg_cron job."""
+    return f"CALL {quote_ident(schema)}.taskdb_cancel_stale_queued_all({quote_literal('pg_cron job ' + jobname)})"
+
+
+def queue_schema(conn: Connection) -> str:
+    """The schema of the queue ``conn`` works on (taskdb.target pins it; else where its names resolve)."""
+    return pinned_schema(conn) or str(scalar(conn, "SELECT current_schema()"))
 
 
 def _name_patterns() -> str:
@@ -515,16 +531,15 @@ def prepare(
     source = SCHEDULE_SETTING if schedule is None else None
     if schedule is not None:  # the caller's schedule: its syntax first, before anything is looked at
         schedule = " ".join(schedule.split())
-        CronJobConfig(CLEANUP_JOB, schedule, cleanup_command(CLEANUP_JOB), "-").validate(None, where=None)
+        CronJobConfig(CLEANUP_JOB, schedule, cleanup_command(CLEANUP_JOB, "public"), "-").validate(None, where=None)
     readiness = detect(conn)
     schedule = stored_schedule(conn) if schedule is None else schedule
     if not readiness.ready:
         if mode == "require":
             raise _unavailable(requested_by, how_to_enable(str(readiness.problem), readiness.missing, requested_by))
         return CronPlan(mode, readiness, schedule, requested_by, source)
-    CronJobConfig(CLEANUP_JOB, schedule, cleanup_command(CLEANUP_JOB), readiness.current_database).validate(
-        readiness.version, where=source
-    )
+    command = cleanup_command(CLEANUP_JOB, queue_schema(conn))
+    CronJobConfig(CLEANUP_JOB, schedule, command, readiness.current_database).validate(readiness.version, where=source)
     return CronPlan(mode, readiness, schedule, requested_by, source)
 
 
@@ -654,7 +669,7 @@ def _schedule_jobs(
         cconn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": NAMES_LOCK_KEY})
         version = parse_version(scalar(cconn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"))
         cleanup_name = choose_name(cconn, CLEANUP_JOB, current)
-        cleanup = CronJobConfig(cleanup_name, schedule, cleanup_command(cleanup_name), current)
+        cleanup = CronJobConfig(cleanup_name, schedule, cleanup_command(cleanup_name, queue_schema(conn)), current)
         purge = purge_job(cron_db, choose_name(cconn, PURGE_JOB, cron_db))
         cleanup.validate(version, where)
         purge.validate(version)

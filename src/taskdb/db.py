@@ -7,11 +7,14 @@ commit on their own instead of inside one long migration transaction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -19,7 +22,7 @@ from sqlalchemy.pool import NullPool
 from taskdb import driver
 from taskdb.config import driver_of, normalize_url, redact
 from taskdb.errors import ConnectError, ReadOnlyTarget
-from taskdb.sql import split_statements
+from taskdb.sql import SCHEMA_TOKEN, split_statements
 
 APPLICATION_NAME = "taskdb"
 
@@ -76,13 +79,140 @@ def is_autocommit(conn: Connection) -> bool:
     return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
+def in_server_transaction(conn: Connection) -> bool:
+    """Whether the server has a transaction open on this connection (the driver's own view of it)."""
+    raw = conn.connection.dbapi_connection
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)  # psycopg 3: IDLE is 0
+    if status is not None:
+        return int(status) != 0
+    return bool(getattr(raw, "_in_transaction", False))  # pg8000
+
+
+# -- the schema a connection works in -----------------------------------------------------------------------
+# taskdb's SQL names its objects unqualified. A connection is pinned to the queue's schema (taskdb.target picks
+# it): every transaction taskdb opens on it starts with SET LOCAL search_path = <schema>, pg_temp, so the names
+# resolve there whatever the session's own search_path is (behind a transaction pooler it may not even be this
+# session's), and nothing is left on the session. A statement sent on its own (AUTOCOMMIT, no transaction open)
+# is given that transaction too: BEGIN, the search_path, the statement, COMMIT, which is what autocommit means
+# anyway. Only the statements that cannot run in a transaction go as they are, and they name the schema
+# themselves (db.schema_qualified).
+_SCHEMA_KEY = "taskdb.schema"
+_WRAPPED_KEY = "taskdb.wrapped"
+_OUTSIDE_TRANSACTION = re.compile(
+    r"^\s*(BEGIN|START TRANSACTION|COMMIT|ROLLBACK|CREATE (UNIQUE )?INDEX CONCURRENTLY|DROP INDEX CONCURRENTLY)\b",
+    re.IGNORECASE,
+)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL identifier, quoted only where it must be (``app``, ``"My Schema"``)."""
+    return str(postgresql.dialect().identifier_preparer.quote(name))
+
+
+def search_path_sql(schema: str) -> str:
+    """Where taskdb's unqualified names resolve: the schema, then temporary objects last (never first)."""
+    return f"SET LOCAL search_path = {quote_ident(schema)}, pg_temp"
+
+
+def pin_schema(conn: Connection, schema: str) -> None:
+    """Pin ``conn`` to ``schema`` (see above); :func:`unpin_schema` undoes it on a connection handed in."""
+    if pinned_schema(conn) == schema:
+        return
+    unpin_schema(conn)
+    conn.info[_SCHEMA_KEY] = schema
+    for name, listener in _PIN_LISTENERS:
+        event.listen(conn, name, listener)
+
+
+def unpin_schema(conn: Connection) -> None:
+    if conn.info.pop(_SCHEMA_KEY, None) is not None:
+        for name, listener in _PIN_LISTENERS:
+            event.remove(conn, name, listener)
+
+
+def pinned_schema(conn: Connection) -> str | None:
+    return conn.info.get(_SCHEMA_KEY)
+
+
+def schema_qualified(conn: Connection, name: str) -> str:
+    """``name`` in the pinned schema, for the statements that run outside a transaction."""
+    schema = pinned_schema(conn)
+    return name if schema is None else f"{quote_ident(schema)}.{name}"
+
+
+def in_schema(conn: Connection, sql: str) -> str:
+    """``sql`` with its schema placeholder (``@schema@``, as extension scripts say ``@extschema@``) filled in."""
+    if SCHEMA_TOKEN not in sql:
+        return sql
+    schema = pinned_schema(conn)
+    if schema is None:
+        raise RuntimeError("taskdb: SQL naming taskdb's schema on a connection pinned to none (db.pin_schema)")
+    return sql.replace(SCHEMA_TOKEN, quote_ident(schema))
+
+
+def _raw(conn: Connection, statement: str) -> None:
+    """A statement on the driver's connection, under SQLAlchemy (no events): one simple query."""
+    raw = conn.connection.dbapi_connection
+    if hasattr(raw, "execute_simple"):
+        raw.execute_simple(statement)  # pg8000
+    else:
+        raw.execute(statement)  # psycopg 3
+
+
+def _pin_begin(conn: Connection) -> None:
+    # Alembic's own transactions (the version table) on the migration connection; db.transaction pins its own
+    if not is_autocommit(conn):
+        conn.exec_driver_sql(search_path_sql(conn.info[_SCHEMA_KEY]))
+
+
+def _wrap_standalone(
+    conn: Connection, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
+) -> None:
+    _end_failed_wrap(conn)
+    if is_autocommit(conn) and not in_server_transaction(conn) and not _OUTSIDE_TRANSACTION.match(
+        _without_comments(statement)
+    ):
+        _raw(conn, "BEGIN")
+        conn.info[_WRAPPED_KEY] = True
+        _raw(conn, search_path_sql(conn.info[_SCHEMA_KEY]))
+
+
+def _end_wrapped(conn: Connection, *_: Any) -> None:
+    if conn.info.pop(_WRAPPED_KEY, False):
+        _raw(conn, "COMMIT")
+
+
+def _end_failed_wrap(conn: Connection) -> None:
+    """The last standalone statement failed, so its transaction is aborted (SQLAlchemy may have rolled it
+    back already): end it before anything else runs."""
+    if conn.info.pop(_WRAPPED_KEY, False) and in_server_transaction(conn):
+        with suppress(Exception):  # a connection that is gone has rolled back already
+            _raw(conn, "ROLLBACK")
+
+
+_PIN_LISTENERS: tuple[tuple[str, Any], ...] = (
+    ("begin", _pin_begin),
+    ("before_cursor_execute", _wrap_standalone),
+    ("after_cursor_execute", _end_wrapped),
+)
+
+
+def _without_comments(statement: str) -> str:
+    return "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--"))
+
+
 @contextmanager
 def transaction(conn: Connection, begin: str = "BEGIN") -> Iterator[Connection]:
-    """A real server-side transaction on an AUTOCOMMIT connection: BEGIN ... COMMIT, or ROLLBACK."""
+    """A real server-side transaction on an AUTOCOMMIT connection: BEGIN ... COMMIT, or ROLLBACK.
+
+    On a pinned connection it first sets the search_path to the schema (transaction-local)."""
     if not is_autocommit(conn):
         raise RuntimeError("taskdb steps need a connection in AUTOCOMMIT mode (use autocommit_block)")
     conn.exec_driver_sql(begin)
     try:
+        schema = pinned_schema(conn)
+        if schema is not None:
+            conn.exec_driver_sql(search_path_sql(schema))
         yield conn
     except BaseException:
         with suppress(DBAPIError):  # if the connection is gone, the server rolled back already
@@ -129,7 +259,12 @@ def rows(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) ->
 
 
 def execute_script(conn: Connection, script: str) -> None:
-    """Run a multi-statement SQL script one statement at a time (pg8000 takes one per call)."""
+    """Run a multi-statement SQL script one statement at a time (pg8000 takes one per call), its schema
+    placeholder filled in (:func:`in_schema`)."""
+    script = in_schema(conn, script)
+    _end_failed_wrap(conn)
+    if pinned_schema(conn) is not None and is_autocommit(conn) and not in_server_transaction(conn):
+        raise RuntimeError("taskdb: a SQL script outside a transaction on a pinned connection (use db.transaction)")
     # The DBAPI cursor, without parameters: neither driver then treats % as a placeholder.
     cursor = conn.connection.cursor()
     try:

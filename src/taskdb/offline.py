@@ -36,8 +36,9 @@ from taskdb.adopt import TableSpec
 from taskdb.backfill import BackfillConfig, render
 from taskdb.catalog import ensure_owned_table, record_owned
 from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
+from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
-from taskdb.sql import queries, split_statements
+from taskdb.sql import SCHEMA_TOKEN, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
 
 # The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
@@ -154,8 +155,9 @@ class OfflineScript:
     # -- output and transactions ------------------------------------------------------------------------
 
     def emit(self, sql: str) -> None:
-        """Write SQL (one statement or several, with their comments), each statement terminated."""
-        for statement in split_statements(sql):
+        """Write SQL (one statement or several, with their comments), each statement terminated, the schema
+        placeholder filled in."""
+        for statement in split_statements(sql.replace(SCHEMA_TOKEN, quote_ident(script_schema(self.context)))):
             self.context.impl.static_output(statement.strip() + ";")
 
     def comment(self, text: str) -> None:
@@ -388,8 +390,13 @@ def _upgrade_lock_key() -> str:
 DOWNGRADE_ONLINE = "offline SQL is for upgrades; downgrade online (taskdb downgrade)"
 
 
+def script_schema(context: MigrationContext) -> str:
+    """The queue's schema the script is for (``TASKDB_SCHEMA`` / ``-x schema=`` when generated, else public)."""
+    return str(context.opts.get("taskdb_schema") or "public")
+
+
 def begin_script(context: MigrationContext, script: ScriptDirectory, start: str | None, dest: Any) -> None:
-    """The header, the upgrade lock and the guard that the database is where the script starts."""
+    """The header, the schema, the upgrade lock and the guard that the database is where the script starts."""
     start = start or "base"
     if not isinstance(dest, str):  # a downgrade to base
         raise CommandError(DOWNGRADE_ONLINE)
@@ -411,7 +418,12 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
         -- DDL runs in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
         -- a lock timeout stops the script; rerun it); CREATE INDEX CONCURRENTLY, the backfill and the cleanup
         -- run outside transaction blocks. Generated with TASKDB_LOCK_TIMEOUT_MS / TASKDB_BACKFILL_BATCH_SIZE /
-        -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON from the environment."""))
+        -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON / TASKDB_SCHEMA from the environment."""))
+    schema = quote_ident(script_schema(context))
+    out(textwrap.dedent(f"""\
+        -- The queue is tasks in schema {schema}: every name below resolves there, and every object is created
+        -- there. For this session only (like the upgrade lock, the script needs one session); RESET at the end.
+        SET search_path = {schema}, pg_temp;"""))
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(
@@ -422,3 +434,4 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
 
 def end_script(context: MigrationContext) -> None:
     context.impl.static_output(template("upgrade_unlock", lock_key=_upgrade_lock_key()).strip())
+    context.impl.static_output("RESET search_path;")

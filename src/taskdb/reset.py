@@ -30,8 +30,9 @@ from sqlalchemy.exc import DBAPIError
 from taskdb import api, cron, seeds
 from taskdb.catalog import table_exists
 from taskdb.config import driver_of, normalize_url, parse_url, redact
-from taskdb.db import connect, create_engine, rows, scalar, sqlstate
+from taskdb.db import connect, create_engine, pin_schema, quote_ident, rows, scalar, sqlstate
 from taskdb.errors import ConnectError, TaskdbError
+from taskdb.target import configured_schema
 
 log = logging.getLogger("taskdb.reset")
 
@@ -220,6 +221,10 @@ def reset(
         _drop(admin, target.database)
         admin.exec_driver_sql(f"CREATE DATABASE {_quote(admin, target.database)}")
     announce(f'{"dropped and " if existed else ""}created database "{target.database}"')
+    schema = configured_schema()
+    if schema:  # the queue in its own schema (TASKDB_SCHEMA): the new database gets it, the seeds go there
+        with _session(target.url) as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
 
     if seed == "incident":
         with _session(target.url, transaction=True) as conn:
@@ -255,10 +260,14 @@ def _quote(conn: Connection, name: str) -> str:
 
 @contextmanager
 def _session(url: str, *, transaction: bool = False) -> Iterator[Connection]:
-    """An AUTOCOMMIT connection to ``url``, or with ``transaction`` one transaction (committed at the end)."""
+    """An AUTOCOMMIT connection to ``url``, or with ``transaction`` one transaction (committed at the end);
+    pinned to ``TASKDB_SCHEMA`` where one is named (taskdb.db.pin_schema)."""
     engine = create_engine(url, application_name=APPLICATION_NAME)
     try:
         with connect(engine) as conn:
+            schema = configured_schema()
+            if schema:
+                pin_schema(conn, schema)
             if transaction:
                 with conn.begin():
                     yield conn

@@ -1,40 +1,51 @@
-"""Which ``tasks`` table taskdb works on, decided before anything changes.
+"""Which ``tasks`` table taskdb works on, decided before anything changes, and the connection pinned to it.
 
-taskdb's SQL names its tables unqualified, so the table is ``tasks`` as the connection's search_path resolves
-it. Today every taskdb object lives in ``public`` (functions pin ``search_path`` to it), so the table must be
-``public.tasks``, or absent with ``public`` first in the search_path (0001 then creates it there). Refused,
+The table is ``tasks`` in the schema named by ``TASKDB_SCHEMA`` (or Alembic's ``-x schema=``), else where
+the connection's search_path resolves it (where 0001 would create it when there is none). Every object taskdb
+creates lives beside it: the connection is pinned to that schema (taskdb.db.pin_schema), so each transaction
+taskdb opens sets ``search_path`` to it, and the functions pin their own ``search_path`` to it. Refused,
 before any change, with the schemas named:
 
-- ``tasks`` in more than one schema and no ``TASKDB_SCHEMA``: which one is the queue is not taskdb's guess
+- ``tasks`` in more than one schema and no schema configured: which one is the queue is not taskdb's guess
   (it would otherwise repair another application's ``public.tasks``);
-- ``tasks`` resolving to another schema (a search_path such as ``app``), or ``TASKDB_SCHEMA`` naming one:
-  not supported yet, rather than repairing half of it and failing at the functions.
+- a configured schema that does not exist, or a search_path that names no existing schema.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from taskdb.db import rows
+from taskdb.db import APPLICATION_NAME, autocommit_connection, pin_schema, quote_ident, rows
 from taskdb.errors import TargetRefused
 
-SUPPORTED_SCHEMA = "public"
+SCHEMA_ENV = "TASKDB_SCHEMA"
 
-# One read: the schemas holding a tasks table, where the search_path resolves it (or would create it), and
-# the estimated size of public.tasks.
+# One read: the schemas holding a tasks table, the one taskdb would work in (configured, else where the
+# search_path resolves tasks, else where it would create it), whether it exists, and the table's size there.
 TARGET_SQL = """
+WITH target AS (
+    SELECT coalesce(CAST(:configured AS text),
+                    (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = to_regclass('tasks')),
+                    current_schema()::text) AS schema
+)
 SELECT ARRAY(SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_temp\\_%'
              ORDER BY 1) AS schemas,
-       (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.oid = to_regclass('tasks')) AS resolved,
-       current_schema()::text AS first_schema,
-       current_setting('search_path') AS search_path,
-       (SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('public.tasks')) AS estimate
+       target.schema,
+       EXISTS (SELECT FROM pg_namespace WHERE nspname = target.schema) AS schema_exists,
+       (SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p') AND n.nspname = target.schema) AS estimate,
+       EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p') AND n.nspname = target.schema) AS present,
+       current_setting('search_path') AS search_path
+FROM target
 """
 
 
@@ -46,7 +57,7 @@ class TasksTable:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.tasks"
+        return f"{quote_ident(self.schema)}.tasks"
 
     def describe(self) -> str:
         if not self.exists:
@@ -55,24 +66,45 @@ class TasksTable:
         return f"{self.qualified} ({rows_text})"
 
 
-def resolve(conn: Connection, command: str) -> TasksTable:
+def configured_schema(override: str | None = None) -> str | None:
+    """The schema the user named: ``-x schema=`` (``override``), else ``TASKDB_SCHEMA``; None for neither."""
+    return override or os.environ.get(SCHEMA_ENV) or None
+
+
+def resolve(conn: Connection, command: str, configured: str | None = None) -> TasksTable:
     """The table ``command`` would work on; raises :class:`TargetRefused` (exit 2) where it must not guess."""
-    configured = os.environ.get("TASKDB_SCHEMA") or None
-    found = rows(conn, TARGET_SQL)[0]
-    schemas = list(found["schemas"])
-    on_path = found["resolved"] or found["first_schema"]  # where unqualified names land: taskdb's SQL uses them
+    configured = configured_schema(configured)
+    found = rows(conn, TARGET_SQL, {"configured": configured})[0]
+    schemas, schema = list(found["schemas"]), found["schema"]
     if configured is None and len(schemas) > 1:
         raise TargetRefused(
             f"{command}: a tasks table exists in several schemas ({', '.join(schemas)}); nothing was changed. "
-            f"Name the queue's schema with TASKDB_SCHEMA (taskdb supports {SUPPORTED_SCHEMA} today)."
+            f"Name the queue's schema with {SCHEMA_ENV} (or -x schema=)."
         )
-    if configured not in (None, SUPPORTED_SCHEMA) or on_path != SUPPORTED_SCHEMA:
-        where = (f"TASKDB_SCHEMA={configured}" if configured not in (None, SUPPORTED_SCHEMA)
-                 else f"the search_path ({found['search_path']}) resolves tasks to {on_path}.tasks")
+    if schema is None:
         raise TargetRefused(
-            f"{command}: {where}, and taskdb works only on {SUPPORTED_SCHEMA}.tasks for now; nothing was changed. "
-            f"Put {SUPPORTED_SCHEMA} first in the role's search_path if the queue is {SUPPORTED_SCHEMA}.tasks."
+            f"{command}: the search_path ({found['search_path']}) names no schema that exists, so there is no "
+            f"tasks table to work on; nothing was changed. Set {SCHEMA_ENV} or fix the role's search_path."
+        )
+    if not found["schema_exists"]:
+        raise TargetRefused(
+            f"{command}: schema {schema} ({SCHEMA_ENV}) does not exist; nothing was changed. "
+            f"Create it (CREATE SCHEMA {quote_ident(schema)}) or name the schema that holds tasks."
         )
     estimate = found["estimate"]
-    return TasksTable(SUPPORTED_SCHEMA, found["resolved"] is not None,
-                      None if estimate is None or estimate < 0 else int(estimate))
+    return TasksTable(schema, bool(found["present"]), None if estimate is None or estimate < 0 else int(estimate))
+
+
+def pin(conn: Connection, command: str, configured: str | None = None) -> TasksTable:
+    """Resolve the table and pin ``conn`` to its schema."""
+    table = resolve(conn, command, configured)
+    pin_schema(conn, table.schema)
+    return table
+
+
+@contextmanager
+def connection(url: str, command: str = "taskdb", application_name: str = APPLICATION_NAME) -> Iterator[Connection]:
+    """An AUTOCOMMIT connection pinned to the queue's schema: what every command works on."""
+    with autocommit_connection(url, application_name) as conn:
+        pin(conn, command)
+        yield conn

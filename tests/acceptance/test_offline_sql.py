@@ -25,7 +25,7 @@ from taskdb.cli import main
 from taskdb.cron import PURGE_COMMAND
 from taskdb.offline import batch_statement
 from taskdb.testing import start_postgres
-from tests.helpers import Db, with_driver
+from tests.helpers import Db, schema_db, with_driver
 from tests.helpers_catalog import catalog
 
 PSQL = "/usr/bin/psql"
@@ -139,6 +139,22 @@ def test_script_does_what_the_online_upgrade_does(
     if shape == "half_migrated":
         assert "backfill 0003_backfill: sweep 1 (normal) batch of" in output  # one progress line per batch
         assert len(offline["log"]) > 50
+
+
+@pytest.mark.parametrize("db", ["app"], indirect=True)  # beside another application's public.tasks (conftest)
+def test_script_for_a_queue_in_another_schema_does_what_the_online_upgrade_does(
+    db: Db, other_db: Db, tmp_path: Path
+) -> None:
+    reference = schema_db(other_db.url, "app")
+    try:
+        twins(db, reference, "half_migrated", False)
+        script = generate(tmp_path)  # TASKDB_SCHEMA=app
+        assert "SET search_path = app, pg_temp;" in script.read_text(encoding="utf-8")
+        apply(db, script)
+        reference.upgrade()
+        assert_same(state(db), state(reference))
+    finally:
+        reference.engine.dispose()
 
 
 def test_second_run_changes_nothing(db: Db, tmp_path: Path) -> None:
@@ -334,7 +350,8 @@ def test_pg_cron_jobs_are_scheduled_where_the_cron_database_is_this_one(
             assert set(by_name) == {"taskdb_cancel_stale_queued", "taskdb_purge_cron_history"}
             cleanup = by_name["taskdb_cancel_stale_queued"]
             assert (cleanup["schedule"], cleanup["command"], cleanup["database"]) == (
-                "15 3 * * *", "CALL taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')", CRON_DB
+                "15 3 * * *", "CALL public.taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')",
+                CRON_DB,
             )
             assert by_name["taskdb_purge_cron_history"]["command"] == PURGE_COMMAND
             recorded = db.rows(

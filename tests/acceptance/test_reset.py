@@ -111,6 +111,20 @@ def test_reset_incident_gives_the_repaired_incident(database: Database, driver: 
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_reset_with_TASKDB_SCHEMA_puts_the_repaired_incident_in_that_schema(database: Database, driver: str) -> None:
+    result = taskdb("--url", database.url(driver), "reset", "--seed", "incident", env={"TASKDB_SCHEMA": "app"})
+    assert result.returncode == 0, result.stderr
+    assert f"-> {HEAD}" in result.stdout
+    assert database.value("SELECT version_num FROM app.alembic_version") == HEAD
+    assert database.value("SELECT count(*) FROM app.tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'") == 0
+    assert database.value(
+        "SELECT count(*) FROM app.tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
+        "AND status = 'Cancelled'"
+    ) == 51
+    assert database.value("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_reset_incident_without_upgrade_leaves_it_half_migrated(database: Database, driver: str) -> None:
     result = taskdb("--url", database.url(driver), "reset", "--seed", "incident", "--no-upgrade")
     assert result.returncode == 0, result.stderr

@@ -29,7 +29,7 @@ from taskdb.testing.base import PostgresServer
 from taskdb.testing.pgbouncer import PgBouncer, pgbouncer_available
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
 from tests.end_state import assert_same_end_state, row_checksums
-from tests.helpers import DRIVERS, Db, with_driver
+from tests.helpers import DRIVERS, Db, schema_db, with_driver
 
 pytestmark = pytest.mark.skipif(not pgbouncer_available(), reason="needs Debian's pgbouncer (scripts/setup)")
 
@@ -54,6 +54,7 @@ class Workers:
 
     conninfo: str
     count: int = 4
+    table: str = "app_events"  # schema-qualified where the queue is not in the workers' search_path
     writes: int = 0
     backends: set[int] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
@@ -74,7 +75,7 @@ class Workers:
                     if read_only != "off" or settings or advisory or prepared or temp:
                         self.leaks.append({"pid": pid, "read_only": read_only, "settings": settings,
                                            "advisory_locks": advisory, "prepared": prepared, "temp": temp})
-                    conn.execute("INSERT INTO app_events (worker) VALUES (%s)", (number,))
+                    conn.execute(f"INSERT INTO {self.table} (worker) VALUES (%s)", (number,))
                 self.writes += 1
             except psycopg.Error as exc:
                 self.errors.append(f"worker {number}: {str(exc).strip().splitlines()[0]}")
@@ -178,6 +179,32 @@ def test_every_command_through_a_transaction_pooler_leaves_the_workers_nothing(
     assert len(workers.backends) >= 2  # the pool really rotated the workers over several server connections
     assert upgrade_locks_left(pg_server) == 0
     assert_same_end_state(db, other_db)
+
+
+@pytest.mark.parametrize("db", ["app"], indirect=True)  # beside another application's public.tasks (conftest)
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_queue_in_another_schema_through_a_transaction_pooler(
+    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, driver: str
+) -> None:
+    """TASKDB_SCHEMA=app where the pooler gives every transaction a session whose search_path is the default
+    one (PgBouncer passes no startup options): each taskdb transaction names the schema itself."""
+    reference = schema_db(other_db.url, "app")
+    try:
+        for target in (db, reference):
+            prepare(target)
+        reference.upgrade()
+        url = transaction_pooler.url(database_of(db), driver)
+        workers = Workers(transaction_pooler.conninfo(database_of(db)), table="app.app_events")
+        with workers.running():
+            for command in (("plan",), ("upgrade",), ("current",), ("cleanup",), ("cron", "status")):
+                ok(taskdb(url, *command, TASKDB_SCHEMA="app", TASKDB_BACKFILL_BATCH_SIZE="25"))
+            ok(taskdb(url, "doctor", TASKDB_SCHEMA="app"), 0, 1)
+            time.sleep(0.5)
+        workers.assert_untouched()
+        assert upgrade_locks_left(pg_server) == 0
+        assert_same_end_state(db, reference)
+    finally:
+        reference.engine.dispose()
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import QUEUE_SCHEMAS
 from tests.helpers import DRIVERS, Db, task_id, user_id
+
+# The queue in public, and in schema app beside another application's public.tasks (tests/conftest.py).
+pytestmark = QUEUE_SCHEMAS
 
 # name -> (user, run_type, status, legacy_reason) after `upgrade head`; user is a seed user name or None.
 EXPECTED = {

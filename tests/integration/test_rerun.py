@@ -6,7 +6,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import QUEUE_SCHEMAS
 from tests.helpers import Db
+
+# The queue in public, and in schema app beside another application's public.tasks (tests/conftest.py).
+pytestmark = QUEUE_SCHEMAS
 
 
 def test_leftover_not_valid_constraint_is_validated(db: Db) -> None:
@@ -31,10 +35,10 @@ def test_invalid_index_left_by_an_interrupted_build_is_rebuilt(db: Db) -> None:
     db.load("half_migrated")
     db.upgrade("0003_backfill")
     # a CONCURRENTLY build that failed half-way leaves an INVALID index behind
-    engine = sa.create_engine(db.engine.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn, pytest.raises(
+        sa.exc.IntegrityError
+    ):
         conn.exec_driver_sql("CREATE UNIQUE INDEX CONCURRENTLY tasks_user_id_idx ON tasks (user_id)")
-    engine.dispose()
     assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'tasks_user_id_idx'::regclass") is False
     db.upgrade()
     index = db.rows(

@@ -1,6 +1,7 @@
-"""Which tasks table: taskdb never guesses. A tasks table in several schemas, or one that the search_path
-resolves outside public (not supported yet), is refused before any change, exit 2, naming the schemas; with
-TASKDB_SCHEMA=public the queue in public is upgraded and the other application's table stays as it was."""
+"""Which tasks table: taskdb never guesses. A tasks table in several schemas with none named, or a named schema
+that does not exist, is refused before any change, exit 2, naming the schemas. TASKDB_SCHEMA picks the queue
+(public or app) and the other application's table stays as it was; a search_path of app puts the queue and
+every object taskdb creates in app, and its roles and its pg_cron command reach them from any search_path."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from taskdb import seeds
+from taskdb import cron, seeds
 from tests.helpers import Db, with_driver
 
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 
 
-def taskdb(db: Db, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def taskdb(db: Db, *args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", db.url, *args], env=base | env,
+    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", url or db.url, *args], env=base | env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -76,10 +77,62 @@ def test_taskdb_schema_public_upgrades_the_queue_and_leaves_the_other_table_alon
     assert tables(db, "app") == other
 
 
-def test_a_search_path_outside_public_is_refused_before_any_change(db: Db) -> None:
+def test_a_search_path_of_app_puts_the_queue_and_every_object_in_app(db: Db) -> None:
     load_into(db, "app")
     db.execute(f"ALTER DATABASE {db.url.rsplit('/', 1)[1]} SET search_path = app")
-    before = tables(db, "app")
-    refused(taskdb(db, "upgrade"), "resolves tasks to app.tasks", "only on public.tasks")
-    assert tables(db, "app") == before
+    result = taskdb(db, "upgrade")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "taskdb upgrade: app.tasks (" in result.stderr
+    for command in (("plan",), ("current",), ("cleanup",), ("cron", "status"), ("doctor",)):
+        done = taskdb(db, *command)
+        assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (command, done.stderr[-3000:])
+        assert "taskdb:" not in done.stderr, (command, done.stderr[-3000:])  # no refusal, no error line
+    assert "0006_cron (head)" in taskdb(db, "current").stdout
     assert db.scalar("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+    assert db.scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
+    assert db.scalar("SELECT to_regclass('app.alembic_version') IS NOT NULL")
+    pinned = db.scalar("SELECT proconfig::text FROM pg_proc "
+                       "WHERE oid = 'app.claim_next_task(text, text)'::regprocedure")
+    assert pinned == '{"search_path=pg_catalog, app, pg_temp"}'
+
+
+def test_a_TASKDB_SCHEMA_that_does_not_exist_is_refused(db: Db) -> None:
+    load_into(db, "public")
+    before = tables(db, "public")
+    refused(taskdb(db, "upgrade", TASKDB_SCHEMA="nope"), "schema nope (TASKDB_SCHEMA) does not exist", "CREATE SCHEMA")
+    assert tables(db, "public") == before
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "pg8000"])
+def test_the_queue_in_app_serves_its_roles_and_its_cron_command_from_any_search_path(db: Db, driver: str) -> None:
+    load_into(db, "public")
+    load_into(db, "app")
+    other = tables(db, "public")
+    result = taskdb(db, "upgrade", TASKDB_SCHEMA="app", url=with_driver(db.url, driver))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert tables(db, "public") == other
+    # a worker whose search_path is the default one claims through the schema (taskdb granted USAGE on it)
+    db.execute("CREATE ROLE taskdb_test_app_worker IN ROLE taskdb_worker")
+    engine = sa.create_engine(with_driver(db.url, "psycopg"), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL ROLE taskdb_test_app_worker")
+            claimed = conn.exec_driver_sql("SELECT id FROM app.claim_next_task('w1', 'cloud')").fetchall()
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.exec_driver_sql("SELECT count(*) FROM app.tasks")  # still only what its grants allow
+        assert len(claimed) == 1
+        # the cleanup job's command names the schema: it runs from a session that knows nothing of app
+        command = db.scalar("SELECT command FROM app.taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'")
+        if command is None:  # pg_cron not usable on this server: the command taskdb would schedule
+            command = cron.cleanup_command(cron.CLEANUP_JOB, "app")
+        assert command.startswith("CALL app.taskdb_cancel_stale_queued_all(")
+        db.execute("UPDATE app.tasks SET created_at = now() - interval '30 days' "
+                   "WHERE status = 'Queued' AND legacy_reason IS NULL")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(command)
+        assert db.scalar("SELECT count(*) FROM app.tasks WHERE status = 'Queued' "
+                         "AND created_at < now() - interval '29 days'") == 0
+    finally:
+        engine.dispose()
+        db.execute("DROP ROLE taskdb_test_app_worker")
+    assert tables(db, "public") == other

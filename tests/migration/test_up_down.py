@@ -8,14 +8,16 @@ import json
 
 import pytest
 
-from taskdb.db import execute_script
+from taskdb.db import execute_script, pin_schema
 from taskdb.sql import load
+from tests.conftest import QUEUE_SCHEMAS
 from tests.helpers import Db
 from tests.helpers_catalog import catalog
 
 REVISIONS = ["0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene", "0006_cron"]
 
 
+@QUEUE_SCHEMAS
 def test_each_step_up_down_up_on_the_incident_database(db: Db) -> None:
     db.load("half_migrated", status_enum=True)
     pictures = {"base": catalog(db)}
@@ -41,6 +43,7 @@ def _diff(a: object, b: object) -> str:
 def test_migrations_produce_the_declared_schema(db: Db, other_db: Db, driver: str) -> None:
     db.upgrade(driver=driver)
     with other_db.engine.begin() as conn:
+        pin_schema(conn, "public")  # schema.sql names taskdb's schema (@schema@) where it pins search_path
         execute_script(conn, load("schema"))
     migrated, declared = catalog(db), catalog(other_db)
     assert migrated == declared, _diff(migrated, declared)

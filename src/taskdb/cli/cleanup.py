@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, url: str) -> int:
 
 
 def _cleanup(url: str, *, dry_run: bool) -> dict[str, Any]:
-    with connection(url) as conn:
+    with connection(url, "taskdb cleanup") as conn:
         if dry_run:
             due = hygiene.due_for_cleanup(conn)
             return {"dry_run": True, "would_cancel": len(due), "tasks": due}

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from taskdb.db import autocommit_connection
+from taskdb import target
 
 EXAMPLES = argparse.RawDescriptionHelpFormatter
 
@@ -15,8 +15,9 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-# An AUTOCOMMIT connection from a URL: every library call opens the short transactions it needs.
-connection = autocommit_connection
+# An AUTOCOMMIT connection from a URL, pinned to the queue's schema (taskdb.target): every library call opens
+# the short transactions it needs.
+connection = target.connection
 
 
 def print_json(result: Any) -> None:

@@ -71,7 +71,7 @@ def _actor(action: str) -> str:
 # -- status -------------------------------------------------------------------------------------------------
 
 def run_status(args: argparse.Namespace, url: str) -> int:
-    with connection(url) as conn:
+    with connection(url, "taskdb cron") as conn:
         report = cron.status(conn)
     if args.json:
         emit(report, as_json=True)
@@ -123,7 +123,7 @@ def _readiness_line(readiness: dict[str, Any]) -> str:
 # -- install / sync -----------------------------------------------------------------------------------------
 
 def run_install(args: argparse.Namespace, url: str) -> int:
-    with connection(url) as conn:
+    with connection(url, "taskdb cron") as conn:
         result = cron.install(conn, schedule=args.schedule, actor=_actor("install"))
     message = "installed" if result.changed else "already installed as wanted: nothing changed"
     _print_installation(result, message, as_json=args.json)
@@ -131,7 +131,7 @@ def run_install(args: argparse.Namespace, url: str) -> int:
 
 
 def run_sync(args: argparse.Namespace, url: str) -> int:
-    with connection(url) as conn:
+    with connection(url, "taskdb cron") as conn:
         result = cron.sync(conn, actor=_actor("sync"))
     message = (
         f"synced: the job now runs on {result.schedule!r}" if result.changed
@@ -165,7 +165,7 @@ def _print_installation(result: cron.InstallResult, message: str, *, as_json: bo
 # -- remove -------------------------------------------------------------------------------------------------
 
 def run_remove(args: argparse.Namespace, url: str) -> int:
-    with connection(url) as conn:
+    with connection(url, "taskdb cron") as conn:
         removal = cron.remove(conn)
     after = (
         f"no taskdb pg_cron job is installed for database {removal.database} now; {REINSTALL}; "

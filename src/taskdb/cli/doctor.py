@@ -47,7 +47,7 @@ def _diagnose(explicit_url: str | None) -> doctor.Report:
     resolved: str | None = None
     try:
         resolved = resolve_url(explicit_url)
-        with connection(resolved) as conn:
+        with connection(resolved, "taskdb doctor") as conn:
             return doctor.diagnose(conn)
     except (ConfigError, ConnectError) as exc:
         return doctor.cannot_connect(redact(str(exc), resolved or explicit_url))

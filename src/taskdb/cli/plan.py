@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, url: str) -> int:
-    with connection(url) as conn:
+    with connection(url, "taskdb plan") as conn:
         result = plan.plan(conn)
     if args.json:
         print_json(result)

@@ -10,6 +10,9 @@ import re
 from functools import cache
 from importlib.resources import files
 
+# Where frozen SQL names taskdb's schema (a pinned search_path, a qualified call): filled in when it runs.
+SCHEMA_TOKEN = "@schema@"
+
 _QUERY_HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 
 

@@ -503,7 +503,7 @@ BEGIN
                            ELSE v_job.base END;
         END IF;
         v_schedule := coalesce(v_job.schedule, (SELECT cleanup_schedule FROM task_hygiene_settings));
-        v_command := coalesce(v_job.command, format('CALL taskdb_cancel_stale_queued_all(%L)', 'pg_cron job ' || v_name));
+        v_command := coalesce(v_job.command, format('CALL %I.taskdb_cancel_stale_queued_all(%L)', current_schema(), 'pg_cron job ' || v_name));
         SELECT j.jobid INTO v_jobid FROM cron.job j
         WHERE j.jobname = v_name AND j.schedule = v_schedule AND j.command = v_command;
         IF v_jobid IS NULL THEN

@@ -200,7 +200,7 @@ WHERE t.status = 'Queued'
 CREATE FUNCTION claimable_task_count(p_run_type text DEFAULT 'cloud', p_include_active boolean DEFAULT false)
 RETURNS integer
 LANGUAGE sql STABLE
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
     WITH wanted AS (SELECT taskdb_run_type_arg(p_run_type) AS run_type,
                            (SELECT user_concurrency_limit FROM task_hygiene_settings) AS lim),
     ready AS (
@@ -233,7 +233,7 @@ $$;
 CREATE FUNCTION claim_next_task(p_worker_id text, p_run_type text DEFAULT 'cloud')
 RETURNS SETOF tasks
 LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 DECLARE
     v_run_type text := taskdb_run_type_arg(p_run_type);
     v_limit integer := (SELECT user_concurrency_limit FROM task_hygiene_settings);
@@ -287,7 +287,7 @@ $$;
 CREATE FUNCTION cancel_stale_queued_tasks(p_max_age interval DEFAULT NULL, p_batch_size integer DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
 DECLARE
     v_max_age interval := coalesce(p_max_age, (SELECT queued_ttl FROM task_hygiene_settings));
     v_batch integer := coalesce(p_batch_size, (SELECT cleanup_batch_size FROM task_hygiene_settings));
@@ -352,7 +352,7 @@ BEGIN
         PERFORM set_config('taskdb.actor', p_actor, false);
     END IF;
     LOOP
-        v_batch := cancel_stale_queued_tasks();
+        v_batch := @schema@.cancel_stale_queued_tasks();  -- the caller's search_path may not reach it
         COMMIT;
         EXIT WHEN v_batch = 0;
     END LOOP;
@@ -395,7 +395,7 @@ COMMENT ON TABLE taskdb_cron_jobs IS 'pg_cron jobs taskdb scheduled (cron.job ma
 -- SECURITY DEFINER: cron.job has row-level security (each role sees its own jobs).
 CREATE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp
+SET search_path = pg_catalog, @schema@, pg_temp
 AS $$
 DECLARE
     v_job record;
@@ -451,7 +451,7 @@ CROSS JOIN taskdb_cron_job_state() c;
 -- trigger's own UPDATE does not cascade again (taskdb.cascading), so deep chains cost no recursion.
 -- jit = off: the recursive query's cost estimate would otherwise JIT-compile on every statement.
 CREATE FUNCTION taskdb_cancel_children() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp SET jit = off AS $$
 DECLARE
     -- whoever ended the parents: a revision or pg_cron job (taskdb.actor), else the session's role
     v_actor text := coalesce(nullif(current_setting('taskdb.actor', true), ''), 'role ' || session_user);
