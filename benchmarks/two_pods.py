@@ -15,6 +15,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,18 +82,22 @@ class Writers:
 def pair(url: str, conninfo: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDB_") and k != "DATABASE_URL"}
     env["TASKDB_DATABASE_URL"] = url
-    with Writers(conninfo) as writers:
+    with Writers(conninfo) as writers, tempfile.TemporaryDirectory() as logs:
         started = time.monotonic()
-        pods = [subprocess.Popen([sys.executable, "-m", "taskdb.cli", "upgrade"], env=env, text=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
-        ended: list[tuple[int, float, str]] = []
-        for pod in pods:
-            _, err = pod.communicate(timeout=3600)
-            ended.append((pod.returncode, time.monotonic() - started, err))
+        errs = [Path(logs, f"pod{n}.err") for n in range(2)]
+        pods = [subprocess.Popen([sys.executable, "-m", "taskdb.cli", "upgrade"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err.open("w")) for err in errs]
+        seconds: dict[int, float] = {}
+        while len(seconds) < len(pods):  # each pod's own end, whichever ends first
+            for n, pod in enumerate(pods):
+                if n not in seconds and pod.poll() is not None:
+                    seconds[n] = time.monotonic() - started
+            time.sleep(0.05)
+        stderr = [err.read_text() for err in errs]
     return {
-        "exits": [code for code, _, _ in ended],
-        "seconds": [round(s, 1) for _, s, _ in ended],
-        "waited": ["holds the upgrade lock" in err for _, _, err in ended],
+        "exits": [pod.returncode for pod in pods],
+        "seconds": [round(seconds[n], 1) for n in range(len(pods))],
+        "waited": ["holds the upgrade lock" in err for err in stderr],
         "writer_ops": writers.ops, "writer_errors": len(writers.errors), "writer_worst_ms": round(writers.worst_ms),
     }
 
