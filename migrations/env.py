@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from taskdb import offline, target
 from taskdb.config import redact, resolve_url
-from taskdb.db import connect, create_engine, require_primary, unpin_schema
+from taskdb.db import connect, create_engine, pin_schema, pinned_schema, require_primary, unpin_schema
 from taskdb.errors import TaskdbError, connection_lost
 from taskdb.upgrade_lock import UpgradeLock
 
@@ -89,6 +89,7 @@ def run_with(connection: Connection) -> None:
     The lock is checked after each revision: if its session ended, the run stops before the next one.
     """
     command = command_name()
+    pinned_before = pinned_schema(connection)
     try:
         if command not in READ_ONLY_COMMANDS:
             require_primary(connection, f"taskdb {command}")
@@ -106,8 +107,11 @@ def run_with(connection: Connection) -> None:
             return
         log.info("taskdb %s: %s", command, table.describe())
         run_locked_chain(connection, command, table.schema)
-    finally:
-        unpin_schema(connection)  # a connection handed in goes back as it came
+    finally:  # a connection handed in goes back as it came
+        if pinned_before is None:
+            unpin_schema(connection)
+        else:
+            pin_schema(connection, pinned_before)
 
 
 def run_locked_chain(connection: Connection, command: str, schema: str) -> None:

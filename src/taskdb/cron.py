@@ -54,6 +54,7 @@ from taskdb.db import (
     require_primary,
     rows,
     scalar,
+    search_path_sql,
     sqlstate,
     transaction,
 )
@@ -660,7 +661,12 @@ def _schedule_jobs(
         created = False
         if scalar(cconn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'") is None:
             try:
+                # where the session's own search_path puts it (as before taskdb pinned its transactions to the
+                # queue's schema): pg_cron serves the whole database, and must not go with that schema
+                cconn.exec_driver_sql("SET LOCAL search_path TO DEFAULT")
                 cconn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_cron")
+                if pinned_schema(cconn) is not None:
+                    cconn.exec_driver_sql(search_path_sql(str(pinned_schema(cconn))))
             except DBAPIError as exc:
                 raise _ExtensionRefused(str(exc.orig).strip().splitlines()[0]) from None
             created = True

@@ -8,13 +8,13 @@ commit on their own instead of inside one long migration transaction.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -96,17 +96,22 @@ def in_server_transaction(conn: Connection) -> bool:
 # is given that transaction too: BEGIN, the search_path, the statement, COMMIT, which is what autocommit means
 # anyway. Only the statements that cannot run in a transaction go as they are, and they name the schema
 # themselves (db.schema_qualified).
-_SCHEMA_KEY = "taskdb.schema"
-_WRAPPED_KEY = "taskdb.wrapped"
+# The pin belongs to the Connection object (its listeners do too), not to the driver connection under it,
+# which a pool hands to the next checkout and a reconnect replaces.
+_PINS: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+_WRAPPED: weakref.WeakSet[Connection] = weakref.WeakSet()
 _OUTSIDE_TRANSACTION = re.compile(
-    r"^\s*(BEGIN|START TRANSACTION|COMMIT|ROLLBACK|CREATE (UNIQUE )?INDEX CONCURRENTLY|DROP INDEX CONCURRENTLY)\b",
-    re.IGNORECASE,
+    r"^\s*(BEGIN|START TRANSACTION|COMMIT|ROLLBACK|END|CALL|VACUUM|ALTER SYSTEM|CREATE DATABASE|DROP DATABASE"
+    r"|CREATE (UNIQUE )?INDEX CONCURRENTLY|DROP INDEX CONCURRENTLY|REINDEX .*CONCURRENTLY)\b",
+    re.IGNORECASE | re.DOTALL,
 )
 
 
 def quote_ident(name: str) -> str:
-    """``name`` as a PostgreSQL identifier, quoted only where it must be (``app``, ``"My Schema"``)."""
-    return str(postgresql.dialect().identifier_preparer.quote(name))
+    """``name`` as a PostgreSQL identifier, always double-quoted (``"app"``, ``"My Schema"``): no keyword list
+    to keep in step with the server's (taskdb.target refuses ``$`` and NUL, which no quoting makes safe inside a
+    dollar-quoted function body)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def search_path_sql(schema: str) -> str:
@@ -116,22 +121,20 @@ def search_path_sql(schema: str) -> str:
 
 def pin_schema(conn: Connection, schema: str) -> None:
     """Pin ``conn`` to ``schema`` (see above); :func:`unpin_schema` undoes it on a connection handed in."""
-    if pinned_schema(conn) == schema:
-        return
-    unpin_schema(conn)
-    conn.info[_SCHEMA_KEY] = schema
-    for name, listener in _PIN_LISTENERS:
-        event.listen(conn, name, listener)
+    if conn not in _PINS:
+        for name, listener in _PIN_LISTENERS:
+            event.listen(conn, name, listener)
+    _PINS[conn] = schema
 
 
 def unpin_schema(conn: Connection) -> None:
-    if conn.info.pop(_SCHEMA_KEY, None) is not None:
+    if _PINS.pop(conn, None) is not None:
         for name, listener in _PIN_LISTENERS:
             event.remove(conn, name, listener)
 
 
 def pinned_schema(conn: Connection) -> str | None:
-    return conn.info.get(_SCHEMA_KEY)
+    return _PINS.get(conn)
 
 
 def schema_qualified(conn: Connection, name: str) -> str:
@@ -161,33 +164,38 @@ def _raw(conn: Connection, statement: str) -> None:
 
 def _pin_begin(conn: Connection) -> None:
     # Alembic's own transactions (the version table) on the migration connection; db.transaction pins its own
-    if not is_autocommit(conn):
-        conn.exec_driver_sql(search_path_sql(conn.info[_SCHEMA_KEY]))
+    schema = pinned_schema(conn)
+    if schema is not None and not is_autocommit(conn):
+        conn.exec_driver_sql(search_path_sql(schema))
 
 
 def _wrap_standalone(
     conn: Connection, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool
 ) -> None:
     _end_failed_wrap(conn)
-    if is_autocommit(conn) and not in_server_transaction(conn) and not _OUTSIDE_TRANSACTION.match(
-        _without_comments(statement)
+    schema = pinned_schema(conn)
+    if schema is not None and is_autocommit(conn) and not in_server_transaction(conn) and not (
+        _OUTSIDE_TRANSACTION.match(_without_comments(statement))
     ):
         _raw(conn, "BEGIN")
-        conn.info[_WRAPPED_KEY] = True
-        _raw(conn, search_path_sql(conn.info[_SCHEMA_KEY]))
+        _WRAPPED.add(conn)
+        _raw(conn, search_path_sql(schema))
 
 
 def _end_wrapped(conn: Connection, *_: Any) -> None:
-    if conn.info.pop(_WRAPPED_KEY, False):
+    if conn in _WRAPPED:
+        _WRAPPED.discard(conn)
         _raw(conn, "COMMIT")
 
 
 def _end_failed_wrap(conn: Connection) -> None:
     """The last standalone statement failed, so its transaction is aborted (SQLAlchemy may have rolled it
     back already): end it before anything else runs."""
-    if conn.info.pop(_WRAPPED_KEY, False) and in_server_transaction(conn):
-        with suppress(Exception):  # a connection that is gone has rolled back already
-            _raw(conn, "ROLLBACK")
+    if conn in _WRAPPED:
+        _WRAPPED.discard(conn)
+        if not conn.closed and not conn.invalidated and in_server_transaction(conn):
+            with suppress(Exception):  # a connection that is gone has rolled back already
+                _raw(conn, "ROLLBACK")
 
 
 _PIN_LISTENERS: tuple[tuple[str, Any], ...] = (
@@ -197,8 +205,12 @@ _PIN_LISTENERS: tuple[tuple[str, Any], ...] = (
 )
 
 
+_LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*(\n|$)|/\*.*?\*/))*", re.DOTALL)
+
+
 def _without_comments(statement: str) -> str:
-    return "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--"))
+    """The statement from its first keyword (``--`` and ``/* */`` comments before it dropped)."""
+    return _LEADING_COMMENTS.sub("", statement, count=1)
 
 
 @contextmanager

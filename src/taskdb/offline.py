@@ -424,6 +424,9 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
         -- The queue is tasks in schema {schema}: every name below resolves there, and every object is created
         -- there. For this session only (like the upgrade lock, the script needs one session); RESET at the end.
         SET search_path = {schema}, pg_temp;"""))
+    named = context.opts.get("taskdb_schema") is not None
+    out(template("schema_guard", schema=literal(script_schema(context)), schema_ident=literal(schema),
+                 named="true" if named else "false").strip())
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(

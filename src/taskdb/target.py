@@ -8,12 +8,15 @@ before any change, with the schemas named:
 
 - ``tasks`` in more than one schema and no schema configured: which one is the queue is not taskdb's guess
   (it would otherwise repair another application's ``public.tasks``);
+- no schema configured, no ``tasks`` where the search_path looks, but one elsewhere (0001 would otherwise
+  create an empty queue beside the real one);
 - a configured schema that does not exist, or a search_path that names no existing schema.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,7 +60,9 @@ class TasksTable:
 
     @property
     def qualified(self) -> str:
-        return f"{quote_ident(self.schema)}.tasks"
+        """For people: ``app.tasks``, quoted only where the name needs it (``"My Schema".tasks``)."""
+        plain = re.fullmatch(r"[a-z_][a-z0-9_]*", self.schema)
+        return f"{self.schema if plain else quote_ident(self.schema)}.tasks"
 
     def describe(self) -> str:
         if not self.exists:
@@ -74,6 +79,11 @@ def configured_schema(override: str | None = None) -> str | None:
 def resolve(conn: Connection, command: str, configured: str | None = None) -> TasksTable:
     """The table ``command`` would work on; raises :class:`TargetRefused` (exit 2) where it must not guess."""
     configured = configured_schema(configured)
+    if configured is not None and ("$" in configured or "\x00" in configured):
+        raise TargetRefused(
+            f"{command}: {SCHEMA_ENV}={configured!r}: taskdb cannot work in a schema whose name holds $ or NUL "
+            "(it writes the name into function bodies); nothing was changed."
+        )
     found = rows(conn, TARGET_SQL, {"configured": configured})[0]
     schemas, schema = list(found["schemas"]), found["schema"]
     if configured is None and len(schemas) > 1:
@@ -85,6 +95,12 @@ def resolve(conn: Connection, command: str, configured: str | None = None) -> Ta
         raise TargetRefused(
             f"{command}: the search_path ({found['search_path']}) names no schema that exists, so there is no "
             f"tasks table to work on; nothing was changed. Set {SCHEMA_ENV} or fix the role's search_path."
+        )
+    if configured is None and schemas and not found["present"]:
+        raise TargetRefused(
+            f"{command}: the search_path ({found['search_path']}) finds no tasks table, but {', '.join(schemas)} "
+            f"has one; nothing was changed. Name the queue's schema with {SCHEMA_ENV} (or -x schema=); "
+            f"{SCHEMA_ENV}={schema} creates a new queue in {schema}."
         )
     if not found["schema_exists"]:
         raise TargetRefused(

@@ -149,12 +149,24 @@ def test_script_for_a_queue_in_another_schema_does_what_the_online_upgrade_does(
     try:
         twins(db, reference, "half_migrated", False)
         script = generate(tmp_path)  # TASKDB_SCHEMA=app
-        assert "SET search_path = app, pg_temp;" in script.read_text(encoding="utf-8")
+        assert 'SET search_path = "app", pg_temp;' in script.read_text(encoding="utf-8")
         apply(db, script)
         reference.upgrade()
         assert_same(state(db), state(reference))
     finally:
         reference.engine.dispose()
+
+
+def test_a_script_generated_without_a_schema_refuses_a_database_with_tasks_in_two(db: Db, tmp_path: Path) -> None:
+    db.load("half_migrated")
+    db.execute("CREATE SCHEMA app")
+    db.execute("CREATE TABLE app.tasks (id uuid PRIMARY KEY)")  # another application's queue
+    before = db.snapshot()
+    done = psql(db, generate(tmp_path))
+    assert done.returncode != 0
+    assert "a tasks table exists in several schemas (app, public)" in done.stderr, done.stderr[-2000:]
+    assert db.snapshot() == before
+    assert db.scalar("SELECT to_regclass('taskdb_owned_objects') IS NULL AND to_regclass('alembic_version') IS NULL")
 
 
 def test_second_run_changes_nothing(db: Db, tmp_path: Path) -> None:
@@ -350,7 +362,8 @@ def test_pg_cron_jobs_are_scheduled_where_the_cron_database_is_this_one(
             assert set(by_name) == {"taskdb_cancel_stale_queued", "taskdb_purge_cron_history"}
             cleanup = by_name["taskdb_cancel_stale_queued"]
             assert (cleanup["schedule"], cleanup["command"], cleanup["database"]) == (
-                "15 3 * * *", "CALL public.taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')",
+                "15 3 * * *",
+                'CALL "public".taskdb_cancel_stale_queued_all(\'pg_cron job taskdb_cancel_stale_queued\')',
                 CRON_DB,
             )
             assert by_name["taskdb_purge_cron_history"]["command"] == PURGE_COMMAND

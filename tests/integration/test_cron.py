@@ -22,7 +22,7 @@ from tests.helpers import DRIVERS, Db, load_incident, user_id, with_driver
 from tests.helpers_catalog import catalog
 
 SAME = "taskdb_cron_same"  # the database a "same database" server names in cron.database_name
-CLEANUP_CALL = "CALL public.taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')"
+CLEANUP_CALL = "CALL \"public\".taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')"
 STALE_TASK = (
     "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
     "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '30 days', CAST(:user AS uuid), 'cloud')"
@@ -250,7 +250,7 @@ def test_other_database_schedules_in_database_and_downgrade_removes_it(
     assert (recorded["jobname"], recorded["jobid"]) == (job["jobname"], job["jobid"])
     assert recorded["cron_database"] == cron_db and recorded["run_database"] == name
     assert job["schedule"] == "15 3 * * *" and job["active"]
-    assert job["command"] == f"CALL public.taskdb_cancel_stale_queued_all('pg_cron job {job['jobname']}')"
+    assert job["command"] == f"CALL \"public\".taskdb_cancel_stale_queued_all('pg_cron job {job['jobname']}')"
     assert db.scalar("SELECT to_regclass('cron.job')") is None  # nothing of pg_cron in the target database
     assert health(db) == (True, None)  # installed (recorded); active unknown from here
     purge = [j for j in jobs_in(pg_server, cron_db, cron_db) if j["jobname"] == "taskdb_purge_cron_history"]

@@ -96,6 +96,14 @@ def test_a_search_path_of_app_puts_the_queue_and_every_object_in_app(db: Db) -> 
     assert pinned == '{"search_path=pg_catalog, app, pg_temp"}'
 
 
+def test_a_queue_only_outside_the_search_path_is_refused_rather_than_created_anew(db: Db) -> None:
+    load_into(db, "app")  # the default search_path ("$user", public) finds no tasks
+    before = tables(db, "app")
+    refused(taskdb(db, "upgrade"), "finds no tasks table, but app has one", "TASKDB_SCHEMA")
+    assert tables(db, "app") == before
+    assert db.scalar("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+
+
 def test_a_TASKDB_SCHEMA_that_does_not_exist_is_refused(db: Db) -> None:
     load_into(db, "public")
     before = tables(db, "public")
@@ -125,7 +133,7 @@ def test_the_queue_in_app_serves_its_roles_and_its_cron_command_from_any_search_
         command = db.scalar("SELECT command FROM app.taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'")
         if command is None:  # pg_cron not usable on this server: the command taskdb would schedule
             command = cron.cleanup_command(cron.CLEANUP_JOB, "app")
-        assert command.startswith("CALL app.taskdb_cancel_stale_queued_all(")
+        assert command.startswith('CALL "app".taskdb_cancel_stale_queued_all(')
         db.execute("UPDATE app.tasks SET created_at = now() - interval '30 days' "
                    "WHERE status = 'Queued' AND legacy_reason IS NULL")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

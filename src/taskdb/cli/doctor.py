@@ -7,7 +7,7 @@ import argparse
 from taskdb import doctor
 from taskdb.cli.common import EXAMPLES, add_json_flag, connection, print_json
 from taskdb.config import redact, resolve_url
-from taskdb.errors import ConfigError, ConnectError
+from taskdb.errors import ConfigError, ConnectError, TargetRefused
 
 # queue_health figures the summary line shows, with their labels
 SUMMARY_FIGURES = (
@@ -49,7 +49,7 @@ def _diagnose(explicit_url: str | None) -> doctor.Report:
         resolved = resolve_url(explicit_url)
         with connection(resolved, "taskdb doctor") as conn:
             return doctor.diagnose(conn)
-    except (ConfigError, ConnectError) as exc:
+    except (ConfigError, ConnectError, TargetRefused) as exc:
         return doctor.cannot_connect(redact(str(exc), resolved or explicit_url))
 
 

@@ -7,6 +7,34 @@
 -- quoted). ${status_type} and ${lock_clause} stay in the backfill's batch statement: the procedure fills them
 -- at run time (the generator cannot know whether tasks.status is text or an enum).
 
+-- schema_guard --
+-- The queue the script was generated for, checked before anything, as the online upgrade checks it: stop where
+-- the schema does not exist, and, when no schema was named (TASKDB_SCHEMA when generating), where tasks exists
+-- in several schemas or only in another one.
+DO $taskdb$
+DECLARE
+    v_schemas text := (SELECT string_agg(n.nspname::text, ', ' ORDER BY n.nspname) FROM pg_class c
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p')
+                         AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_temp\_%');
+    v_here boolean := EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                              WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p') AND n.nspname = {{schema}});
+BEGIN
+    IF to_regnamespace({{schema_ident}}) IS NULL THEN
+        RAISE EXCEPTION 'schema % does not exist: create it (CREATE SCHEMA), or generate the script with '
+            'TASKDB_SCHEMA naming the schema that holds tasks', {{schema}};
+    END IF;
+    IF NOT {{named}} AND v_schemas LIKE '%,%' THEN
+        RAISE EXCEPTION 'a tasks table exists in several schemas (%): generate the script with TASKDB_SCHEMA '
+            'naming the queue''s schema; nothing was changed', v_schemas;
+    END IF;
+    IF NOT {{named}} AND NOT v_here AND v_schemas IS NOT NULL THEN
+        RAISE EXCEPTION 'no tasks table in schema %, but % has one: generate the script with TASKDB_SCHEMA naming '
+            'the queue''s schema; nothing was changed', {{schema}}, v_schemas;
+    END IF;
+END
+$taskdb$;
+
 -- upgrade_lock --
 -- The upgrade lock's key as a session advisory lock (the online upgrade takes it transaction-scoped, see
 -- src/taskdb/upgrade_lock.py): an online upgrade and this script never interleave. Released at the end of the
@@ -503,7 +531,7 @@ BEGIN
                            ELSE v_job.base END;
         END IF;
         v_schedule := coalesce(v_job.schedule, (SELECT cleanup_schedule FROM task_hygiene_settings));
-        v_command := coalesce(v_job.command, format('CALL %I.taskdb_cancel_stale_queued_all(%L)', current_schema(), 'pg_cron job ' || v_name));
+        v_command := coalesce(v_job.command, format('CALL @schema@.taskdb_cancel_stale_queued_all(%L)', 'pg_cron job ' || v_name));
         SELECT j.jobid INTO v_jobid FROM cron.job j
         WHERE j.jobname = v_name AND j.schedule = v_schedule AND j.command = v_command;
         IF v_jobid IS NULL THEN

@@ -173,11 +173,11 @@ CREATE TABLE task_hygiene_runs (
 CREATE FUNCTION taskdb_run_type_arg(p_run_type text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF taskdb_canonical_run_type(p_run_type) IS NULL THEN
+    IF @schema@.taskdb_canonical_run_type(p_run_type) IS NULL THEN  -- callable from any search_path
         RAISE EXCEPTION 'unknown run type %: expected ''cloud'' (alias ''gpu'') or ''local''', quote_nullable(p_run_type)
             USING ERRCODE = '22023';
     END IF;
-    RETURN taskdb_canonical_run_type(p_run_type);
+    RETURN @schema@.taskdb_canonical_run_type(p_run_type);
 END
 $$;
 
