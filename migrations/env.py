@@ -17,7 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from taskdb import offline, target
+from taskdb import offline, target, version_table
 from taskdb.config import redact, resolve_url
 from taskdb.db import connect, create_engine, pin_schema, pinned_schema, require_primary, unpin_schema
 from taskdb.errors import TaskdbError, connection_lost
@@ -52,6 +52,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         transaction_per_migration=True,
         dialect_opts={"paramstyle": "named"},
+        version_table=version_table.VERSION_TABLE,
         output_buffer=offline.VersionStatements(config.output_buffer or sys.stdout),
         taskdb_schema=target.configured_schema(schema_argument()),
     )
@@ -77,6 +78,11 @@ def command_name() -> str:
     return getattr(cmd[0], "__name__", "migration") if cmd else "migration"
 
 
+def taskdb_revisions() -> list[str]:
+    """Every revision id of taskdb's chain (the only rows of alembic_version taskdb ever touches)."""
+    return [r.revision for r in context.script.walk_revisions()]
+
+
 def schema_argument() -> str | None:
     """``-x schema=...``: the queue's schema, as TASKDB_SCHEMA names it (taskdb.target)."""
     return context.get_x_argument(as_dictionary=True).get("schema")
@@ -99,9 +105,16 @@ def run_with(connection: Connection) -> None:
             connection.rollback()  # nothing may stay open while we wait for the lock
     try:
         if command in READ_ONLY_COMMANDS:
-            context.configure(connection=connection, transaction_per_migration=True, version_table_schema=table.schema)
+            context.configure(connection=connection, transaction_per_migration=True,
+                              version_table=version_table.VERSION_TABLE, version_table_schema=table.schema)
             with context.begin_transaction():
                 context.run_migrations()
+            if version_table.revision(connection) is None and (legacy := version_table.legacy_revisions(
+                connection, taskdb_revisions()
+            )):
+                log.warning("taskdb's revision %s is still recorded in the application's %s: the next "
+                            "`taskdb upgrade` moves it to %s", ", ".join(legacy), version_table.APPLICATION_TABLE,
+                            version_table.VERSION_TABLE)
             if connection.in_transaction():
                 connection.rollback()
             return
@@ -116,9 +129,12 @@ def run_with(connection: Connection) -> None:
 
 def run_locked_chain(connection: Connection, command: str, schema: str) -> None:
     with UpgradeLock(connection.engine, command) as lock:
+        version_table.adopt(connection, taskdb_revisions())  # an earlier taskdb's row in alembic_version
+        connection.commit()
         context.configure(
             connection=connection,
             transaction_per_migration=True,
+            version_table=version_table.VERSION_TABLE,
             version_table_schema=schema,
             on_version_apply=lambda **_: lock.check(connection),
         )

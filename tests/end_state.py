@@ -32,7 +32,7 @@ def log_entries(db: Db) -> list[tuple[str, ...]]:
 
 def schema_objects(db: Db) -> dict[str, Any]:
     return {
-        "revision": db.scalar("SELECT version_num FROM alembic_version"),
+        "revision": db.scalar("SELECT version_num FROM taskdb_alembic_version"),
         "constraints": sorted(
             (r["conname"], r["convalidated"])
             for r in db.rows("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'tasks'::regclass")

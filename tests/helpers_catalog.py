@@ -10,7 +10,8 @@ from tests.helpers import Db
 CATALOG_QUERIES = {
     "tables": """
         SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'S') AND c.relname <> 'alembic_version'
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'S')
+          AND c.relname <> 'taskdb_alembic_version'
         ORDER BY 1""",
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
@@ -18,17 +19,17 @@ CATALOG_QUERIES = {
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
-          AND c.relname <> 'alembic_version'
+          AND c.relname <> 'taskdb_alembic_version'
         ORDER BY 1, 2""",
     "constraints": """
         SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
                obj_description(k.oid, 'pg_constraint') AS comment
         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = current_schema() AND c.relname <> 'alembic_version'
+        WHERE n.nspname = current_schema() AND c.relname <> 'taskdb_alembic_version'
         ORDER BY 1, 2""",
     "indexes": """
         SELECT indexname, indexdef FROM pg_indexes
-        WHERE schemaname = current_schema() AND tablename <> 'alembic_version' ORDER BY 1""",
+        WHERE schemaname = current_schema() AND tablename <> 'taskdb_alembic_version' ORDER BY 1""",
     "functions": """
         SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, pg_get_functiondef(p.oid) AS definition
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

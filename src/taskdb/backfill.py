@@ -234,7 +234,7 @@ def _checkpoint(conn: Connection, job: str, total: int) -> tuple[int, str, str |
         {"job": job},
     )
     if found and found[0]["finished_at"] is not None and not total:
-        # finished, nothing new to do (e.g. rerun after a crash before alembic_version moved): keep its record
+        # finished, nothing new to do (e.g. rerun after a crash before the version table moved): keep its record
         return int(found[0]["sweep"]), str(found[0]["mode"]), None
     if not found or found[0]["finished_at"] is not None:
         conn.execute(

@@ -129,7 +129,7 @@ def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Rep
     # The schema check decides what else can run: on a database without the hygiene objects the queue
     # checks would only fail, so the report says "cannot check" and why (with the revision, if any).
     if not checks.run(CHECK_SCHEMA, checks.schema):
-        if checks.objects.get("has_alembic_version"):
+        if checks.objects.get("has_version_table"):
             checks.run(CHECK_REVISION, checks.revision)
         return report
     checks.run(CHECK_REVISION, checks.revision)
@@ -169,13 +169,13 @@ class _Checks:
     def schema(self) -> list[Finding]:
         self.objects = rows(self.conn, SQL["objects"])[0]
         self.report.database = self.objects["database"]
-        if not self.objects["has_tasks"] and not self.objects["has_alembic_version"]:
+        if not self.objects["has_tasks"] and not self.objects["has_version_table"]:
             return [Finding(CHECK_SCHEMA, ERROR,
                             f"cannot check: database {self.objects['database']} has no taskdb objects "
-                            "(no tasks table, no alembic_version)",
+                            "(no tasks table, no taskdb_alembic_version)",
                             "point --url at the application's database, or install taskdb there with "
                             "`taskdb upgrade`")]
-        if not self.objects["has_alembic_version"]:
+        if not self.objects["has_version_table"]:
             return [Finding(CHECK_SCHEMA, ERROR,
                             "cannot check: tasks exists but taskdb has never upgraded this database",
                             "`taskdb plan` to see what the upgrade will do, then `taskdb upgrade`")]
@@ -196,9 +196,9 @@ class _Checks:
             return []
         if len(versions) != 1:
             return [Finding(CHECK_REVISION, WARNING,
-                            f"alembic_version holds {len(versions)} revisions ({self.report.revision or 'none'}), "
-                            f"expected one; head is {head}",
-                            "inspect alembic_version by hand (`taskdb current`), then `taskdb upgrade`")]
+                            f"taskdb_alembic_version holds {len(versions)} revisions "
+                            f"({self.report.revision or 'none'}), expected one; head is {head}",
+                            "inspect taskdb_alembic_version by hand (`taskdb current`), then `taskdb upgrade`")]
         try:
             known = script.get_revision(versions[0]) is not None
         except CommandError:
@@ -206,7 +206,7 @@ class _Checks:
         if not known:
             return [Finding(CHECK_REVISION, WARNING,
                             f"database revision {versions[0]} is unknown to this taskdb (head {head}): a newer "
-                            "taskdb, or another Alembic project, wrote alembic_version",
+                            "taskdb, or another Alembic project, wrote taskdb_alembic_version",
                             "run doctor from the taskdb version that upgraded this database")]
         behind = len(list(script.iterate_revisions(head, versions[0])))
         return [Finding(CHECK_REVISION, WARNING,

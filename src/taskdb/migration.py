@@ -44,7 +44,7 @@ def online_step(revision: str) -> Iterator[Connection]:
         # switching to AUTOCOMMIT); end it so that every statement below really commits on its own.
         conn.exec_driver_sql("COMMIT")
         yield conn
-    failpoint("migration.before_stamp")  # the step is done; alembic_version does not say so yet
+    failpoint("migration.before_stamp")  # the step is done; taskdb_alembic_version does not say so yet
 
 
 def offline_mode() -> bool:

@@ -40,6 +40,7 @@ from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
 from taskdb.sql import SCHEMA_TOKEN, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
+from taskdb.version_table import CREATE_SQL, VERSION_TABLE
 
 # The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
 BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
@@ -354,28 +355,28 @@ def _indented_statements(sql: str, spaces: int) -> str:
 
 class VersionStatements:
     """The output buffer of --sql mode: makes Alembic's version-table statements idempotent, so that the script
-    can run again (``CREATE TABLE IF NOT EXISTS alembic_version``; the first revision inserted only into an
-    empty table; the ``UPDATE ... WHERE version_num = <previous>`` already is)."""
+    can run again (``CREATE TABLE IF NOT EXISTS taskdb_alembic_version``; the first revision inserted only into
+    an empty table; the ``UPDATE ... WHERE version_num = <previous>`` already is)."""
 
-    _CREATE = re.compile(r"^CREATE TABLE alembic_version \(")
-    _INSERT = re.compile(r"^INSERT INTO alembic_version \(version_num\) VALUES \('([^']+)'\)[^;]*;\s*$")
+    _CREATE = re.compile(rf"^CREATE TABLE {VERSION_TABLE} \(")
+    _INSERT = re.compile(rf"^INSERT INTO {VERSION_TABLE} \(version_num\) VALUES \('([^']+)'\)[^;]*;\s*$")
 
     def __init__(self, target: TextIO) -> None:
         self.target = target
 
     def write(self, text: str) -> int:
         stripped = text.strip()
-        if stripped.startswith(("INSERT INTO alembic_version", "UPDATE alembic_version")):
+        if stripped.startswith((f"INSERT INTO {VERSION_TABLE}", f"UPDATE {VERSION_TABLE}")):
             self.target.write(template("one_session", lock_key=_upgrade_lock_key()).strip() + "\n\n")
         if self._CREATE.match(stripped):
-            text = text.replace("CREATE TABLE alembic_version", "CREATE TABLE IF NOT EXISTS alembic_version", 1)
-        elif stripped.startswith("INSERT INTO alembic_version"):
+            text = text.replace(f"CREATE TABLE {VERSION_TABLE}", f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE}", 1)
+        elif stripped.startswith(f"INSERT INTO {VERSION_TABLE}"):
             match = self._INSERT.match(stripped)
             if match is None:
                 raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
-            text = (f"INSERT INTO alembic_version (version_num) SELECT {literal(match.group(1))}\n"
-                    "WHERE NOT EXISTS (SELECT 1 FROM alembic_version);\n\n")
-        elif stripped.startswith(("DELETE FROM alembic_version", "CREATE TABLE alembic_version")):
+            text = (f"INSERT INTO {VERSION_TABLE} (version_num) SELECT {literal(match.group(1))}\n"
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE});\n\n")
+        elif stripped.startswith((f"DELETE FROM {VERSION_TABLE}", f"CREATE TABLE {VERSION_TABLE}")):
             raise CommandError(DOWNGRADE_ONLINE)
         return self.target.write(text)
 
@@ -428,6 +429,8 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
     out(template("schema_guard", schema=literal(script_schema(context)), schema_ident=literal(schema),
                  named="true" if named else "false").strip())
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
+    ours = [r.revision for r in script.walk_revisions()]
+    out(template("adopt_version", ours=text_array(ours), create=CREATE_SQL).strip())
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(
         "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from taskdb import api, cron, report, target
+from taskdb import api, cron, report, target, version_table
 from taskdb.catalog import columns, table_exists
 from taskdb.db import read_only_transaction, rows, scalar
 from taskdb.locks import LockPolicy, find_blockers
@@ -101,6 +101,9 @@ def revisions(conn: Connection) -> dict[str, Any]:
     """The database's revision, head, and the pending revisions with their steps."""
     script = ScriptDirectory.from_config(api.alembic_config(None))
     current = report.revision(conn)
+    if current is None:  # an earlier taskdb's row in the application's alembic_version: the upgrade adopts it
+        legacy = version_table.legacy_revisions(conn, [r.revision for r in script.walk_revisions()])
+        current = legacy[0] if len(legacy) == 1 else None
     head = script.get_current_head()
     pending = list(reversed(list(script.iterate_revisions(head, current)))) if head != current else []
     return {

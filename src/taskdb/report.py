@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from taskdb import version_table
 from taskdb.catalog import columns, table_exists
 from taskdb.db import rows, scalar
 
@@ -69,10 +70,8 @@ def summary(conn: Connection) -> dict[str, Any]:
 
 
 def revision(conn: Connection) -> str | None:
-    """The database's Alembic revision (None before the first upgrade)."""
-    if not table_exists(conn, "alembic_version"):
-        return None
-    return scalar(conn, "SELECT version_num FROM alembic_version")
+    """taskdb's revision in the database (None before the first upgrade)."""
+    return version_table.revision(conn)
 
 
 def log_high_water(conn: Connection) -> int:

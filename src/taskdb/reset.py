@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from taskdb import api, cron, seeds
+from taskdb import api, cron, seeds, version_table
 from taskdb.catalog import table_exists
 from taskdb.config import driver_of, normalize_url, parse_url, redact
 from taskdb.db import connect, create_engine, pin_schema, quote_ident, rows, scalar, sqlstate
@@ -243,8 +243,7 @@ def reset(
         announce("loaded the demo queue")
 
     with _session(target.url) as conn:
-        revision = scalar(conn, "SELECT version_num FROM alembic_version") if table_exists(
-            conn, "alembic_version") else None
+        revision = version_table.revision(conn)
         counts = {r["status"]: int(r["n"]) for r in rows(
             conn, "SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1"
         )} if table_exists(conn, "tasks") else {}

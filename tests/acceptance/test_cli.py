@@ -106,7 +106,7 @@ def test_plan_prints_a_table_and_json_and_writes_nothing(db: Db, driver: str) ->
     result = json.loads(machine.stdout)
     assert result["head"] == "0006_cron" and result["rows"]["needs_work"] > 0
     assert db.snapshot() == before
-    assert not db.scalar("SELECT to_regclass('alembic_version') IS NOT NULL")
+    assert not db.scalar("SELECT to_regclass('taskdb_alembic_version') IS NOT NULL")
     assert_no_password(db, human)
     assert_no_password(db, machine)
 

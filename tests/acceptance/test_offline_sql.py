@@ -113,7 +113,7 @@ def state(db: Db) -> dict[str, Any]:
         # roles are cluster-wide: whichever side runs first creates (and records) them
         "owned": db.rows("SELECT kind, name, revision FROM taskdb_owned_objects WHERE kind <> 'role' ORDER BY seq")
         if has("taskdb_owned_objects") else None,
-        "version": db.rows("SELECT version_num FROM alembic_version") if has("alembic_version") else None,
+        "version": db.rows("SELECT version_num FROM taskdb_alembic_version") if has("taskdb_alembic_version") else None,
     }
 
 
@@ -166,7 +166,8 @@ def test_a_script_generated_without_a_schema_refuses_a_database_with_tasks_in_tw
     assert done.returncode != 0
     assert "a tasks table exists in several schemas (app, public)" in done.stderr, done.stderr[-2000:]
     assert db.snapshot() == before
-    assert db.scalar("SELECT to_regclass('taskdb_owned_objects') IS NULL AND to_regclass('alembic_version') IS NULL")
+    assert db.scalar("SELECT to_regclass('taskdb_owned_objects') IS NULL "
+                     "AND to_regclass('taskdb_alembic_version') IS NULL")
 
 
 def test_second_run_changes_nothing(db: Db, tmp_path: Path) -> None:
@@ -196,7 +197,7 @@ def test_script_for_another_starting_revision_refuses_to_run(db: Db, tmp_path: P
     assert (
         "this script upgrades 0003_backfill -> 0006_cron, but the database is at revision 0002_columns" in done.stderr
     )
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002_columns"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
 
 
 def test_run_killed_mid_backfill_resumes(
@@ -230,7 +231,7 @@ def test_run_killed_mid_backfill_resumes(
     assert run.returncode != 0
     checkpoint = db.rows("SELECT sweep, mode, rows_done, finished_at FROM taskdb_backfill_progress")[0]
     assert checkpoint["finished_at"] is None and checkpoint["rows_done"] > 0
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002_columns"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
     logged_before = db.scalar("SELECT count(*) FROM task_hygiene_log")
 
     output = apply(db, script)
@@ -280,7 +281,7 @@ def test_a_bad_shape_stops_the_script_with_the_online_message(db: Db, tmp_path: 
     assert done.returncode == 3
     message = "table 'tasks', column 'user_id': has type text, taskdb needs one of uuid; nothing was changed"
     assert message in done.stderr
-    for table in ("users", "taskdb_owned_objects", "alembic_version"):
+    for table in ("users", "taskdb_owned_objects", "taskdb_alembic_version"):
         assert db.scalar("SELECT to_regclass(:t)", t=table) is None
 
 
@@ -306,7 +307,7 @@ def test_an_invalid_index_stops_the_script_until_dropped(db: Db, tmp_path: Path)
         "SELECT i.indisvalid, i.indisunique FROM pg_index i WHERE i.indexrelid = 'tasks_user_id_idx'::regclass"
     )
     assert index == [{"indisvalid": True, "indisunique": False}]
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0006_cron"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0006_cron"
 
 
 def _strip_quoted(script: str) -> str:

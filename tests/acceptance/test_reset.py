@@ -94,7 +94,7 @@ def test_reset_incident_gives_the_repaired_incident(database: Database, driver: 
     assert_announced(database, result)
     assert "dropped and created" in result.stdout and f"-> {HEAD}" in result.stdout
     assert not database.has_table(MARKER)
-    assert database.value("SELECT version_num FROM alembic_version") == HEAD
+    assert database.value("SELECT version_num FROM taskdb_alembic_version") == HEAD
     validated = database.value(
         "SELECT array_agg(conname::text) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND convalidated"
     )
@@ -115,7 +115,7 @@ def test_reset_with_TASKDB_SCHEMA_puts_the_repaired_incident_in_that_schema(data
     result = taskdb("--url", database.url(driver), "reset", "--seed", "incident", env={"TASKDB_SCHEMA": "app"})
     assert result.returncode == 0, result.stderr
     assert f"-> {HEAD}" in result.stdout
-    assert database.value("SELECT version_num FROM app.alembic_version") == HEAD
+    assert database.value("SELECT version_num FROM app.taskdb_alembic_version") == HEAD
     assert database.value("SELECT count(*) FROM app.tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'") == 0
     assert database.value(
         "SELECT count(*) FROM app.tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
@@ -130,7 +130,7 @@ def test_reset_incident_without_upgrade_leaves_it_half_migrated(database: Databa
     assert result.returncode == 0, result.stderr
     assert_announced(database, result)
     assert not database.has_table(MARKER)
-    assert not database.has_table("alembic_version")
+    assert not database.has_table("taskdb_alembic_version")
     # user_id and run_type exist (nullable), legacy_reason not yet; the 60 Queued rows are all there.
     assert database.value(
         "SELECT string_agg(column_name::text, ',' ORDER BY column_name) FROM information_schema.columns "
@@ -148,7 +148,7 @@ def test_reset_demo_is_a_healthy_queue_at_head(database: Database, driver: str) 
     assert result.returncode == 0, result.stderr
     assert_announced(database, result)
     assert not database.has_table(MARKER)
-    assert database.value("SELECT version_num FROM alembic_version") == HEAD
+    assert database.value("SELECT version_num FROM taskdb_alembic_version") == HEAD
     assert database.value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL") == 0
     assert database.value("SELECT count(DISTINCT status) FROM tasks") == 5
     assert database.value("SELECT string_agg(DISTINCT run_type, ',') FROM tasks") == "cloud,local"
@@ -168,14 +168,14 @@ def test_reset_none_gives_empty_tables_at_head(database: Database, driver: str) 
     assert result.returncode == 0, result.stderr
     assert_announced(database, result)
     assert not database.has_table(MARKER)
-    assert database.value("SELECT version_num FROM alembic_version") == HEAD
+    assert database.value("SELECT version_num FROM taskdb_alembic_version") == HEAD
     assert database.value("SELECT (SELECT count(*) FROM tasks) + (SELECT count(*) FROM users)") == 0
 
     bare = taskdb("--url", database.url(driver), "reset", "--no-upgrade", "--json")
     assert bare.returncode == 0, bare.stderr
     summary = json.loads(bare.stdout)  # progress went to stderr: stdout is one JSON object
     assert summary["database"] == database.name and summary["revision"] is None and summary["existed"] is True
-    assert not database.has_table("tasks") and not database.has_table("alembic_version")
+    assert not database.has_table("tasks") and not database.has_table("taskdb_alembic_version")
     assert_no_password(database.server.password, bare)
 
 
@@ -187,7 +187,7 @@ def test_reset_creates_a_database_that_does_not_exist(
     result = taskdb("--url", pg_server.url(name), "reset", "--seed", "incident")
     assert result.returncode == 0, result.stderr
     assert f'taskdb reset: created database "{name}"' in result.stdout and "dropped and" not in result.stdout
-    assert pg_server.fetch_value("SELECT version_num FROM alembic_version", name) == HEAD
+    assert pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
 
 
 def test_reset_removes_the_cron_jobs_of_the_old_database(database: Database) -> None:
@@ -233,7 +233,7 @@ def test_force_resets_a_host_that_is_not_local(database: Database) -> None:
     assert forced.returncode == 0, forced.stderr
     assert f'database "{database.name}" on host db.example.com, 127.0.0.1' in forced.stdout
     assert not database.has_table(MARKER)
-    assert database.value("SELECT version_num FROM alembic_version") == HEAD
+    assert database.value("SELECT version_num FROM taskdb_alembic_version") == HEAD
     assert_no_password(database.server.password, forced)
 
 

@@ -95,7 +95,7 @@ def test_upgrade_from_the_wheel_repairs_the_incident(
     assert f"<none> -> {HEAD}" in upgrade.stdout
     assert pg_server.password not in upgrade.stdout + upgrade.stderr
 
-    assert pg_server.fetch_value("SELECT version_num FROM alembic_version", name) == HEAD
+    assert pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
     validated = pg_server.fetch_value(
         "SELECT array_agg(conname::text) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND convalidated", name
     )

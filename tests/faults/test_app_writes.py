@@ -8,7 +8,7 @@ production) and insert a row the old way (no user_id, no run_type), as an old ap
 Each write reads, in its own transaction, the step the upgrade is in before and after the write (alembic's
 version, the backfill checkpoints, 0004's write guard and constraints); a write counts for a step only when
 both readings agree. Gates make the short windows certain to be seen, without making any writer wait:
-- the version bump at the end of each revision waits (an EXCLUSIVE lock on ``alembic_version``, which no
+- the version bump at the end of each revision waits (an EXCLUSIVE lock on ``taskdb_alembic_version``, which no
   writer needs) until the writers have done every kind of write in that revision's window;
 - 0004's VALIDATEs wait (a SHARE UPDATE EXCLUSIVE lock on ``tasks``, which no writer conflicts with) until every
   kind of write went through while its CHECKs were NOT VALID.
@@ -45,7 +45,7 @@ from tests.helpers import CONSTRAINTS, Db, user_id
 pytestmark = pytest.mark.slow
 
 KINDS = ("insert_healthy", "claim", "complete", "fail", "update_legacy", "insert_old_style")
-# The windows every kind of write must reach: the revision being applied (alembic_version shows the one
+# The windows every kind of write must reach: the revision being applied (taskdb_alembic_version shows the one
 # before it), and the two long windows inside 0003 and 0004.
 WINDOWS = ("0002", "0003 backfill", "0004 catch-up", "0004 NOT VALID", "0005", "0006")
 NEXT = {
@@ -68,8 +68,8 @@ GATE_PATIENCE_S = 20.0  # a gate gives up (and the test then fails naming what i
 # plain reference would not even parse). A write reads it before and after itself: equal readings pin the step.
 PHASE_SQL = """
 SELECT
-  CASE WHEN to_regclass('public.alembic_version') IS NOT NULL THEN (xpath('/row/v/text()', query_to_xml(
-    'SELECT max(version_num) AS v FROM public.alembic_version', false, true, '')))[1]::text END,
+  CASE WHEN to_regclass('public.taskdb_alembic_version') IS NOT NULL THEN (xpath('/row/v/text()', query_to_xml(
+    'SELECT max(version_num) AS v FROM public.taskdb_alembic_version', false, true, '')))[1]::text END,
   CASE WHEN to_regclass('public.taskdb_backfill_progress') IS NOT NULL THEN (xpath('/row/v/text()', query_to_xml(
     'SELECT string_agg(job || ''='' || (finished_at IS NOT NULL), '','' ORDER BY job) AS v
      FROM public.taskdb_backfill_progress', false, true, '')))[1]::text END,
@@ -303,7 +303,7 @@ class Writer(threading.Thread):
 class VersionGate(threading.Thread):
     """Holds alembic's version bump at the end of each revision until every kind of write was seen in it.
 
-    An EXCLUSIVE lock on alembic_version blocks the upgrade's UPDATE of it (the revision's work is done and
+    An EXCLUSIVE lock on taskdb_alembic_version blocks the upgrade's UPDATE of it (the revision's work is done and
     committed by then) but no writer and no reader. Released and at once taken again every few ms once the
     current revision has what it needs: the re-take queues behind the upgrade's pending UPDATE, so it is in place
     again before the next revision can end.
@@ -328,8 +328,8 @@ class VersionGate(threading.Thread):
         try:
             with psycopg.connect(**self.conninfo | {"application_name": "version gate"}) as conn:
                 while not self.done.is_set():
-                    conn.execute("LOCK TABLE alembic_version IN EXCLUSIVE MODE")
-                    running = NEXT[conn.execute("SELECT max(version_num) FROM alembic_version").fetchone()[0]]
+                    conn.execute("LOCK TABLE taskdb_alembic_version IN EXCLUSIVE MODE")
+                    running = NEXT[conn.execute("SELECT max(version_num) FROM taskdb_alembic_version").fetchone()[0]]
                     started = time.monotonic()
                     time.sleep(0.005)  # (holding the lock: no gap in which a short revision could slip through)
                     while not self.done.is_set() and not self.satisfied(running):
@@ -405,8 +405,8 @@ def busy(db: Db) -> Db:
     )
     # alembic's own version table, empty (no revision yet), so that the gate can hold it from the start
     db.execute(
-        "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL, "
-        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        "CREATE TABLE taskdb_alembic_version (version_num varchar(32) NOT NULL, "
+        "CONSTRAINT taskdb_alembic_version_pkc PRIMARY KEY (version_num))"
     )
     return db
 

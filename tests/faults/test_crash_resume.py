@@ -23,7 +23,7 @@ template data (and, for the catch-up case, the same rows written after 0003).
 After every rerun (exit 0), compared with the reference:
 - the schema: ``pg_dump --schema-only`` (the server's own pg_dump) and the catalog (helpers_catalog);
 - an md5 per row of tasks, users and projects; task_hygiene_log as a multiset (ids and acted_at left out):
-  a duplicate log row is a difference; taskdb_backfill_progress (without its timestamps), alembic_version,
+  a duplicate log row is a difference; taskdb_backfill_progress (without its timestamps), taskdb_alembic_version,
   taskdb_owned_objects in creation order, the settings row, how many rows the cleanup cancelled, the
   taskdb roles, pg_cron's cron.job rows and taskdb_cron_jobs (without jobids);
 - no INVALID index and no NOT VALID constraint anywhere.
@@ -256,7 +256,7 @@ CASES = [
     ),
     Case(
         "0003-before-stamp",
-        "0003 done, alembic_version not moved: the rerun repeats 0003 and changes nothing",
+        "0003 done, taskdb_alembic_version not moved: the rerun repeats 0003 and changes nothing",
         "alembic",
         "migration.before_stamp:3",
     ),
@@ -478,7 +478,7 @@ def run_upgrade(
 
 def run_offline_script(server: PostgresServer, revision: str) -> subprocess.CompletedProcess[str]:
     """The DBA's rerun: ``taskdb sql <current revision>:<revision>``, applied with psql (NOTICEs on stderr)."""
-    current = server.fetch_value("SELECT max(version_num) FROM alembic_version", DATABASE)
+    current = server.fetch_value("SELECT max(version_num) FROM taskdb_alembic_version", DATABASE)
     env = upgrade_env(server)
     script = subprocess.run(
         [sys.executable, "-m", "taskdb.cli", "sql", f"{current or 'base'}:{revision}"],
@@ -605,7 +605,7 @@ def state(server: PostgresServer) -> dict[str, Any]:
                 "SELECT job, sweep, mode, last_id::text, rows_done, finished_at IS NOT NULL "
                 "FROM taskdb_backfill_progress ORDER BY job"
             ),
-            "alembic_version": q("SELECT version_num FROM alembic_version"),
+            "taskdb_alembic_version": q("SELECT version_num FROM taskdb_alembic_version"),
             "owned": q("SELECT kind, name, revision FROM taskdb_owned_objects ORDER BY seq"),
             "settings": q("SELECT to_jsonb(s)::text FROM task_hygiene_settings s"),
             "cleanup": q(

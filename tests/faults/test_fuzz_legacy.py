@@ -473,22 +473,22 @@ def catalog(conn: sa.Connection) -> dict[str, Any]:
     return {
         "relations": q(
             "SELECT c.relname, c.relkind FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
-            "AND c.relname NOT LIKE 'alembic_version%' AND c.relname NOT LIKE 'taskdb_owned_objects%' "
+            "AND c.relname NOT LIKE 'taskdb_alembic_version%' AND c.relname NOT LIKE 'taskdb_owned_objects%' "
             "ORDER BY 1"
         ),
         "columns": q(
             "SELECT table_name, column_name, data_type, is_nullable, column_default "
             "FROM information_schema.columns WHERE table_schema = 'public' "
-            "AND table_name NOT IN ('alembic_version', 'taskdb_owned_objects') ORDER BY 1, 2"
+            "AND table_name NOT IN ('taskdb_alembic_version', 'taskdb_owned_objects') ORDER BY 1, 2"
         ),
         "constraints": q(
             "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE connamespace = 'public'::regnamespace AND conrelid <> 0 "
-            "AND conrelid::regclass::text NOT IN ('alembic_version', 'taskdb_owned_objects') ORDER BY 1, 2"
+            "AND conrelid::regclass::text NOT IN ('taskdb_alembic_version', 'taskdb_owned_objects') ORDER BY 1, 2"
         ),
         "indexes": q(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
-            "AND tablename NOT IN ('alembic_version', 'taskdb_owned_objects') ORDER BY 1"
+            "AND tablename NOT IN ('taskdb_alembic_version', 'taskdb_owned_objects') ORDER BY 1"
         ),
         "functions": q("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1"),
     }
@@ -736,7 +736,7 @@ def check(engine: sa.Engine, url: str, scenario: Scenario) -> None:
             api.upgrade(url)
         assert all(task in str(stopped.value) for task in refused), stopped.value
         with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003_backfill"
+            assert conn.execute(sa.text("SELECT version_num FROM taskdb_alembic_version")).scalar() == "0003_backfill"
             assert set(snapshot(conn)) == set(original), "a row was lost or invented"
     else:
         check_upgraded(engine, url, original, predicted)
@@ -763,7 +763,7 @@ def check_upgraded(
     # 1. the upgrade never fails on data, and every constraint ends validated
     api.upgrade(url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006_cron"
+        assert conn.execute(sa.text("SELECT version_num FROM taskdb_alembic_version")).scalar() == "0006_cron"
         not_valid = conn.execute(
             sa.text("SELECT conname FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND NOT convalidated")
         ).scalars()

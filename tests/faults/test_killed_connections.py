@@ -234,7 +234,7 @@ def test_session_killed_mid_backfill(db: Db, reference: Db, front_end: str) -> N
         failed = finish(proc)
     checkpoint = db.rows("SELECT rows_done, finished_at FROM taskdb_backfill_progress")[0]
     assert checkpoint["finished_at"] is None and 50 <= checkpoint["rows_done"] < 450  # killed mid-backfill
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002_columns"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
     assert_clear_failure(db, failed, "0003_backfill", "step run_backfill()")
 
     rerun = run(front_end, db)
@@ -342,7 +342,7 @@ def test_the_upgrade_lock_session_killed_mid_backfill(db: Db, reference: Db) -> 
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr
     assert "the upgrade lock's session" in failed.stderr and "Rerun the same command" in failed.stderr
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002_columns"  # stopped before moving on
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"  # stopped before moving on
     rerun = run("taskdb", db)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_end_state(db, reference)

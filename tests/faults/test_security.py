@@ -129,7 +129,7 @@ def owner_database(server: PostgresServer, *, leave_out: str | None = None) -> t
     return database, role
 
 
-# What taskdb leaves behind in public (after `downgrade base`: nothing; Alembic keeps its empty alembic_version)
+# What taskdb leaves behind in public (after `downgrade base`: nothing; Alembic keeps its empty taskdb_alembic_version)
 TASKDB_RELATIONS = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
     "AND (c.relname LIKE 'task\\_%' OR c.relname LIKE 'taskdb%')"
@@ -194,12 +194,12 @@ def test_each_privilege_is_needed_and_a_refused_upgrade_loses_nothing(server: Po
     stopped_at, message = WITHOUT[missing]
     assert up.returncode == 1, up.stderr
     assert message in up.stderr and "Traceback" not in up.stderr
-    has_versions = value(server, database, "SELECT to_regclass('alembic_version') IS NOT NULL")
+    has_versions = value(server, database, "SELECT to_regclass('taskdb_alembic_version') IS NOT NULL")
     assert (
-        value(server, database, "SELECT max(version_num) FROM alembic_version") if has_versions else None
+        value(server, database, "SELECT max(version_num) FROM taskdb_alembic_version") if has_versions else None
     ) == stopped_at
     assert value(server, database, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tasks_taskdb_write_guard'") == 0
-    if stopped_at is None:  # refused before anything: not even alembic_version
+    if stopped_at is None:  # refused before anything: not even taskdb_alembic_version
         assert snapshot(server, database) == before and value(server, database, TASKDB_RELATIONS) == 0
 
     admin(server, database, OWNER_PRIVILEGES[missing].format(role=role))

@@ -155,7 +155,7 @@ def test_an_invalid_TASKDB_CRON_stops_the_upgrade_before_it_changes_anything(
     monkeypatch.setenv("TASKDB_CRON", "yes")
     with pytest.raises(ConfigError, match="TASKDB_CRON='yes'"):
         api.upgrade(with_driver(db.url, "psycopg"), raise_taskdb_errors=True)
-    assert catalog(db) == before and db.scalar("SELECT version_num FROM alembic_version") == "0005_hygiene"
+    assert catalog(db) == before and db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0005_hygiene"
 
 
 # -- the target database is cron.database_name ------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_require_fails_before_changing_anything_when_the_library_is_not_loaded(
     message = str(failure.value)
     assert message.startswith("TASKDB_CRON=require: pg_cron is not available")
     assert all(text in message for text in ENABLE_TEXT) and "Nothing was changed" in message
-    assert catalog(db) == before and db.scalar("SELECT version_num FROM alembic_version") == "0005_hygiene"
+    assert catalog(db) == before and db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0005_hygiene"
     db.engine.dispose()
 
 

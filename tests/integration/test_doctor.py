@@ -180,7 +180,7 @@ def test_a_database_without_taskdb_cannot_be_checked(db: Db) -> None:
 def test_a_monitoring_role_needs_taskdb_monitor_and_reads_the_jobs_runs_from_the_log(healthy: Db) -> None:
     role, password = f"doctor_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     healthy.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-    healthy.execute(f"GRANT SELECT ON tasks, alembic_version TO {role}")
+    healthy.execute(f"GRANT SELECT ON tasks, taskdb_alembic_version TO {role}")
     monitor = Db(sa.make_url(healthy.url).set(username=role, password=password).render_as_string(hide_password=False),
                  healthy.engine)  # fmt: skip
     try:

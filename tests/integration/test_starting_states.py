@@ -1,4 +1,4 @@
-"""The three starting states of DESIGN.md: empty, legacy (no user_id/run_type, no alembic_version),
+"""The three starting states of DESIGN.md: empty, legacy (no user_id/run_type, no taskdb_alembic_version),
 half-migrated (covered in depth by test_incident.py); and a table that cannot be adopted."""
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def test_empty_database_up_down_up(db: Db, driver: str) -> None:
     }
     assert {"id", "task_type", "params", "status", "attempts", "created_at"} <= not_null
     db.downgrade("base", driver=driver)
-    # everything taskdb created is gone: only alembic_version is left
+    # everything taskdb created is gone: only taskdb_alembic_version is left
     assert db.scalar(
         "SELECT array_agg(relname::text ORDER BY relname) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'S')"
-    ) == ["alembic_version"]
+    ) == ["taskdb_alembic_version"]
     db.upgrade(driver=driver)
     assert constraint_states(db) == dict.fromkeys(CONSTRAINTS, True)
 

@@ -90,7 +90,7 @@ def test_a_search_path_of_app_puts_the_queue_and_every_object_in_app(db: Db) -> 
     assert "0006_cron (head)" in taskdb(db, "current").stdout
     assert db.scalar("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
     assert db.scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
-    assert db.scalar("SELECT to_regclass('app.alembic_version') IS NOT NULL")
+    assert db.scalar("SELECT to_regclass('app.taskdb_alembic_version') IS NOT NULL")
     pinned = db.scalar("SELECT proconfig::text FROM pg_proc "
                        "WHERE oid = 'app.claim_next_task(text, text)'::regprocedure")
     assert pinned == '{"search_path=pg_catalog, app, pg_temp"}'

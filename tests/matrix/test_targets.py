@@ -41,5 +41,5 @@ def test_incident_up_down_up(target_db: Db, driver: str, pg_target_server) -> No
     db.downgrade("base", driver=driver)
     assert db.snapshot() == original
     db.upgrade(driver=driver)
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0006_cron"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0006_cron"
     print(f"ran on {pg_target_server.backend} PostgreSQL {pg_target_server.major} with {driver}")

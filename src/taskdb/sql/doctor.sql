@@ -4,7 +4,7 @@
 -- objects --
 -- Which taskdb objects exist: tells "nothing to check" from "not upgraded yet" from "check everything".
 SELECT to_regclass('tasks') IS NOT NULL AS has_tasks,
-       to_regclass('alembic_version') IS NOT NULL AS has_alembic_version,
+       to_regclass('taskdb_alembic_version') IS NOT NULL AS has_version_table,
        to_regclass('queue_health') IS NOT NULL AS has_queue_health,
        to_regclass('task_hygiene_settings') IS NOT NULL AS has_settings,
        to_regclass('taskdb_cron_jobs') IS NOT NULL AS has_cron_record,
@@ -14,8 +14,8 @@ SELECT to_regclass('tasks') IS NOT NULL AS has_tasks,
        now() AS checked_at
 
 -- revisions --
--- The database's Alembic revision(s): normally one row.
-SELECT version_num FROM alembic_version ORDER BY version_num
+-- taskdb's Alembic revision(s) in taskdb_alembic_version: normally one row.
+SELECT version_num FROM taskdb_alembic_version ORDER BY version_num
 
 -- queue_health --
 -- The health row as JSON (timestamps ISO, intervals as text) plus the two ages in seconds.

@@ -68,6 +68,26 @@ $taskdb$;
 -- upgrade_unlock --
 DO $taskdb$ BEGIN PERFORM pg_advisory_unlock({{lock_key}}); END $taskdb$;
 
+-- adopt_version --
+-- taskdb's revision lives in taskdb_alembic_version. A database an earlier taskdb stamped in the application's
+-- alembic_version gets its row moved here; the application's rows stay as they are (taskdb.version_table).
+DO $taskdb$
+DECLARE
+    v_ours CONSTANT text[] := {{ours}};
+    v_found text[];
+BEGIN
+    IF to_regclass('taskdb_alembic_version') IS NULL AND to_regclass('alembic_version') IS NOT NULL THEN
+        SELECT array_agg(version_num::text) INTO v_found FROM alembic_version WHERE version_num = ANY (v_ours);
+        IF cardinality(v_found) = 1 THEN
+            {{create}};
+            INSERT INTO taskdb_alembic_version (version_num) VALUES (v_found[1]);
+            DELETE FROM alembic_version WHERE version_num = v_found[1];
+            RAISE NOTICE 'taskdb''s revision % moved from alembic_version to taskdb_alembic_version', v_found[1];
+        END IF;
+    END IF;
+END
+$taskdb$;
+
 -- version_guard --
 -- The database must be at the revision this script starts from, or at one it upgrades to (a rerun).
 DO $taskdb$
@@ -75,8 +95,8 @@ DECLARE
     v_allowed CONSTANT text[] := {{allowed}};
     v_current text;
 BEGIN
-    IF to_regclass('alembic_version') IS NOT NULL THEN
-        SELECT string_agg(version_num, ', ') INTO v_current FROM alembic_version;
+    IF to_regclass('taskdb_alembic_version') IS NOT NULL THEN
+        SELECT string_agg(version_num, ', ') INTO v_current FROM taskdb_alembic_version;
     END IF;
     IF v_current IS NULL AND NOT {{from_base}} THEN
         RAISE EXCEPTION 'this script upgrades from revision % but the database has no taskdb revision: '
