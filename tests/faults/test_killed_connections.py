@@ -244,15 +244,16 @@ def test_session_killed_mid_backfill(db: Db, reference: Db, front_end: str) -> N
 
 
 def test_session_killed_mid_validate_constraint(db: Db, reference: Db) -> None:
-    # 20,000 healthy rows: each VALIDATE scans them for a few milliseconds, long enough for a watcher on
-    # the server, which terminates the upgrade's backend the moment it starts one
+    # 100,000 healthy rows: each VALIDATE scans them for tens of milliseconds, long enough for a watcher on
+    # the server, which terminates the upgrade's backend the moment it starts one (20,000 rows, a few ms each,
+    # let a busy machine's watcher miss every one of them)
     for target in (db, reference):
         target.load("half_migrated")
         target.execute(
             "INSERT INTO tasks (id, task_type, params, status, created_at, user_id, run_type) "
             "SELECT md5('healthy-' || n)::uuid, 'bulk', '{}', 'Complete', "
             "timestamptz '2025-09-01' + n * interval '1 second', md5('user-alice')::uuid, 'cloud' "
-            "FROM generate_series(1, 20000) n"
+            "FROM generate_series(1, 100000) n"
         )
     reference.upgrade()
 
