@@ -132,7 +132,8 @@ def owner_database(server: PostgresServer, *, leave_out: str | None = None) -> t
 # What taskdb leaves behind in public (after `downgrade base`: nothing; Alembic keeps its empty taskdb_alembic_version)
 TASKDB_RELATIONS = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
-    "AND (c.relname LIKE 'task\\_%' OR c.relname LIKE 'taskdb%')"
+    "AND (c.relname LIKE 'task\\_%' OR c.relname LIKE 'taskdb%') "
+    "AND c.relname NOT LIKE 'taskdb\\_alembic\\_version%'"
 )
 
 
