@@ -60,7 +60,7 @@ def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = F
 
 
 def current(url: str) -> None:
-    command.current(alembic_config(url, command="current"), verbose=False)
+    command.current(alembic_config(url, raise_taskdb_errors=True, command="current"), verbose=False)
 
 
 def history(*, verbose: bool = False) -> None:

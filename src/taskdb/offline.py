@@ -401,6 +401,14 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
     start = start or "base"
     if not isinstance(dest, str):  # a downgrade to base
         raise CommandError(DOWNGRADE_ONLINE)
+    for name in (start, dest):
+        try:
+            known = name in ("base", "head") or script.get_revision(name) is not None
+        except Exception:  # Alembic's ResolutionError and friends: not a revision of this chain
+            known = False
+        if not known:
+            raise CommandError(f"unknown revision {name!r} in the range {start}:{dest}; `taskdb history` lists "
+                               "the chain's revisions (e.g. taskdb sql base:head, taskdb sql 0003_backfill:head)")
     try:
         revisions = [r.revision for r in script.iterate_revisions(dest, start)]
     except Exception as exc:  # e.g. a downgrade range

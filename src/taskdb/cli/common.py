@@ -34,10 +34,20 @@ def emit(result: dict[str, Any], *, as_json: bool) -> None:
         if isinstance(value, list):
             print(f"{key}:")
             for item in value:
-                print("  " + (", ".join(f"{k}={v}" for k, v in item.items()) if isinstance(item, dict) else str(item)))
+                print("  " + (", ".join(f"{k}={human(v)}" for k, v in item.items()) if isinstance(item, dict)
+                              else human(item)))
         elif isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():
-                print(f"  {k}: {v}")
+                print(f"  {k}: {human(v)}")
         else:
-            print(f"{key}: {value}")
+            print(f"{key}: {human(value)}")
+
+
+def human(value: Any) -> str:
+    """A value as people read it: yes/no, none, never Python's True/False/None."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)

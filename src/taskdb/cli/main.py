@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+import taskdb
 from taskdb.cli import cleanup, cron, demo, doctor, migrate, plan, reset, sql
 from taskdb.cli.common import EXAMPLES
 from taskdb.cli.progress import setup_logging
@@ -26,20 +28,44 @@ def parser() -> argparse.ArgumentParser:
         "Exit codes: 0 done, 1 failed, 2 usage or connection, 3 lock retries exhausted.",
         formatter_class=EXAMPLES,
     )
-    top.add_argument(
-        "--url",
-        help="database URL, postgresql://… (psycopg 3) or postgresql+pg8000://… "
-        "(default: TASKDB_DATABASE_URL, then DATABASE_URL)",
-    )
+    top.add_argument("--version", action="version", version=f"taskdb {taskdb.__version__}")
+    top.add_argument("--url", help=URL_HELP)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
+    _url_after_the_command(sub)
     return top
+
+
+URL_HELP = ("database URL, postgresql://… (psycopg 3) or postgresql+pg8000://… "
+            "(default: TASKDB_DATABASE_URL, then DATABASE_URL)")
+
+
+def _url_after_the_command(sub: argparse._SubParsersAction) -> None:
+    """``taskdb plan --url …`` as well as ``taskdb --url … plan`` (also for ``cron status`` and the like); given
+    in both places, the one after the command wins."""
+    for command in sub.choices.values():
+        command.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _url_after_the_command(action)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log_handler = setup_logging()
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # `taskdb cleanup --dry-run | head`: the reader left; say nothing more (stdout to /dev/null, so that the
+        # interpreter's own flush at exit does not complain either), exit as a program killed by SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        log_handler.close()
+
+
+def _run(args: argparse.Namespace) -> int:
     url = None
     try:
         if getattr(args, "needs_url", True):
@@ -64,5 +90,3 @@ def main(argv: list[str] | None = None) -> int:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         print(f"taskdb: {args.command} failed: database error: {redact(reason, url)}", file=sys.stderr)
         return 1
-    finally:
-        log_handler.close()
