@@ -101,3 +101,23 @@ def test_exit_2_without_a_url_or_a_server_and_the_password_stays_hidden(driver: 
     assert unreachable.stdout.startswith("error: connection: cannot check: cannot connect to ")
     assert "app:***@127.0.0.1" in unreachable.stdout
     assert "s3cr" not in unreachable.stdout + unreachable.stderr
+
+
+def test_fail_on_error_prints_warnings_and_fails_only_on_errors(upgraded: Db, other_db: Db) -> None:
+    upgraded.execute(
+        "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
+        "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '3 days', CAST(:u AS uuid), 'cloud')",
+        id=str(uuid.uuid4()), u=user_id("bob"),
+    )
+    gate = taskdb("--url", upgraded.url, "doctor", "--fail-on", "error")
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert gate.stdout.splitlines()[0].startswith("warning: stale_queued: 1 Queued task(s) older than stale_after")
+    machine = taskdb("--url", upgraded.url, "doctor", "--json", "--fail-on", "error")
+    report = doctor_json(machine)
+    assert (machine.returncode, report["status"], report["exit_code"]) == (0, "warning", 0)
+    assert taskdb("--url", upgraded.url, "doctor").returncode == 1  # the default: warnings fail
+    other_db.load("half_migrated")
+    other_db.upgrade("0004_constraints")
+    assert taskdb("--url", other_db.url, "doctor", "--fail-on", "error").returncode == 2  # cannot check: still 2
+    bad = taskdb("--url", upgraded.url, "doctor", "--fail-on", "nothing")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -9,6 +9,9 @@ from taskdb.cli.common import EXAMPLES, add_json_flag, connection, print_json
 from taskdb.config import redact, resolve_url
 from taskdb.errors import ConfigError, ConnectError, TargetRefused
 
+# --fail-on: the least severe finding that fails the command
+FAIL_ON = ("warning", "error")
+
 # queue_health figures the summary line shows, with their labels
 SUMMARY_FIGURES = (
     ("queued_total", "queued"), ("claimable_cloud", "claimable cloud"), ("claimable_local", "claimable local"),
@@ -25,22 +28,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         "VALID or missing; INVALID indexes on tasks; the database revision behind head. One line per finding "
         "(what is wrong -> what to do), then a summary line.",
         epilog="Examples:\n  taskdb doctor\n  taskdb doctor --json | jq '.findings[].message'\n"
-        "  taskdb doctor --json > doctor.json   # CI gate: any non-zero exit fails the job\n\n"
-        "Exit codes: 0 healthy, 1 warnings, 2 cannot check (no URL, unreachable, not upgraded).",
+        "  taskdb doctor --json > doctor.json   # CI gate: any non-zero exit fails the job\n"
+        "  taskdb doctor --fail-on error        # deploy gate: warnings printed, only errors fail\n\n"
+        "Exit codes: 0 healthy, 1 warnings (0 with --fail-on error), 2 cannot check (no URL, unreachable, "
+        "not upgraded).",
         formatter_class=EXAMPLES,
     )
     add_json_flag(parser)
+    parser.add_argument(
+        "--fail-on", choices=FAIL_ON, default="warning",
+        help="the least severe finding that makes the exit non-zero: warning (default: exit 1 on warnings) or "
+        "error (warnings still printed, exit 0; for a deploy gate right after an upgrade, when Queued tasks may "
+        "be stale but not yet old enough to cancel)",
+    )
     # The URL is resolved here, not by main: "no URL" and "unreachable" are answers (exit 2, JSON) too.
     parser.set_defaults(run=run, needs_url=False)
 
 
 def run(args: argparse.Namespace, url: str | None) -> int:
     report = _diagnose(args.url)
+    code = exit_code(report, args.fail_on)
     if args.json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "exit_code": code})
     else:
         print("\n".join(render(report)))
-    return report.exit_code
+    return code
+
+
+def exit_code(report: doctor.Report, fail_on: str) -> int:
+    """0 healthy, 1 warnings (0 with ``--fail-on error``), 2 cannot check."""
+    return 0 if fail_on == "error" and report.exit_code == 1 else report.exit_code
 
 
 def _diagnose(explicit_url: str | None) -> doctor.Report:
