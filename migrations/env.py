@@ -78,11 +78,6 @@ def command_name() -> str:
     return getattr(cmd[0], "__name__", "migration") if cmd else "migration"
 
 
-def taskdb_revisions() -> list[str]:
-    """Every revision id of taskdb's chain (the only rows of alembic_version taskdb ever touches)."""
-    return [r.revision for r in context.script.walk_revisions()]
-
-
 def schema_argument() -> str | None:
     """``-x schema=...``: the queue's schema, as TASKDB_SCHEMA names it (taskdb.target)."""
     return context.get_x_argument(as_dictionary=True).get("schema")
@@ -110,7 +105,7 @@ def run_with(connection: Connection) -> None:
             with context.begin_transaction():
                 context.run_migrations()
             if version_table.revision(connection) is None and (legacy := version_table.legacy_revisions(
-                connection, taskdb_revisions()
+                connection, version_table.taskdb_revisions(context.script)
             )):
                 log.warning("taskdb's revision %s is still recorded in the application's %s: the next "
                             "`taskdb upgrade` moves it to %s", ", ".join(legacy), version_table.APPLICATION_TABLE,
@@ -129,7 +124,8 @@ def run_with(connection: Connection) -> None:
 
 def run_locked_chain(connection: Connection, command: str, schema: str) -> None:
     with UpgradeLock(connection.engine, command) as lock:
-        version_table.adopt(connection, taskdb_revisions())  # an earlier taskdb's row in alembic_version
+        # an earlier taskdb's row in the application's alembic_version moves to taskdb's own table
+        version_table.adopt(connection, version_table.taskdb_revisions(context.script))
         connection.commit()
         context.configure(
             connection=connection,

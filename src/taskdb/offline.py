@@ -40,7 +40,7 @@ from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
 from taskdb.sql import SCHEMA_TOKEN, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
-from taskdb.version_table import CREATE_SQL, VERSION_TABLE
+from taskdb.version_table import CREATE_SQL, VERSION_TABLE, taskdb_revisions
 
 # The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
 BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
@@ -437,8 +437,7 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
     out(template("schema_guard", schema=literal(script_schema(context)), schema_ident=literal(schema),
                  named="true" if named else "false").strip())
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
-    ours = [r.revision for r in script.walk_revisions()]
-    out(template("adopt_version", ours=text_array(ours), create=CREATE_SQL).strip())
+    out(template("adopt_version", ours=text_array(taskdb_revisions(script)), create=CREATE_SQL).strip())
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(
         "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",

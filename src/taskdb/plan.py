@@ -102,8 +102,7 @@ def revisions(conn: Connection) -> dict[str, Any]:
     script = ScriptDirectory.from_config(api.alembic_config(None))
     current = report.revision(conn)
     if current is None:  # an earlier taskdb's row in the application's alembic_version: the upgrade adopts it
-        legacy = version_table.legacy_revisions(conn, [r.revision for r in script.walk_revisions()])
-        current = legacy[0] if len(legacy) == 1 else None
+        current = version_table.legacy_revision(conn, version_table.taskdb_revisions(script))
     head = script.get_current_head()
     pending = list(reversed(list(script.iterate_revisions(head, current)))) if head != current else []
     return {

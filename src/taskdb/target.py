@@ -43,12 +43,12 @@ SELECT ARRAY(SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid
              ORDER BY 1) AS schemas,
        target.schema,
        EXISTS (SELECT FROM pg_namespace WHERE nspname = target.schema) AS schema_exists,
-       (SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p') AND n.nspname = target.schema) AS estimate,
-       EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relname = 'tasks' AND c.relkind IN ('r', 'p') AND n.nspname = target.schema) AS present,
+       here.oid IS NOT NULL AS present,
+       here.reltuples::bigint AS estimate,
        current_setting('search_path') AS search_path
 FROM target
+LEFT JOIN (pg_class here JOIN pg_namespace hn ON hn.oid = here.relnamespace)
+       ON here.relname = 'tasks' AND here.relkind IN ('r', 'p') AND hn.nspname = target.schema
 """
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from taskdb.db import rows, scalar
@@ -34,6 +35,11 @@ def revision(conn: Connection) -> str | None:
     return scalar(conn, f"SELECT version_num FROM {VERSION_TABLE}")
 
 
+def taskdb_revisions(script: ScriptDirectory) -> list[str]:
+    """Every revision id of taskdb's chain: the only rows of ``alembic_version`` taskdb ever looks at."""
+    return [r.revision for r in script.walk_revisions()]
+
+
 def legacy_revisions(conn: Connection, ours: Sequence[str]) -> list[str]:
     """taskdb's revisions still recorded in the application's ``alembic_version`` (only ours are looked at)."""
     if scalar(conn, f"SELECT to_regclass('{APPLICATION_TABLE}') IS NULL"):
@@ -50,11 +56,18 @@ def adopt(conn: Connection, ours: Sequence[str]) -> str | None:
     revision). The application's rows are neither read nor touched."""
     if scalar(conn, f"SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL"):
         return None
-    found = legacy_revisions(conn, ours)
-    if len(found) != 1:
-        return None  # none; or several (a branch merged into the app's chain): left for a person to sort out
+    found = legacy_revision(conn, ours)
+    if found is None:
+        return None
     conn.exec_driver_sql(CREATE_SQL)
-    conn.exec_driver_sql(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{found[0]}')")
-    conn.exec_driver_sql(f"DELETE FROM {APPLICATION_TABLE} WHERE version_num = '{found[0]}'")
-    log.info("taskdb's revision %s moved from %s to %s", found[0], APPLICATION_TABLE, VERSION_TABLE)
-    return found[0]
+    conn.exec_driver_sql(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{found}')")
+    conn.exec_driver_sql(f"DELETE FROM {APPLICATION_TABLE} WHERE version_num = '{found}'")
+    log.info("taskdb's revision %s moved from %s to %s", found, APPLICATION_TABLE, VERSION_TABLE)
+    return found
+
+
+def legacy_revision(conn: Connection, ours: Sequence[str]) -> str | None:
+    """The one taskdb revision in ``alembic_version``; None for none, or for several (a branch merged into the
+    app's chain: left for a person to sort out)."""
+    found = legacy_revisions(conn, ours)
+    return found[0] if len(found) == 1 else None

@@ -11,17 +11,11 @@ import sys
 
 import pytest
 
-import taskdb
+from taskdb import __version__
+from tests.acceptance.test_cli import URL_VARS, taskdb
 from tests.helpers import Db
 
-URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 UNREACHABLE = "postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere"
-
-
-def taskdb_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int, *needed: str) -> str:
@@ -35,29 +29,29 @@ def one_line(result: subprocess.CompletedProcess[str], code: int, *needed: str) 
 
 
 def test_version() -> None:
-    result = taskdb_cli("--version")
-    assert (result.returncode, result.stdout.strip()) == (0, f"taskdb {taskdb.__version__}")
+    result = taskdb("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"taskdb {__version__}")
 
 
 def test_url_after_the_command_as_well_as_before(db: Db) -> None:
     db.load("half_migrated")
     db.upgrade()
-    assert "0006_cron (head)" in taskdb_cli("current", "--url", db.url).stdout
-    assert taskdb_cli("cron", "status", "--json", "--url", db.url).returncode == 0
+    assert "0006_cron (head)" in taskdb("current", "--url", db.url).stdout
+    assert taskdb("cron", "status", "--json", "--url", db.url).returncode == 0
     # given twice, the one after the command wins
-    assert "0006_cron (head)" in taskdb_cli("--url", UNREACHABLE, "current", "--url", db.url).stdout
+    assert "0006_cron (head)" in taskdb("--url", UNREACHABLE, "current", "--url", db.url).stdout
 
 
 @pytest.mark.parametrize("command", [("current",), ("plan",), ("upgrade",), ("cleanup",), ("cron", "status")])
 def test_an_unreachable_server_is_exit_2_and_one_line_on_every_command(command: tuple[str, ...]) -> None:
-    line = one_line(taskdb_cli(*command, "--url", UNREACHABLE), 2, "cannot connect to", "127.0.0.1:1")
+    line = one_line(taskdb(*command, "--url", UNREACHABLE), 2, "cannot connect to", "127.0.0.1:1")
     assert "s3cret-pw" not in line
 
 
 @pytest.mark.parametrize("revision_range", ["bogus", "0003_backfill:nope"])
 def test_an_unknown_revision_is_named(revision_range: str) -> None:
     bad = revision_range.rsplit(":", 1)[-1]
-    one_line(taskdb_cli("sql", revision_range), 1, f"unknown revision {bad!r}", "taskdb history")
+    one_line(taskdb("sql", revision_range), 1, f"unknown revision {bad!r}", "taskdb history")
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
@@ -75,7 +69,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
 def test_text_output_has_no_python_words(db: Db) -> None:
     db.load("half_migrated")
     db.upgrade()
-    result = taskdb_cli("--url", db.url, "cleanup", "--dry-run")
+    result = taskdb("--url", db.url, "cleanup", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
     assert not re.search(r"\b(True|False|None)\b", result.stdout), result.stdout
