@@ -1,5 +1,5 @@
-"""Fixtures. The servers and fresh databases come from the taskdb pytest plugin (``pg_server``,
-``pg_url``, ``pg_target_server``), which starts a real PostgreSQL with pg_cron preloaded.
+"""Fixtures. The servers and fresh databases come from the taskdb pytest plugin (``taskdb_pg_server``,
+``taskdb_pg_url``, ``taskdb_pg_target_server``), which starts a real PostgreSQL with pg_cron preloaded.
 
 ``db`` is the queue in ``public`` by default. A module or test that parametrizes it indirectly with ``app``
 (``QUEUE_SCHEMAS``) gets the queue in schema ``app`` instead, named by ``TASKDB_SCHEMA`` and seen through a
@@ -20,18 +20,18 @@ QUEUE_SCHEMAS = pytest.mark.parametrize("db", ["public", "app"], indirect=True)
 
 
 @pytest.fixture
-def db(request: pytest.FixtureRequest, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:
+def db(request: pytest.FixtureRequest, taskdb_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:
     """A fresh, empty database on the session's server, dropped after the test."""
     schema = getattr(request, "param", "public")
     if schema == "public":
-        engine = sa.create_engine(with_driver(pg_url, "psycopg"), poolclass=sa.NullPool)
+        engine = sa.create_engine(with_driver(taskdb_pg_url, "psycopg"), poolclass=sa.NullPool)
         try:
-            yield Db(pg_url, engine)
+            yield Db(taskdb_pg_url, engine)
         finally:
             engine.dispose()
         return
-    public = sa.create_engine(with_driver(pg_url, "psycopg"), poolclass=sa.NullPool)
-    queue = schema_db(pg_url, schema)
+    public = sa.create_engine(with_driver(taskdb_pg_url, "psycopg"), poolclass=sa.NullPool)
+    queue = schema_db(taskdb_pg_url, schema)
     try:
         with public.begin() as conn:
             seeds.load_schema(conn, "half_migrated")  # another application's queue in public
@@ -66,9 +66,9 @@ def public_schema(engine: sa.Engine) -> dict[str, object]:
 
 
 @pytest.fixture
-def other_db(pg_server, pg_database_factory) -> Iterator[Db]:
+def other_db(taskdb_pg_server, taskdb_pg_database_factory) -> Iterator[Db]:
     """A second fresh database on the same server (for side-by-side comparisons)."""
-    url = pg_server.url(pg_database_factory())
+    url = taskdb_pg_server.url(taskdb_pg_database_factory())
     engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool)
     try:
         yield Db(url, engine)

@@ -62,9 +62,9 @@ class Database:
 
 
 @pytest.fixture
-def database(pg_server: PostgresServer, pg_database_factory: Callable[..., str]) -> Iterator[Database]:
+def database(taskdb_pg_server: PostgresServer, taskdb_pg_database_factory: Callable[..., str]) -> Iterator[Database]:
     """A fresh database holding a marker table that a reset must make disappear."""
-    db = Database(pg_server, pg_database_factory())
+    db = Database(taskdb_pg_server, taskdb_pg_database_factory())
     db.make_marker()
     yield db
 
@@ -180,14 +180,14 @@ def test_reset_none_gives_empty_tables_at_head(database: Database, driver: str) 
 
 
 def test_reset_creates_a_database_that_does_not_exist(
-    pg_server: PostgresServer, pg_database_factory: Callable[..., str]
+    taskdb_pg_server: PostgresServer, taskdb_pg_database_factory: Callable[..., str]
 ) -> None:
-    name = pg_database_factory()  # dropped again after the test, whatever happens
-    pg_server.drop_database(name)
-    result = taskdb("--url", pg_server.url(name), "reset", "--seed", "incident")
+    name = taskdb_pg_database_factory()  # dropped again after the test, whatever happens
+    taskdb_pg_server.drop_database(name)
+    result = taskdb("--url", taskdb_pg_server.url(name), "reset", "--seed", "incident")
     assert result.returncode == 0, result.stderr
     assert f'taskdb reset: created database "{name}"' in result.stdout and "dropped and" not in result.stdout
-    assert pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
+    assert taskdb_pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
 
 
 def test_reset_removes_the_cron_jobs_of_the_old_database(database: Database) -> None:
@@ -252,11 +252,11 @@ def test_refuses_pghost_that_is_not_local(database: Database) -> None:
     assert not database.has_table(MARKER)
 
 
-def test_refuses_the_maintenance_database_even_with_force(pg_server: PostgresServer) -> None:
-    result = taskdb("--url", pg_server.url("postgres"), "reset", "--force")
+def test_refuses_the_maintenance_database_even_with_force(taskdb_pg_server: PostgresServer) -> None:
+    result = taskdb("--url", taskdb_pg_server.url("postgres"), "reset", "--force")
     assert result.returncode == 2 and 'refusing to reset database "postgres"' in result.stderr
     assert result.stdout == ""
-    assert pg_server.fetch_value("SELECT count(*) FROM pg_database WHERE datname = 'postgres'") == 1
+    assert taskdb_pg_server.fetch_value("SELECT count(*) FROM pg_database WHERE datname = 'postgres'") == 1
 
 
 def test_usage_errors_exit_2_with_one_line(database: Database) -> None:

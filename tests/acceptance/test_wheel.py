@@ -8,6 +8,7 @@ directory outside the checkout, so nothing can fall back to the checkout's migra
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -45,7 +46,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = work / "dist"
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", dist, ROOT], cwd=work)
     assert built.returncode == 0, built.stdout + built.stderr
-    [wheel] = dist.glob("taskdb-*.whl")
+    [wheel] = dist.glob("taskdb_pg-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     for needed in ("taskdb/_alembic/alembic.ini", f"taskdb/_alembic/migrations/versions/{HEAD}.py",
@@ -53,6 +54,9 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "taskdb/seeds/demo.sql", "taskdb/py.typed"):  # fmt: skip
         assert needed in names, f"{needed} missing from {wheel.name}"
     assert not any(name.startswith("tests/") for name in names)
+    (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(wheel) as archive:
+        (work / "METADATA").write_bytes(archive.read(metadata))
 
     venv = work / "venv"
     made = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=work)
@@ -84,26 +88,40 @@ def test_history_works_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
 
 
 def test_upgrade_from_the_wheel_repairs_the_incident(
-    wheel_venv: Path, tmp_path: Path, pg_server: PostgresServer, pg_database_factory: Callable[..., str]
+    wheel_venv: Path, tmp_path: Path, taskdb_pg_server: PostgresServer, taskdb_pg_database_factory: Callable[..., str]
 ) -> None:
-    name = pg_database_factory()
-    load_incident(pg_server.url(name))
+    name = taskdb_pg_database_factory()
+    load_incident(taskdb_pg_server.url(name))
     assert tmp_path.resolve() != ROOT and not tmp_path.resolve().is_relative_to(ROOT)
 
-    upgrade = run([wheel_venv / "bin" / "taskdb", "--url", pg_server.url(name), "upgrade"], cwd=tmp_path)
+    upgrade = run([wheel_venv / "bin" / "taskdb", "--url", taskdb_pg_server.url(name), "upgrade"], cwd=tmp_path)
     assert upgrade.returncode == 0, upgrade.stderr
     assert f"<none> -> {HEAD}" in upgrade.stdout
-    assert pg_server.password not in upgrade.stdout + upgrade.stderr
+    assert taskdb_pg_server.password not in upgrade.stdout + upgrade.stderr
 
-    assert pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
-    validated = pg_server.fetch_value(
+    assert taskdb_pg_server.fetch_value("SELECT version_num FROM taskdb_alembic_version", name) == HEAD
+    validated = taskdb_pg_server.fetch_value(
         "SELECT array_agg(conname::text) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND convalidated", name
     )
     assert set(validated) >= CONSTRAINTS
-    assert pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'",
+    assert taskdb_pg_server.fetch_value(
+        "SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'",
                                  name) == 0  # fmt: skip
-    assert pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL", name) > 0
+    assert taskdb_pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL", name) > 0
 
-    current = run([wheel_venv / "bin" / "taskdb", "--url", pg_server.url(name, "pg8000"), "current"], cwd=tmp_path)
+    url = taskdb_pg_server.url(name, "pg8000")
+    current = run([wheel_venv / "bin" / "taskdb", "--url", url, "current"], cwd=tmp_path)
     assert current.returncode == 0, current.stderr
     assert HEAD in current.stdout + current.stderr
+
+
+def test_installing_taskdb_does_not_pull_test_tools(wheel_venv: Path) -> None:
+    """An app installing taskdb-pg gets no pytest or testcontainers: those come only with the [testing] extra."""
+    lines = (wheel_venv.parent / "METADATA").read_text().splitlines()
+    assert "Name: taskdb-pg" in lines
+    requires = [line.removeprefix("Requires-Dist: ") for line in lines if line.startswith("Requires-Dist: ")]
+    unconditional = {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
+    assert unconditional == {"alembic", "sqlalchemy", "psycopg", "pg8000", "rich"}, unconditional
+    testing = {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower() for r in requires
+               if re.search(r"extra == ['\"]testing['\"]", r)}
+    assert {"pytest", "testcontainers"} <= testing, requires

@@ -411,12 +411,12 @@ def busy(db: Db) -> Db:
     return db
 
 
-def test_application_writes_go_through_every_step_of_the_upgrade(busy: Db, pg_server) -> None:
+def test_application_writes_go_through_every_step_of_the_upgrade(busy: Db, taskdb_pg_server) -> None:
     db = busy
     from sqlalchemy.engine import make_url
 
     database = make_url(db.url).database
-    conninfo = pg_server.connect_kwargs(database)
+    conninfo = taskdb_pg_server.connect_kwargs(database)
     legacy = [
         r["id"] for r in db.rows("SELECT id::text AS id FROM tasks WHERE user_id IS NULL AND task_type <> 'bulk'")
     ]

@@ -398,13 +398,13 @@ SHAPE_SQL = {
 
 
 @pytest.fixture(scope="module")
-def templates(pg_server) -> Iterator[dict[str, str]]:
+def templates(taskdb_pg_server) -> Iterator[dict[str, str]]:
     """One prepared database per shape (the application's schema, no rows), copied for every example."""
     made: dict[str, str] = {}
     try:
         for shape, script in SHAPE_SQL.items():
-            made[shape] = pg_server.create_database()
-            engine = sa.create_engine(with_driver(pg_server.url(made[shape]), "psycopg"), poolclass=sa.NullPool)
+            made[shape] = taskdb_pg_server.create_database()
+            engine = sa.create_engine(with_driver(taskdb_pg_server.url(made[shape]), "psycopg"), poolclass=sa.NullPool)
             try:
                 with engine.begin() as conn:
                     conn.exec_driver_sql(script)
@@ -413,7 +413,7 @@ def templates(pg_server) -> Iterator[dict[str, str]]:
         yield made
     finally:
         for name in made.values():
-            pg_server.drop_database(name)
+            taskdb_pg_server.drop_database(name)
 
 
 @pytest.fixture(scope="module")
@@ -701,12 +701,12 @@ NASTY = [
 @example(scenario=NASTY[6])
 @example(scenario=NASTY[7])
 @example(scenario=NASTY[8])
-def test_fuzzed_legacy_rows_upgrade_and_downgrade(pg_server, templates, no_cron, scenario: Scenario) -> None:
+def test_fuzzed_legacy_rows_upgrade_and_downgrade(taskdb_pg_server, templates, no_cron, scenario: Scenario) -> None:
     note(f"scenario: {scenario!r}")
-    name = pg_server.create_database(template=templates[scenario.shape])
+    name = taskdb_pg_server.create_database(template=templates[scenario.shape])
     previous_batch = os.environ.get("TASKDB_BACKFILL_BATCH_SIZE")
     os.environ["TASKDB_BACKFILL_BATCH_SIZE"] = str(scenario.batch_size)
-    url = pg_server.url(name)
+    url = taskdb_pg_server.url(name)
     engine = create_engine(with_driver(url, "psycopg"))
     try:
         check(engine, with_driver(url, scenario.driver), scenario)
@@ -716,7 +716,7 @@ def test_fuzzed_legacy_rows_upgrade_and_downgrade(pg_server, templates, no_cron,
             os.environ.pop("TASKDB_BACKFILL_BATCH_SIZE", None)
         else:
             os.environ["TASKDB_BACKFILL_BATCH_SIZE"] = previous_batch
-        pg_server.drop_database(name)
+        taskdb_pg_server.drop_database(name)
 
 
 def check(engine: sa.Engine, url: str, scenario: Scenario) -> None:

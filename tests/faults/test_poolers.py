@@ -141,20 +141,20 @@ def upgrade_locks_left(server: PostgresServer) -> int:
 
 
 @pytest.fixture(scope="module")
-def transaction_pooler(pg_server: PostgresServer) -> Iterator[PgBouncer]:
-    with PgBouncer(pg_server, mode="transaction", pool_size=3) as pooler:
+def transaction_pooler(taskdb_pg_server: PostgresServer) -> Iterator[PgBouncer]:
+    with PgBouncer(taskdb_pg_server, mode="transaction", pool_size=3) as pooler:
         yield pooler
 
 
 @pytest.fixture(scope="module")
-def session_pooler(pg_server: PostgresServer) -> Iterator[PgBouncer]:
-    with PgBouncer(pg_server, mode="session", pool_size=10) as pooler:
+def session_pooler(taskdb_pg_server: PostgresServer) -> Iterator[PgBouncer]:
+    with PgBouncer(taskdb_pg_server, mode="session", pool_size=10) as pooler:
         yield pooler
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_every_command_through_a_transaction_pooler_leaves_the_workers_nothing(
-    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, driver: str
+    db: Db, other_db: Db, taskdb_pg_server: PostgresServer, transaction_pooler: PgBouncer, driver: str
 ) -> None:
     for target in (db, other_db):
         prepare(target)
@@ -177,14 +177,14 @@ def test_every_command_through_a_transaction_pooler_leaves_the_workers_nothing(
           f"connections, {len(workers.errors)} errors, {len(workers.leaks)} leaks")
     workers.assert_untouched()
     assert len(workers.backends) >= 2  # the pool really rotated the workers over several server connections
-    assert upgrade_locks_left(pg_server) == 0
+    assert upgrade_locks_left(taskdb_pg_server) == 0
     assert_same_end_state(db, other_db)
 
 
 @pytest.mark.parametrize("db", ["app"], indirect=True)  # beside another application's public.tasks (conftest)
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_queue_in_another_schema_through_a_transaction_pooler(
-    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, driver: str
+    db: Db, other_db: Db, taskdb_pg_server: PostgresServer, transaction_pooler: PgBouncer, driver: str
 ) -> None:
     """TASKDB_SCHEMA=app where the pooler gives every transaction a session whose search_path is the default
     one (PgBouncer passes no startup options): each taskdb transaction names the schema itself."""
@@ -201,7 +201,7 @@ def test_a_queue_in_another_schema_through_a_transaction_pooler(
             ok(taskdb(url, "doctor", TASKDB_SCHEMA="app"), 0, 1)
             time.sleep(0.5)
         workers.assert_untouched()
-        assert upgrade_locks_left(pg_server) == 0
+        assert upgrade_locks_left(taskdb_pg_server) == 0
         assert_same_end_state(db, reference)
     finally:
         reference.engine.dispose()
@@ -209,7 +209,7 @@ def test_a_queue_in_another_schema_through_a_transaction_pooler(
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_upgrade_through_a_session_pooler(
-    db: Db, other_db: Db, pg_server: PostgresServer, session_pooler: PgBouncer, driver: str
+    db: Db, other_db: Db, taskdb_pg_server: PostgresServer, session_pooler: PgBouncer, driver: str
 ) -> None:
     for target in (db, other_db):
         prepare(target)
@@ -220,7 +220,7 @@ def test_upgrade_through_a_session_pooler(
         ok(taskdb(url, "upgrade"))
         ok(taskdb(url, "plan"))
     workers.assert_untouched()
-    assert upgrade_locks_left(pg_server) == 0
+    assert upgrade_locks_left(taskdb_pg_server) == 0
     assert_same_end_state(db, other_db)
 
 
@@ -229,8 +229,8 @@ PAIRS = 5
 
 @pytest.mark.parametrize("path", ["direct", "transaction pooler", "session pooler"])
 def test_two_pods_upgrade_at_once(
-    db: Db, other_db: Db, pg_server: PostgresServer, transaction_pooler: PgBouncer, session_pooler: PgBouncer,
-    pg_database_factory, path: str,
+    db: Db, other_db: Db, taskdb_pg_server: PostgresServer, transaction_pooler: PgBouncer, session_pooler: PgBouncer,
+    taskdb_pg_database_factory, path: str,
 ) -> None:
     """Five pairs of `taskdb upgrade` started together under writer traffic: both exit 0 every time (the
     second waits for the first, then finds the work done), and the end is that of one uninterrupted run."""
@@ -239,14 +239,14 @@ def test_two_pods_upgrade_at_once(
     reference = row_checksums(other_db)
     waited = 0
     for pair in range(PAIRS):
-        name = pg_database_factory()
-        engine = sa.create_engine(with_driver(pg_server.url(name), "psycopg"), poolclass=sa.NullPool)
-        target = Db(pg_server.url(name), engine)
+        name = taskdb_pg_database_factory()
+        engine = sa.create_engine(with_driver(taskdb_pg_server.url(name), "psycopg"), poolclass=sa.NullPool)
+        target = Db(taskdb_pg_server.url(name), engine)
         try:
             prepare(target, bulk=3000)
             pooler = {"transaction pooler": transaction_pooler, "session pooler": session_pooler}.get(path)
-            url = pooler.url(name) if pooler else pg_server.url(name)
-            conninfo = pooler.conninfo(name) if pooler else pg_server.url(name)
+            url = pooler.url(name) if pooler else taskdb_pg_server.url(name)
+            conninfo = pooler.conninfo(name) if pooler else taskdb_pg_server.url(name)
             workers = Workers(conninfo, count=2)
             with workers.running():
                 env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
@@ -264,7 +264,7 @@ def test_two_pods_upgrade_at_once(
                 assert "Traceback" not in err
             waited += sum("holds the upgrade lock" in err for _, _, err in results)
             workers.assert_untouched(minimum_writes=5)
-            assert upgrade_locks_left(pg_server) == 0
+            assert upgrade_locks_left(taskdb_pg_server) == 0
             assert row_checksums(target) == reference
             assert_same_end_state(target, other_db)
         finally:

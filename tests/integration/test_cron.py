@@ -238,14 +238,14 @@ def test_downgrade_keeps_a_pg_cron_that_was_there_before(same_server: PostgresSe
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_other_database_schedules_in_database_and_downgrade_removes_it(
-    pg_server: PostgresServer, db: Db, driver: str
+    taskdb_pg_server: PostgresServer, db: Db, driver: str
 ) -> None:
-    cron_db = pg_server.cron_database
+    cron_db = taskdb_pg_server.cron_database
     name = db.scalar("SELECT current_database()")
     assert cron_db != name
     db.load("half_migrated")
     db.upgrade(driver=driver)  # connects to cron_db with the same URL and driver
-    [job] = jobs_in(pg_server, cron_db, name)
+    [job] = jobs_in(taskdb_pg_server, cron_db, name)
     recorded = db.rows("SELECT * FROM taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'")[0]
     assert (recorded["jobname"], recorded["jobid"]) == (job["jobname"], job["jobid"])
     assert recorded["cron_database"] == cron_db and recorded["run_database"] == name
@@ -253,11 +253,11 @@ def test_other_database_schedules_in_database_and_downgrade_removes_it(
     assert job["command"] == f"CALL \"public\".taskdb_cancel_stale_queued_all('pg_cron job {job['jobname']}')"
     assert db.scalar("SELECT to_regclass('cron.job')") is None  # nothing of pg_cron in the target database
     assert health(db) == (True, None)  # installed (recorded); active unknown from here
-    purge = [j for j in jobs_in(pg_server, cron_db, cron_db) if j["jobname"] == "taskdb_purge_cron_history"]
+    purge = [j for j in jobs_in(taskdb_pg_server, cron_db, cron_db) if j["jobname"] == "taskdb_purge_cron_history"]
     assert len(purge) == 1
 
     db.downgrade("0005_hygiene", driver=driver)
-    assert jobs_in(pg_server, cron_db, name) == []
+    assert jobs_in(taskdb_pg_server, cron_db, name) == []
     assert db.scalar("SELECT to_regclass('taskdb_cron_jobs')") is None
     assert health(db) == (False, None)  # 0005's function again: no cron.job here
 
@@ -290,22 +290,22 @@ def test_two_databases_share_the_cron_database_without_taking_each_others_job(ta
 
 
 def test_a_second_upgrade_changes_nothing_and_a_new_schedule_updates_the_job(
-    pg_server: PostgresServer, db: Db
+    taskdb_pg_server: PostgresServer, db: Db
 ) -> None:
-    cron_db, name = pg_server.cron_database, db.scalar("SELECT current_database()")
+    cron_db, name = taskdb_pg_server.cron_database, db.scalar("SELECT current_database()")
     db.load("half_migrated")
     db.upgrade()
-    [before] = jobs_in(pg_server, cron_db, name)
+    [before] = jobs_in(taskdb_pg_server, cron_db, name)
     recorded = db.rows("SELECT job, xmin::text AS xmin FROM taskdb_cron_jobs ORDER BY job")
     stamp(db, "0005_hygiene")  # as after a crash between scheduling and recording the version
     db.upgrade()
-    assert jobs_in(pg_server, cron_db, name) == [before]  # same jobid, same row version: not rewritten
+    assert jobs_in(taskdb_pg_server, cron_db, name) == [before]  # same jobid, same row version: not rewritten
     assert db.rows("SELECT job, xmin::text AS xmin FROM taskdb_cron_jobs ORDER BY job") == recorded
 
     db.execute("UPDATE task_hygiene_settings SET cleanup_schedule = '30 4 * * *'")
     stamp(db, "0005_hygiene")
     db.upgrade()
-    [after] = jobs_in(pg_server, cron_db, name)
+    [after] = jobs_in(taskdb_pg_server, cron_db, name)
     assert (after["jobid"], after["schedule"]) == (before["jobid"], "30 4 * * *")
     assert db.scalar("SELECT schedule FROM taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'") == "30 4 * * *"
 
@@ -333,13 +333,13 @@ def test_a_seconds_schedule_is_checked_against_the_servers_pg_cron(target_server
     db.engine.dispose()
 
 
-def test_skip_never_installs_the_job(pg_server: PostgresServer, db: Db, monkeypatch: pytest.MonkeyPatch,
+def test_skip_never_installs_the_job(taskdb_pg_server: PostgresServer, db: Db, monkeypatch: pytest.MonkeyPatch,
                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     monkeypatch.setenv("TASKDB_CRON", "skip")
     db.load("half_migrated")
     with caplog.at_level(logging.WARNING, logger="taskdb.cron"):
         db.upgrade()
-    assert jobs_in(pg_server, pg_server.cron_database, db.scalar("SELECT current_database()")) == []
+    assert jobs_in(taskdb_pg_server, taskdb_pg_server.cron_database, db.scalar("SELECT current_database()")) == []
     assert db.scalar("SELECT count(*) FROM taskdb_cron_jobs") == 0
     assert health(db) == (False, False)
     assert cron_warnings(caplog) == []

@@ -96,18 +96,18 @@ def same_db(same_server: PostgresServer) -> Iterator[Db]:
 # -- install / remove ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_remove_then_install_restores_the_jobs(pg_server: PostgresServer, upgraded: Db, driver: str) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [before] = jobs_in(pg_server, cron_db, name)
+def test_remove_then_install_restores_the_jobs(taskdb_pg_server: PostgresServer, upgraded: Db, driver: str) -> None:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [before] = jobs_in(taskdb_pg_server, cron_db, name)
     assert before["schedule"] == "15 3 * * *" and health(db) == (True, None)
 
     removed = ok_json(taskdb(db, driver, "cron", "remove", "--json"))
     assert removed["changed"] is True and removed["cleared"] == 2
     outcomes = {job["job"]: job["outcome"] for job in removed["jobs"]}
-    others = [j for j in jobs_in(pg_server, cron_db) if j["command"].startswith("CALL")]
+    others = [j for j in jobs_in(taskdb_pg_server, cron_db) if j["command"].startswith("CALL")]
     # the purge job serves every taskdb database of the server: it goes with the last cleanup job only
     assert outcomes == {CLEANUP: "unscheduled", cron.PURGE_JOB: "kept" if others else "unscheduled"}
-    assert jobs_in(pg_server, cron_db, name) == []
+    assert jobs_in(taskdb_pg_server, cron_db, name) == []
     assert db.scalar("SELECT count(*) FROM taskdb_cron_jobs") == 0
     assert health(db) == (False, False)
 
@@ -124,11 +124,11 @@ def test_remove_then_install_restores_the_jobs(pg_server: PostgresServer, upgrad
     assert again["changed"] is False and again["message"].startswith("nothing to remove")
     sync = taskdb(db, driver, "cron", "sync")  # a removed job is not brought back by sync
     assert sync.returncode == 1 and "nothing to sync" in sync.stderr and "taskdb cron install" in sync.stderr
-    assert jobs_in(pg_server, cron_db, name) == []
+    assert jobs_in(taskdb_pg_server, cron_db, name) == []
 
     installed = ok_json(taskdb(db, driver, "cron", "install", "--json"))
     assert installed["changed"] is True and installed["schedule"] == "15 3 * * *"
-    [after] = jobs_in(pg_server, cron_db, name)
+    [after] = jobs_in(taskdb_pg_server, cron_db, name)
     assert (after["jobname"], after["schedule"], after["active"]) == (before["jobname"], "15 3 * * *", True)
     assert after["command"] == before["command"]
     assert {r["job"]: r["jobid"] for r in recorded(db)}[CLEANUP] == after["jobid"]
@@ -137,7 +137,7 @@ def test_remove_then_install_restores_the_jobs(pg_server: PostgresServer, upgrad
     rows_before = recorded(db)
     same = ok_json(taskdb(db, driver, "cron", "install", "--json"))  # idempotent: nothing rewritten
     assert same["changed"] is False and "nothing changed" in same["message"]
-    assert jobs_in(pg_server, cron_db, name) == [after] and recorded(db) == rows_before
+    assert jobs_in(taskdb_pg_server, cron_db, name) == [after] and recorded(db) == rows_before
 
 
 def test_remove_in_the_same_database_leaves_no_taskdb_job(same_server: PostgresServer, same_db: Db) -> None:
@@ -177,12 +177,14 @@ def test_remove_keeps_a_pg_cron_and_jobs_that_are_not_taskdbs(same_server: Postg
 # -- sync ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_sync_applies_an_update_of_cleanup_schedule(pg_server: PostgresServer, upgraded: Db, driver: str) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [before] = jobs_in(pg_server, cron_db, name)
+def test_sync_applies_an_update_of_cleanup_schedule(
+    taskdb_pg_server: PostgresServer, upgraded: Db, driver: str,
+) -> None:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [before] = jobs_in(taskdb_pg_server, cron_db, name)
     in_sync = ok_json(taskdb(db, driver, "cron", "sync", "--json"))
     assert in_sync["changed"] is False and in_sync["message"].startswith("already in sync")
-    assert jobs_in(pg_server, cron_db, name) == [before]  # not even rewritten (same row version)
+    assert jobs_in(taskdb_pg_server, cron_db, name) == [before]  # not even rewritten (same row version)
 
     db.execute("UPDATE task_hygiene_settings SET cleanup_schedule = '30 4 * * *'")  # the DBA's change
     status = ok_json(taskdb(db, driver, "cron", "status", "--json"))
@@ -192,16 +194,16 @@ def test_sync_applies_an_update_of_cleanup_schedule(pg_server: PostgresServer, u
     synced = taskdb(db, driver, "cron", "sync")
     assert synced.returncode == 0, synced.stderr
     assert "rescheduled from '15 3 * * *'" in synced.stdout and "synced" in synced.stdout
-    [after] = jobs_in(pg_server, cron_db, name)
+    [after] = jobs_in(taskdb_pg_server, cron_db, name)
     assert (after["jobid"], after["jobname"], after["schedule"]) == (before["jobid"], before["jobname"], "30 4 * * *")
     assert {r["job"]: r["schedule"] for r in recorded(db)}[CLEANUP] == "30 4 * * *"
     assert ok_json(taskdb(db, driver, "cron", "status", "--json"))["in_sync"] is True
 
 
-def test_sync_keeps_a_job_the_dba_deactivated_inactive(pg_server: PostgresServer, upgraded: Db) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [job] = jobs_in(pg_server, cron_db, name)
-    with pg_server.connect(cron_db) as conn:
+def test_sync_keeps_a_job_the_dba_deactivated_inactive(taskdb_pg_server: PostgresServer, upgraded: Db) -> None:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [job] = jobs_in(taskdb_pg_server, cron_db, name)
+    with taskdb_pg_server.connect(cron_db) as conn:
         conn.execute("SELECT cron.alter_job(%s, active => false)", (job["jobid"],))
     status = ok_json(taskdb(db, "psycopg", "cron", "status", "--json"))
     cleanup = next(j for j in status["jobs"] if j["job"] == CLEANUP)
@@ -209,20 +211,22 @@ def test_sync_keeps_a_job_the_dba_deactivated_inactive(pg_server: PostgresServer
     assert any("is inactive" in n and f"cron.alter_job({job['jobid']}, active => true)" in n for n in status["notes"])
     db.execute("UPDATE task_hygiene_settings SET cleanup_schedule = '0 5 * * *'")
     assert taskdb(db, "pg8000", "cron", "sync").returncode == 0
-    [after] = jobs_in(pg_server, cron_db, name)
+    [after] = jobs_in(taskdb_pg_server, cron_db, name)
     assert (after["jobid"], after["schedule"], after["active"]) == (job["jobid"], "0 5 * * *", False)
 
 
-def test_sync_schedules_a_recorded_job_that_vanished_from_cron_job(pg_server: PostgresServer, upgraded: Db) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [job] = jobs_in(pg_server, cron_db, name)
-    with pg_server.connect(cron_db) as conn:
+def test_sync_schedules_a_recorded_job_that_vanished_from_cron_job(
+    taskdb_pg_server: PostgresServer, upgraded: Db,
+) -> None:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [job] = jobs_in(taskdb_pg_server, cron_db, name)
+    with taskdb_pg_server.connect(cron_db) as conn:
         conn.execute("SELECT cron.unschedule(%s)", (job["jobid"],))  # by hand, behind taskdb's back
     status = ok_json(taskdb(db, "psycopg", "cron", "status", "--json"))
     assert status["installed"] is False
     assert any("missing from cron.job" in n and "`taskdb cron install`" in n for n in status["notes"])
     assert ok_json(taskdb(db, "psycopg", "cron", "sync", "--json"))["changed"] is True
-    [again] = jobs_in(pg_server, cron_db, name)
+    [again] = jobs_in(taskdb_pg_server, cron_db, name)
     assert again["schedule"] == "15 3 * * *"
     assert {r["job"]: r["jobid"] for r in recorded(db)}[CLEANUP] == again["jobid"]
 
@@ -231,17 +235,17 @@ def test_sync_schedules_a_recorded_job_that_vanished_from_cron_job(pg_server: Po
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_install_with_a_new_schedule_updates_the_setting_the_job_and_the_record(
-    pg_server: PostgresServer, upgraded: Db, driver: str
+    taskdb_pg_server: PostgresServer, upgraded: Db, driver: str
 ) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [before] = jobs_in(pg_server, cron_db, name)
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [before] = jobs_in(taskdb_pg_server, cron_db, name)
     installed_at = {r["job"]: r["installed_at"] for r in recorded(db)}[CLEANUP]
     result = taskdb(db, driver, "cron", "install", "--schedule", " */10  * * * * ", "--json")
     report = ok_json(result)
     assert (report["previous_schedule"], report["schedule"], report["changed"]) == ("15 3 * * *", "*/10 * * * *", True)
     # recorded: the settings, the job (same jobid), the record's schedule and installed_at, and a log line
     assert db.scalar("SELECT cleanup_schedule FROM task_hygiene_settings") == "*/10 * * * *"
-    [after] = jobs_in(pg_server, cron_db, name)
+    [after] = jobs_in(taskdb_pg_server, cron_db, name)
     assert (after["jobid"], after["schedule"]) == (before["jobid"], "*/10 * * * *")
     row = next(r for r in recorded(db) if r["job"] == CLEANUP)
     assert row["schedule"] == "*/10 * * * *" and row["installed_at"] > installed_at
@@ -261,28 +265,30 @@ def invalid_schedules() -> list[Any]:
 
 @pytest.mark.parametrize(("schedule", "message"), invalid_schedules())
 def test_install_with_an_invalid_schedule_fails_and_changes_nothing(
-    pg_server: PostgresServer, upgraded: Db, schedule: str, message: str
+    taskdb_pg_server: PostgresServer, upgraded: Db, schedule: str, message: str
 ) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    if "seconds" in schedule and pg_cron_version(pg_server) >= cron.SECONDS_SINCE:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    if "seconds" in schedule and pg_cron_version(taskdb_pg_server) >= cron.SECONDS_SINCE:
         pytest.skip("this server's pg_cron takes seconds schedules (covered by the 1.4 server)")
-    jobs, record = jobs_in(pg_server, cron_db), recorded(db)
+    jobs, record = jobs_in(taskdb_pg_server, cron_db), recorded(db)
     result = taskdb(db, "pg8000", "cron", "install", "--schedule", schedule)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("taskdb: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
     assert db.scalar("SELECT cleanup_schedule FROM task_hygiene_settings") == "15 3 * * *"
-    assert jobs_in(pg_server, cron_db) == jobs and recorded(db) == record
-    assert [j["schedule"] for j in jobs_in(pg_server, cron_db, name)] == ["15 3 * * *"]
+    assert jobs_in(taskdb_pg_server, cron_db) == jobs and recorded(db) == record
+    assert [j["schedule"] for j in jobs_in(taskdb_pg_server, cron_db, name)] == ["15 3 * * *"]
 
 
-def test_sync_of_an_invalid_stored_schedule_says_to_fix_the_setting(pg_server: PostgresServer, upgraded: Db) -> None:
-    db, cron_db, name = upgraded, pg_server.cron_database, name_of(upgraded)
-    [before] = jobs_in(pg_server, cron_db, name)
+def test_sync_of_an_invalid_stored_schedule_says_to_fix_the_setting(
+    taskdb_pg_server: PostgresServer, upgraded: Db,
+) -> None:
+    db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
+    [before] = jobs_in(taskdb_pg_server, cron_db, name)
     db.execute("UPDATE task_hygiene_settings SET cleanup_schedule = '99 * * * *'")
     result = taskdb(db, "psycopg", "cron", "sync")
     assert result.returncode == 2 and "fix task_hygiene_settings.cleanup_schedule" in result.stderr
-    assert jobs_in(pg_server, cron_db, name) == [before]
+    assert jobs_in(taskdb_pg_server, cron_db, name) == [before]
 
 
 # -- without 0006, without pg_cron ----------------------------------------------------------------------------------
@@ -347,10 +353,10 @@ def test_connection_failure_is_exit_2_without_the_password(upgraded: Db) -> None
 # -- status shows the job's real runs --------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_status_lists_the_last_runs_pg_cron_made(pg_server: PostgresServer, upgraded: Db) -> None:
+def test_status_lists_the_last_runs_pg_cron_made(taskdb_pg_server: PostgresServer, upgraded: Db) -> None:
     """pg_cron >= 1.5 runs a '2 seconds' job at once; 1.4 (Debian bookworm) only at the next minute (<= 60 s)."""
     db, name = upgraded, name_of(upgraded)
-    schedule = "2 seconds" if pg_cron_version(pg_server) >= cron.SECONDS_SINCE else "* * * * *"
+    schedule = "2 seconds" if pg_cron_version(taskdb_pg_server) >= cron.SECONDS_SINCE else "* * * * *"
     stale = str(uuid.uuid4())
     db.execute(STALE_TASK, id=stale, user=user_id("bob"))
     try:
@@ -376,10 +382,10 @@ def test_status_lists_the_last_runs_pg_cron_made(pg_server: PostgresServer, upgr
         print("\n" + text.stdout)
     finally:
         taskdb(db, "psycopg", "cron", "remove")  # no every-minute job left behind on the shared server
-    assert jobs_in(pg_server, pg_server.cron_database, name) == []
+    assert jobs_in(taskdb_pg_server, taskdb_pg_server.cron_database, name) == []
 
 
-def test_the_other_database_is_read_with_the_same_driver(pg_server: PostgresServer, upgraded: Db) -> None:
+def test_the_other_database_is_read_with_the_same_driver(taskdb_pg_server: PostgresServer, upgraded: Db) -> None:
     """status reads cron.job in cron.database_name ('postgres' here) with the URL's driver and credentials."""
     for driver in DRIVERS:
         report = ok_json(taskdb(upgraded, driver, "cron", "status", "--json"))

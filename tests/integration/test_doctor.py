@@ -216,27 +216,29 @@ def test_a_check_blocked_by_a_lock_gives_up_and_says_it_cannot_check(healthy: Db
 
 # -- the pg_cron cleanup job ----------------------------------------------------------------------------------
 
-def test_an_inactive_cleanup_job_is_a_warning_and_its_fix_works(healthy: Db, pg_server: PostgresServer) -> None:
+def test_an_inactive_cleanup_job_is_a_warning_and_its_fix_works(healthy: Db, taskdb_pg_server: PostgresServer) -> None:
     job = cleanup_job(healthy)
-    in_cron_database(pg_server, healthy, "SELECT cron.alter_job(%s, active := false)", job["jobid"])
+    in_cron_database(taskdb_pg_server, healthy, "SELECT cron.alter_job(%s, active := false)", job["jobid"])
     [finding] = diagnose(healthy).findings
     assert finding.check == "cleanup_job" and f"{job['jobname']} (jobid {job['jobid']}) is inactive" in finding.message
     statement = finding.fix.split(": ", 1)[1].split(";")[0]  # "in database X: SELECT cron.alter_job(..); ..."
     assert statement == f"SELECT cron.alter_job({job['jobid']}, active => true)"
-    in_cron_database(pg_server, healthy, statement)
+    in_cron_database(taskdb_pg_server, healthy, statement)
     assert diagnose(healthy).findings == []
 
 
-def test_an_unscheduled_cleanup_job_is_missing(healthy: Db, pg_server: PostgresServer) -> None:
+def test_an_unscheduled_cleanup_job_is_missing(healthy: Db, taskdb_pg_server: PostgresServer) -> None:
     job = cleanup_job(healthy)
-    in_cron_database(pg_server, healthy, "SELECT cron.unschedule(%s::bigint)", job["jobid"])
+    in_cron_database(taskdb_pg_server, healthy, "SELECT cron.unschedule(%s::bigint)", job["jobid"])
     [finding] = diagnose(healthy).findings
     assert finding.check == "cleanup_job"
     assert f"{job['jobname']} is missing from cron.job in database {job['cron_database']}" in finding.message
     assert "taskdb cron install" in finding.fix and "taskdb cleanup" in finding.fix
 
 
-def test_a_daily_job_without_a_successful_run_for_two_days_is_late(healthy: Db, pg_server: PostgresServer) -> None:
+def test_a_daily_job_without_a_successful_run_for_two_days_is_late(
+    healthy: Db, taskdb_pg_server: PostgresServer,
+) -> None:
     job = cleanup_job(healthy)
     healthy.execute("UPDATE taskdb_cron_jobs SET installed_at = now() - interval '36 hours'")
     assert diagnose(healthy).findings == []  # a daily job gets two days
@@ -247,7 +249,7 @@ def test_a_daily_job_without_a_successful_run_for_two_days_is_late(healthy: Db, 
     assert "none since it was installed 3d ago" in late.message and f"jobid = {job['jobid']}" in late.fix
 
     def run(status: str, ended: str, message: str) -> None:
-        in_cron_database(pg_server, healthy,
+        in_cron_database(taskdb_pg_server, healthy,
                          "INSERT INTO cron.job_run_details (jobid, status, return_message, start_time, end_time) "
                          "VALUES (%s, %s, %s, now() - %s::interval, now() - %s::interval)",
                          job["jobid"], status, message, ended, ended)  # fmt: skip
@@ -280,13 +282,13 @@ def test_pg_cron_ready_but_job_skipped_is_missing(db: Db, monkeypatch: pytest.Mo
 
 
 @pytest.mark.slow
-def test_a_minutely_job_that_really_runs_is_not_late(healthy: Db, pg_server: PostgresServer) -> None:
+def test_a_minutely_job_that_really_runs_is_not_late(healthy: Db, taskdb_pg_server: PostgresServer) -> None:
     """pg_cron 1.4 runs '* * * * *' at the next minute: late while it has not, quiet once it has."""
     job = cleanup_job(healthy)
     now_second = healthy.scalar("SELECT extract(second FROM clock_timestamp())")
     if now_second > 45:  # keep the first look inside the minute, before pg_cron's first run
         time.sleep(61 - float(now_second))
-    in_cron_database(pg_server, healthy, "SELECT cron.alter_job(%s, schedule := '* * * * *')", job["jobid"])
+    in_cron_database(taskdb_pg_server, healthy, "SELECT cron.alter_job(%s, schedule := '* * * * *')", job["jobid"])
     healthy.execute("UPDATE taskdb_cron_jobs SET installed_at = now() - interval '10 minutes'")
     [late] = diagnose(healthy).findings
     assert "every 1m) is late: no successful run within 2m" in late.message
@@ -294,7 +296,7 @@ def test_a_minutely_job_that_really_runs_is_not_late(healthy: Db, pg_server: Pos
     while (report := diagnose(healthy)).findings:
         assert time.monotonic() < deadline, report.findings
         time.sleep(2)
-    assert in_cron_database(pg_server, healthy,
+    assert in_cron_database(taskdb_pg_server, healthy,
                             "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'succeeded'",
                             job["jobid"])[0][0] >= 1  # fmt: skip
 

@@ -12,19 +12,19 @@ from tests.helpers import CONSTRAINTS, DRIVERS, Db, with_driver
 
 
 @pytest.fixture
-def target_db(pg_target_server) -> Iterator[Db]:
-    name = pg_target_server.create_database()
-    url = pg_target_server.url(name)
+def target_db(taskdb_pg_target_server) -> Iterator[Db]:
+    name = taskdb_pg_target_server.create_database()
+    url = taskdb_pg_target_server.url(name)
     engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool)
     try:
         yield Db(url, engine)
     finally:
         engine.dispose()
-        pg_target_server.drop_database(name)
+        taskdb_pg_target_server.drop_database(name)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_incident_up_down_up(target_db: Db, driver: str, pg_target_server) -> None:
+def test_incident_up_down_up(target_db: Db, driver: str, taskdb_pg_target_server) -> None:
     db = target_db
     assert db.scalar("SHOW shared_preload_libraries") == "pg_cron"
     db.load("half_migrated", status_enum=True)
@@ -42,4 +42,4 @@ def test_incident_up_down_up(target_db: Db, driver: str, pg_target_server) -> No
     assert db.snapshot() == original
     db.upgrade(driver=driver)
     assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0006_cron"
-    print(f"ran on {pg_target_server.backend} PostgreSQL {pg_target_server.major} with {driver}")
+    print(f"ran on {taskdb_pg_target_server.backend} PostgreSQL {taskdb_pg_target_server.major} with {driver}")

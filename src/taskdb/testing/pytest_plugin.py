@@ -1,14 +1,15 @@
 """pytest fixtures for a throwaway PostgreSQL (registered by the ``pytest11`` entry point ``taskdb``).
 
-- ``pg_server`` (session): one server for the whole run (backend: ``--pg-backend`` or ``TASKDB_PG_BACKEND``)
-- ``pg_database`` (function): a fresh empty database on it, dropped after the test; ``.name``, ``.url()``
-- ``pg_url`` (function): the plain ``postgresql://`` URL of ``pg_database``
-- ``pg_database_factory`` (function): ``create(template=None) -> name``; all dropped after the test
-- ``pg_target_server`` (function, parametrized over :func:`available_targets`, ids ``local-15``,
+- ``taskdb_pg_server`` (session): one server for the whole run
+  (backend: ``--taskdb-pg-backend`` or ``TASKDB_PG_BACKEND``)
+- ``taskdb_pg_database`` (function): a fresh empty database on it, dropped after the test; ``.name``, ``.url()``
+- ``taskdb_pg_url`` (function): the plain ``postgresql://`` URL of ``taskdb_pg_database``
+- ``taskdb_pg_database_factory`` (function): ``create(template=None) -> name``; all dropped after the test
+- ``taskdb_pg_target_server`` (function, parametrized over :func:`available_targets`, ids ``local-15``,
   ``container-17``): one server per target, started on first use and kept for the session; container
   targets carry the ``container`` marker
 
-Servers are shared: ``pg_target_server`` reuses ``pg_server`` when they are the same target. A server that
+Servers are shared: ``taskdb_pg_target_server`` reuses ``taskdb_pg_server`` when they are the same target. A server that
 failed to start is not retried in every test: the same error is raised again at once.
 """
 
@@ -28,11 +29,11 @@ _TARGETS_KEY = pytest.StashKey[list[Target]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("taskdb", "taskdb throwaway PostgreSQL")
     group.addoption(
-        "--pg-backend",
+        "--taskdb-pg-backend",
         dest="taskdb_pg_backend",
         choices=("auto", *BACKENDS),
         default=None,
-        help="backend of pg_server: auto (container where a Docker engine and the image are there, else "
+        help="backend of taskdb_pg_server: auto (container where a Docker engine and the image are there, else "
         "local), local, container or url (default: env TASKDB_PG_BACKEND, else auto)",
     )
 
@@ -43,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "pg_target_server" not in metafunc.fixturenames:
+    if "taskdb_pg_target_server" not in metafunc.fixturenames:
         return
     # Detected once per session: it pings Docker and runs `postgres --version`.
     targets = metafunc.config.stash.get(_TARGETS_KEY, None)
@@ -58,7 +59,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for target in targets
     ]
     # Empty list: pytest skips the test ("got empty parameter set"), e.g. no PostgreSQL at all.
-    metafunc.parametrize("pg_target_server", params, indirect=True)
+    metafunc.parametrize("taskdb_pg_target_server", params, indirect=True)
 
 
 class ServerPool:
@@ -127,50 +128,50 @@ class TestDatabase:
 
 
 @pytest.fixture(scope="session")
-def pg_server_pool(request: pytest.FixtureRequest) -> Iterator[ServerPool]:
+def taskdb_pg_server_pool(request: pytest.FixtureRequest) -> Iterator[ServerPool]:
     pool = ServerPool(request.config.getoption("taskdb_pg_backend", default=None))
     yield pool
     pool.stop_all()
 
 
 @pytest.fixture(scope="session")
-def pg_server(pg_server_pool: ServerPool) -> PostgresServer:
+def taskdb_pg_server(taskdb_pg_server_pool: ServerPool) -> PostgresServer:
     """The session's PostgreSQL (pg_cron preloaded; superuser URLs via ``.url(dbname)``)."""
-    return pg_server_pool.default()
+    return taskdb_pg_server_pool.default()
 
 
 @pytest.fixture
-def pg_target_server(request: pytest.FixtureRequest, pg_server_pool: ServerPool) -> PostgresServer:
+def taskdb_pg_target_server(request: pytest.FixtureRequest, taskdb_pg_server_pool: ServerPool) -> PostgresServer:
     """The server of this test's target (see ``available_targets``), kept for the session."""
     target = getattr(request, "param", None)
     if target is None:
-        pytest.fail("pg_target_server is parametrized by the taskdb plugin; do not call it indirectly")
-    return pg_server_pool.for_target(target)
+        pytest.fail("taskdb_pg_target_server is parametrized by the taskdb plugin; do not call it indirectly")
+    return taskdb_pg_server_pool.for_target(target)
 
 
 @pytest.fixture
-def pg_database_factory(pg_server: PostgresServer) -> Iterator[Callable[..., str]]:
+def taskdb_pg_database_factory(taskdb_pg_server: PostgresServer) -> Iterator[Callable[..., str]]:
     """``create(template=None, name=None) -> name``: more databases, all dropped after the test."""
     made: list[str] = []
 
     def create(template: str | None = None, name: str | None = None) -> str:
-        made.append(pg_server.create_database(name=name, template=template))
+        made.append(taskdb_pg_server.create_database(name=name, template=template))
         return made[-1]
 
     yield create
     for name in reversed(made):
-        pg_server.drop_database(name)
+        taskdb_pg_server.drop_database(name)
 
 
 @pytest.fixture
-def pg_database(pg_server: PostgresServer) -> Iterator[TestDatabase]:
-    """A fresh, empty database on ``pg_server``, dropped (sessions terminated) after the test."""
-    name = pg_server.create_database()
-    yield TestDatabase(name, pg_server)
-    pg_server.drop_database(name)
+def taskdb_pg_database(taskdb_pg_server: PostgresServer) -> Iterator[TestDatabase]:
+    """A fresh, empty database on ``taskdb_pg_server``, dropped (sessions terminated) after the test."""
+    name = taskdb_pg_server.create_database()
+    yield TestDatabase(name, taskdb_pg_server)
+    taskdb_pg_server.drop_database(name)
 
 
 @pytest.fixture
-def pg_url(pg_database: TestDatabase) -> str:
-    """The plain ``postgresql://user:pw@127.0.0.1:port/db`` URL of ``pg_database``."""
-    return pg_database.url()
+def taskdb_pg_url(taskdb_pg_database: TestDatabase) -> str:
+    """The plain ``postgresql://user:pw@127.0.0.1:port/db`` URL of ``taskdb_pg_database``."""
+    return taskdb_pg_database.url()
