@@ -1,4 +1,4 @@
-"""pytest fixtures for a throwaway PostgreSQL (registered by the ``pytest11`` entry point ``taskdb``).
+"""pytest fixtures for a throwaway PostgreSQL; off until enabled: ``-p taskdb.testing.pytest_plugin``.
 
 - ``taskdb_pg_server`` (session): one server for the whole run
   (backend: ``--taskdb-pg-backend`` or ``TASKDB_PG_BACKEND``)
@@ -9,8 +9,8 @@
   ``container-17``): one server per target, started on first use and kept for the session; container
   targets carry the ``container`` marker
 
-Servers are shared: ``taskdb_pg_target_server`` reuses ``taskdb_pg_server`` when they are the same target. A server that
-failed to start is not retried in every test: the same error is raised again at once.
+Servers are shared: ``taskdb_pg_target_server`` reuses ``taskdb_pg_server`` when they are the same target. A
+server that failed to start is not retried in every test: the same error is raised again at once.
 """
 
 from __future__ import annotations
