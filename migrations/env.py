@@ -55,6 +55,7 @@ def run_migrations_offline() -> None:
         version_table=version_table.VERSION_TABLE,
         output_buffer=offline.VersionStatements(config.output_buffer or sys.stdout),
         taskdb_schema=target.configured_schema(schema_argument()),
+        taskdb_env=True,
     )
     with context.begin_transaction():
         offline.begin_script(
@@ -100,7 +101,7 @@ def run_with(connection: Connection) -> None:
             connection.rollback()  # nothing may stay open while we wait for the lock
     try:
         if command in READ_ONLY_COMMANDS:
-            context.configure(connection=connection, transaction_per_migration=True,
+            context.configure(connection=connection, transaction_per_migration=True, taskdb_env=True,
                               version_table=version_table.VERSION_TABLE, version_table_schema=table.schema)
             with context.begin_transaction():
                 context.run_migrations()
@@ -133,6 +134,7 @@ def run_locked_chain(connection: Connection, command: str, schema: str) -> None:
             version_table=version_table.VERSION_TABLE,
             version_table_schema=schema,
             on_version_apply=lambda **_: lock.check(connection),
+            taskdb_env=True,  # the revisions refuse to run in any other environment (taskdb.migration)
         )
         try:
             with context.begin_transaction():
