@@ -29,6 +29,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SQL = revision_sql(__file__)
+# Whose logged changes the downgrade puts back (taskdb.downgrade_plan reads this too): an interrupted 0004's
+# catch-up backfill, then this revision's backfill.
+RESTORES = ("0004_constraints", revision)
 OBJECTS = (
     "task_hygiene_log",
     "taskdb_backfill_progress",
@@ -75,7 +78,7 @@ def downgrade() -> None:
         for column in ("task_type", "params", "status", "attempts", "created_at"):
             drop_constraint(conn, "tasks", not_null_check_name("tasks", column))
         if table_exists(conn, "task_hygiene_log"):
-            restore(conn, actor=actor("0004_constraints"))
-            restore(conn, actor=actor(revision))
+            for author in RESTORES:
+                restore(conn, actor=actor(author))
         with transaction(conn):
             execute_script(conn, SQL["drop_objects"])

@@ -49,6 +49,8 @@ down_revision: str | None = "0003_backfill"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+RESTORES = (revision,)  # whose logged changes the downgrade puts back: the catch-up backfill's
+
 LEGACY_REASONS = (
     "missing_user_id", "unknown_user", "missing_run_type", "invalid_run_type", "missing_status", "invalid_status",
 )
@@ -148,4 +150,5 @@ def downgrade() -> None:
         for column in NOT_NULL:  # a temporary NOT NULL check left by an interrupted upgrade
             drop_constraint(conn, "tasks", not_null_check_name("tasks", column))
         if table_exists(conn, "task_hygiene_log"):
-            restore(conn, actor=actor(revision))
+            for author in RESTORES:
+                restore(conn, actor=actor(author))

@@ -41,6 +41,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SQL = revision_sql(__file__)
+# Whose logged changes the downgrade puts back: this revision's cleanup. Cancellations by the pg_cron job or
+# `taskdb cleanup` after the upgrade stay (they are the queue's ordinary life, not the migration's).
+RESTORES = (revision,)
 OBJECTS = (
     "task_hygiene_settings",
     "task_hygiene_runs",
@@ -138,7 +141,8 @@ def downgrade() -> None:
     """Un-cancel what this revision's cleanup cancelled, drop the indexes and the hygiene objects."""
     with online_step(revision) as conn:
         if table_exists(conn, "task_hygiene_log"):
-            restore(conn, actor=actor(revision))
+            for author in RESTORES:
+                restore(conn, actor=actor(author))
         drop_owned(conn, revision)
         with transaction(conn):
             execute_script(conn, SQL["drop_objects"])

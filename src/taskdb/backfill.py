@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from taskdb.catalog import columns
-from taskdb.db import rows, scalar
+from taskdb.db import read_only_transaction, rows, scalar
 from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
 from taskdb.sql import queries
@@ -104,14 +104,25 @@ class BackfillResult:
 
 
 def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LOCKED") -> str:
-    """Fill the placeholders of a backfill query (the predicate once, for each alias it needs)."""
-    predicate = Template(queries("backfill")["needs_work"])
-    return Template(queries("backfill")[query]).substitute(
+    """Fill the placeholders of a backfill query (each shared piece, written once, wherever it is needed)."""
+    sql = queries("backfill")
+    predicate = Template(sql["needs_work"])
+    restores = restore_conditions()
+    return Template(sql[query]).substitute(
         needs_work_t=predicate.substitute(t="t"),
         needs_work_p=predicate.substitute(t="p"),
+        restore_history=sql["restore_history"],
+        **{f"restores_{column}": condition for column, condition in restores.items()},
+        restores_any=" OR ".join(f"({condition})" for condition in restores.values()),
         status_type=status_type,
         lock_clause=lock_clause,
     )
+
+
+def restore_conditions() -> dict[str, str]:
+    """The ``restores`` section of sql/backfill.sql: per column, when a downgrade puts it back."""
+    lines = [line for line in queries("backfill")["restores"].splitlines() if not line.startswith("--")]
+    return dict(line.split(": ", 1) for line in lines if line.strip())
 
 
 def status_type(conn: Connection) -> str:
@@ -314,6 +325,29 @@ def restore(conn: Connection, *, actor: str, batch_size: int = 1000) -> int:
     """Undo what ``actor`` logged, in keyset batches over task ids; returns rows restored."""
     statement = sa.text(render("restore_batch", status_type=status_type(conn)))
     return _restore(conn, statement, actor=actor, batch_size=batch_size)
+
+
+# restore_preview's per-task and per-column counts, in the order `taskdb downgrade --plan` prints them
+PREVIEW_COUNTS = ("tasks", "kept", "gone", "status", "user_id", "run_type", "error_message", "legacy_reason",
+                  "updated_at")
+
+
+def restore_preview(conn: Connection, *, actor: str, lock_timeout_ms: int, batch_size: int = 10000) -> dict[str, int]:
+    """What :func:`restore` would put back for ``actor``, changing nothing: the same batches and conditions
+    (``restore_preview`` in sql/backfill.sql), each batch in a READ ONLY transaction of its own, so no snapshot
+    is held across the log. Figures from several moments: a concurrent writer may change them by the time the
+    downgrade runs, and the downgrade then restores less (a later change wins)."""
+    statement = sa.text(render("restore_preview"))
+    totals = dict.fromkeys(PREVIEW_COUNTS, 0)
+    after: str | None = None
+    while True:
+        with read_only_transaction(conn, lock_timeout_ms=lock_timeout_ms):
+            batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size}).one()
+        if not batch.scanned:
+            return totals
+        for name in PREVIEW_COUNTS:
+            totals[name] += int(getattr(batch, name))
+        after = str(batch.last_id)
 
 
 def _restore(conn: Connection, statement: sa.TextClause, *, actor: str, batch_size: int) -> int:

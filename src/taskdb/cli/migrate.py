@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from taskdb import api
-from taskdb.cli.common import EXAMPLES, add_json_flag, print_json
+from taskdb import api, downgrade_plan
+from taskdb.cli.common import EXAMPLES, add_json_flag, connection, print_json
+from taskdb.cli.downgrade_plan import render as render_downgrade_plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     down = sub.add_parser(
         "downgrade",
         help="downgrade to REVISION (base: undo everything taskdb did)",
-        epilog="Examples:\n  taskdb downgrade 0004_constraints\n  taskdb downgrade base",
+        epilog="Examples:\n  taskdb downgrade base --plan\n  taskdb downgrade 0004_constraints\n"
+        "  taskdb downgrade base",
         formatter_class=EXAMPLES,
     )
     down.add_argument("revision", help="target revision, or base")
+    down.add_argument("--plan", action="store_true",
+                      help="only show what the downgrade would restore (from task_hygiene_log), drop and keep; "
+                      "read-only, works on a standby")
+    add_json_flag(down)
     down.set_defaults(run=run_downgrade)
     current = sub.add_parser("current", help="show the database's revision")
     current.set_defaults(run=run_current)
@@ -48,7 +54,17 @@ def run_upgrade(args: argparse.Namespace, url: str) -> int:
 
 
 def run_downgrade(args: argparse.Namespace, url: str) -> int:
+    if args.plan:
+        with connection(url, "taskdb downgrade --plan") as conn:
+            result = downgrade_plan.downgrade_plan(conn, args.revision)
+        if args.json:
+            print_json(result)
+        else:
+            print("\n".join(render_downgrade_plan(result)))
+        return 0
     api.downgrade(url, args.revision, raise_taskdb_errors=True)
+    if args.json:
+        print_json({"downgraded_to": args.revision})
     return 0
 
 

@@ -96,9 +96,10 @@ def render(result: dict[str, Any]) -> list[str]:
             f"Blocking sessions: {len(blockers)} hold locks the upgrade's DDL must wait for (each attempt waits "
             f"{policy['lock_timeout_ms']} ms, {policy['attempts']} attempts, then exit 3):"
         )
-        for b in blockers:
-            lines.append(
-                f"  pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, transaction "
-                f"open {b['xact_age']}) holds {b['mode']} on {b['relation']}: {b['query']}"
-            )
+        lines.extend(describe_blocker(b) for b in blockers)
     return lines
+
+
+def describe_blocker(b: dict[str, Any]) -> str:
+    return (f"  pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, transaction "
+            f"open {b['xact_age']}) holds {b['mode']} on {b['relation']}: {b['query']}")

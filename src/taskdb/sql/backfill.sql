@@ -213,11 +213,11 @@ SELECT (SELECT size FROM bounds) AS scanned,
        (SELECT count(*) FROM changes WHERE action = 'flag') AS flagged,
        (SELECT count(*) FROM outcome WHERE action = 'wait') AS waiting
 
--- restore_batch --
--- Downgrade: put back, per task and column, the value from before this actor's first change, but
--- only where the column still holds the value this actor last wrote (a later change by the
--- application wins). Idempotent: a restored column no longer matches, so a rerun skips it.
-WITH batch AS (
+-- restore_history --
+-- What one actor changed in a batch of tasks (the next :batch_size task ids after :after in its log rows):
+-- per task and column, the value before the actor's first change and after its last. Shared by restore_batch
+-- and restore_preview (`taskdb downgrade --plan`), which therefore read the same batches.
+batch AS (
     SELECT DISTINCT l.task_id
     FROM task_hygiene_log l
     WHERE l.actor = :actor AND (CAST(:after AS uuid) IS NULL OR l.task_id > CAST(:after AS uuid))
@@ -242,21 +242,36 @@ history AS (
     JOIN batch USING (task_id)
     WHERE l.actor = :actor
     GROUP BY l.task_id
-),
+)
+
+-- restores --
+-- Whether the restore puts a column of task t back (h: its restore_history row): the actor changed it, and it
+-- still holds the value the actor last wrote (a later change by the application wins). One `column: condition`
+-- line each, filled into restore_batch and restore_preview as restores_<column> placeholders.
+status: h.status_before IS NOT NULL AND t.status::text IS NOT DISTINCT FROM (h.status_after #>> '{}')
+user_id: h.user_id_before IS NOT NULL AND t.user_id IS NOT DISTINCT FROM CAST(h.user_id_after #>> '{}' AS uuid)
+run_type: h.run_type_before IS NOT NULL AND t.run_type IS NOT DISTINCT FROM (h.run_type_after #>> '{}')
+error_message: h.error_message_before IS NOT NULL AND t.error_message IS NOT DISTINCT FROM (h.error_message_after #>> '{}')
+legacy_reason: h.legacy_reason_before IS NOT NULL AND t.legacy_reason IS NOT DISTINCT FROM (h.legacy_reason_after #>> '{}')
+updated_at: h.updated_at_before IS NOT NULL AND t.updated_at IS NOT DISTINCT FROM CAST(h.updated_at_after #>> '{}' AS timestamptz)
+
+-- restore_batch --
+-- Downgrade: put back, per task and column, the value from before this actor's first change, where
+-- its restores condition says so. Idempotent: a restored column no longer matches, so a rerun skips it.
+WITH ${restore_history},
 restored AS (
     UPDATE tasks t
-    SET status = CASE WHEN h.status_before IS NOT NULL AND t.status::text IS NOT DISTINCT FROM (h.status_after #>> '{}')
+    SET status = CASE WHEN ${restores_status}
                       THEN CAST(h.status_before #>> '{}' AS ${status_type}) ELSE t.status END,
-        user_id = CASE WHEN h.user_id_before IS NOT NULL AND t.user_id IS NOT DISTINCT FROM CAST(h.user_id_after #>> '{}' AS uuid)
+        user_id = CASE WHEN ${restores_user_id}
                        THEN CAST(h.user_id_before #>> '{}' AS uuid) ELSE t.user_id END,
-        run_type = CASE WHEN h.run_type_before IS NOT NULL AND t.run_type IS NOT DISTINCT FROM (h.run_type_after #>> '{}')
+        run_type = CASE WHEN ${restores_run_type}
                         THEN h.run_type_before #>> '{}' ELSE t.run_type END,
-        error_message = CASE WHEN h.error_message_before IS NOT NULL AND t.error_message IS NOT DISTINCT FROM (h.error_message_after #>> '{}')
+        error_message = CASE WHEN ${restores_error_message}
                              THEN h.error_message_before #>> '{}' ELSE t.error_message END,
-        legacy_reason = CASE WHEN h.legacy_reason_before IS NOT NULL AND t.legacy_reason IS NOT DISTINCT FROM (h.legacy_reason_after #>> '{}')
+        legacy_reason = CASE WHEN ${restores_legacy_reason}
                              THEN h.legacy_reason_before #>> '{}' ELSE t.legacy_reason END,
-        updated_at = CASE WHEN h.updated_at_before IS NOT NULL
-                               AND t.updated_at IS NOT DISTINCT FROM CAST(h.updated_at_after #>> '{}' AS timestamptz)
+        updated_at = CASE WHEN ${restores_updated_at}
                           THEN CAST(h.updated_at_before #>> '{}' AS timestamptz) ELSE t.updated_at END
     FROM history h
     WHERE t.id = h.task_id
@@ -265,3 +280,22 @@ restored AS (
 SELECT (SELECT count(*) FROM batch) AS scanned,
        (SELECT task_id FROM batch ORDER BY task_id DESC LIMIT 1) AS last_id,
        (SELECT count(*) FROM restored) AS restored
+
+-- restore_preview --
+-- `taskdb downgrade --plan`: what restore_batch would put back in the same batch, changing nothing. tasks:
+-- tasks with at least one column to restore; kept: tasks the actor changed whose values all changed since
+-- (the application's win); gone: tasks the actor changed that no longer exist; then one count per column.
+WITH ${restore_history}
+SELECT (SELECT count(*) FROM batch) AS scanned,
+       (SELECT task_id FROM batch ORDER BY task_id DESC LIMIT 1) AS last_id,
+       count(t.id) FILTER (WHERE ${restores_any}) AS tasks,
+       count(t.id) FILTER (WHERE NOT (${restores_any})) AS kept,
+       count(*) FILTER (WHERE t.id IS NULL) AS gone,
+       count(t.id) FILTER (WHERE ${restores_status}) AS status,
+       count(t.id) FILTER (WHERE ${restores_user_id}) AS user_id,
+       count(t.id) FILTER (WHERE ${restores_run_type}) AS run_type,
+       count(t.id) FILTER (WHERE ${restores_error_message}) AS error_message,
+       count(t.id) FILTER (WHERE ${restores_legacy_reason}) AS legacy_reason,
+       count(t.id) FILTER (WHERE ${restores_updated_at}) AS updated_at
+FROM history h
+LEFT JOIN tasks t ON t.id = h.task_id
