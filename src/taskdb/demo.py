@@ -8,7 +8,6 @@ from the database (taskdb.report, SQL in sql/demo.sql); every printed figure say
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, TextIO
 
@@ -143,7 +142,6 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
     ask it again, account for every row the old count counted, stop. Returns the figures printed."""
     from taskdb.testing import start_postgres  # the throwaway server is only needed here
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-5s [%(name)s] %(message)s", stream=out)
     with start_postgres(backend) as server:
         url = server.url(server.create_database("taskdb_demo"))
         print(f"PostgreSQL {server.major} ({server.backend} backend) at {sa.engine.make_url(url)!r}", file=out)
@@ -159,7 +157,7 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
             with connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
                 print("\n".join(render_plan(plan(conn))), file=out)
             print("\n== taskdb upgrade head ==", file=out)
-            out.flush()
+            out.flush()  # the upgrade's log lines (stderr) come after this heading in a 2>&1 transcript
             api.upgrade(url)
             with connect(engine) as conn:
                 claimable = report.claimable_count(conn, RUN_TYPE)

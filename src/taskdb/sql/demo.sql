@@ -21,18 +21,20 @@ SELECT claimable_task_count(:run_type) AS claimable
 -- What became of each row the old count counted, read after the upgrade from tasks and task_hygiene_log.
 -- A row's status, user_id and run_type before taskdb are the `previous` of its first logged change of that
 -- column (what a downgrade restores, backfill.sql restore_batch), else its value now. One row per fate
--- (and legacy_reason, and whether a worker of :run_type could claim it now), with how many were legacy.
+-- (and legacy_reason, and whether a worker of the run type asked for could claim it now), with how many were legacy.
 -- Fates: flagged (and so cancelled: a flagged row is never Queued), cancelled_stale (the cleanup: Queued
 -- longer than queued_ttl), cancelled_with_parent (trigger tasks_cancel_children), backfilled (taskdb
 -- derived or corrected user_id / run_type), untouched, moved_on (claimed or ended since, not by taskdb).
-WITH history AS (
+WITH wanted AS (SELECT taskdb_run_type_arg(:run_type) AS run_type),
+history AS (
     SELECT l.task_id,
            (array_agg(l.previous -> 'status' ORDER BY l.id) FILTER (WHERE l.previous -> 'status' IS NOT NULL))[1] AS status_before,
            (array_agg(l.previous -> 'user_id' ORDER BY l.id) FILTER (WHERE l.previous -> 'user_id' IS NOT NULL))[1] AS user_id_before,
            (array_agg(l.previous -> 'run_type' ORDER BY l.id) FILTER (WHERE l.previous -> 'run_type' IS NOT NULL))[1] AS run_type_before,
            bool_or(l.action = 'backfill') AS backfilled,
-           bool_or(l.action = 'cancel' AND l.reason LIKE 'stale:%') AS cancelled_stale,
-           bool_or(l.action = 'cancel' AND l.reason LIKE 'trigger tasks_cancel_children:%') AS cancelled_with_parent
+           bool_or(l.action = 'cancel' AND starts_with(l.reason, 'stale:')) AS cancelled_stale,
+           bool_or(l.action = 'cancel' AND starts_with(l.reason, 'trigger tasks_cancel_children:'))
+               AS cancelled_with_parent
     FROM task_hygiene_log l
     GROUP BY l.task_id
 ),
@@ -55,11 +57,11 @@ fates AS (
                 WHEN c.backfilled THEN 'backfilled'
                 ELSE 'untouched' END AS fate,
            CASE WHEN c.legacy_reason IS NOT NULL OR c.status <> 'Queued' THEN NULL
-                WHEN EXISTS (SELECT 1 FROM taskdb_ready_tasks r
-                             WHERE r.id = c.id AND r.run_type = taskdb_run_type_arg(:run_type)) THEN 'claimable'
-                WHEN c.run_type <> taskdb_run_type_arg(:run_type) THEN 'other_run_type'
+                WHEN EXISTS (SELECT 1 FROM taskdb_ready_tasks r WHERE r.id = c.id AND r.run_type = w.run_type)
+                    THEN 'claimable'
+                WHEN c.run_type <> w.run_type THEN 'other_run_type'
                 ELSE 'not_ready' END AS now
-    FROM counted c
+    FROM counted c, wanted w
 )
 SELECT fate, legacy_reason, now, count(*)::integer AS n, (count(*) FILTER (WHERE legacy))::integer AS legacy
 FROM fates
