@@ -1,4 +1,4 @@
-"""Read-only summaries of the tasks table, for the demo (and later `taskdb plan` / `doctor`)."""
+"""Read-only reports on the tasks table: the demo's before and after, and what an upgrade did."""
 
 from __future__ import annotations
 
@@ -7,66 +7,37 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from taskdb import version_table
-from taskdb.catalog import columns, table_exists
+from taskdb.catalog import table_exists
 from taskdb.db import rows, scalar
+from taskdb.sql import queries
 
-# Every Queued row, whoever owns it and whatever it runs on: what a count that forgets the legacy rows sees.
-NAIVE_QUEUED_SQL = "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued'"
+DEMO_SQL = queries("demo")
 
 
-def summary(conn: Connection) -> dict[str, Any]:
-    """Counts a DBA looks at before and after an upgrade."""
-    cols = columns(conn, "tasks")
-    has_owner = "user_id" in cols and "run_type" in cols
-    flagged = "legacy_reason" in cols
-    out: dict[str, Any] = {
-        "tasks": rows(conn, "SELECT count(*) AS n FROM tasks")[0]["n"],
-        "queued, any owner or run type": rows(conn, NAIVE_QUEUED_SQL)[0]["n"],
-        "queued older than 24 h": rows(
-            conn,
-            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' "
-            "AND created_at < now() - interval '24 hours'",
-        )[0]["n"],
-    }
-    if has_owner:
-        out["queued without user_id and run_type"] = rows(
-            conn,
-            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NULL AND run_type IS NULL",
-        )[0]["n"]
-        out["without user_id or valid run_type"] = rows(
-            conn,
-            "SELECT count(*) AS n FROM tasks WHERE user_id IS NULL OR run_type IS NULL "
-            "OR run_type NOT IN ('cloud', 'local')",
-        )[0]["n"]
-        out["queued, owned, run_type cloud"] = rows(
-            conn,
-            "SELECT count(*) AS n FROM tasks WHERE status::text = 'Queued' AND user_id IS NOT NULL "
-            "AND run_type = 'cloud'" + (" AND legacy_reason IS NULL" if flagged else ""),
-        )[0]["n"]
-    else:
-        out["without user_id or valid run_type"] = out["tasks"]
-    if scalar(conn, "SELECT to_regprocedure('claimable_task_count(text, boolean)') IS NOT NULL"):
-        out["claimable_task_count('gpu')"] = scalar(conn, "SELECT claimable_task_count('gpu')")
-        out["stale_queued_tasks"] = scalar(conn, "SELECT count(*) FROM stale_queued_tasks")
-        out["cleanup cron job installed / active"] = " / ".join(
-            str(v) for v in rows(conn, "SELECT cron_job_installed, cron_job_active FROM queue_health")[0].values()
-        )
-    if flagged:
-        out["flagged (legacy_reason)"] = rows(
-            conn,
-            "SELECT legacy_reason, count(*) AS n FROM tasks WHERE legacy_reason IS NOT NULL "
-            "GROUP BY 1 ORDER BY 2 DESC",
-        )
-    if table_exists(conn, "task_hygiene_log"):
-        out["task_hygiene_log"] = rows(
-            conn, "SELECT action, count(*) AS n FROM task_hygiene_log GROUP BY 1 ORDER BY 1"
-        )
-    out["constraints"] = rows(
-        conn,
-        "SELECT conname AS name, convalidated AS validated FROM pg_constraint "
-        "WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f') ORDER BY conname",
-    )
-    return out
+def old_count(conn: Connection) -> dict[str, int]:
+    """The count the autoscaler trusted in the incident: every Queued row (and how many are legacy rows,
+    older than 24 hours, and the oldest's age in days). Needs user_id and run_type columns."""
+    return rows(conn, DEMO_SQL["old_count"])[0]
+
+
+def claimable_count(conn: Connection, run_type: str = "gpu") -> int:
+    """``claimable_task_count(run_type)``: what the autoscaler calls after the upgrade."""
+    return int(scalar(conn, DEMO_SQL["claimable"], {"run_type": run_type}))
+
+
+def counted_fates(conn: Connection, run_type: str = "gpu") -> list[dict[str, Any]]:
+    """After an upgrade: what became of the rows the old count counted, from tasks and task_hygiene_log.
+
+    One dict per group: ``fate`` (flagged, cancelled_stale, cancelled_with_parent, backfilled, untouched,
+    moved_on), ``legacy_reason`` (flagged rows), ``now`` (rows still Queued: claimable by a ``run_type``
+    worker, other_run_type, not_ready), ``n`` and ``legacy`` (how many had neither user_id nor run_type).
+    """
+    return rows(conn, DEMO_SQL["counted_fates"], {"run_type": run_type})
+
+
+def guards(conn: Connection) -> dict[str, Any]:
+    """After an upgrade: tasks' constraints (how many, how many validated, names) and the cleanup's schedule."""
+    return rows(conn, DEMO_SQL["guards"])[0]
 
 
 def revision(conn: Connection) -> str | None:
