@@ -163,9 +163,13 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
                 claimable = report.claimable_count(conn, RUN_TYPE)
                 after = report.old_count(conn)
                 fates = report.counted_fates(conn, RUN_TYPE)
+                newly = report.newly_queued(conn, RUN_TYPE)
                 guarded = report.guards(conn)
             print_after(out, claimable, after)
             total = print_fates(out, fates, before["queued"], guarded["queued_ttl"])
+            if newly:
+                _figure(out, newly, "more ready for a GPU worker that the old count never saw: written with a status "
+                        "spelled otherwise ('queued'), Queued since the backfill normalised it")
             print_guards(out, guarded)
         finally:
             engine.dispose()
@@ -176,5 +180,6 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
         "after": {"claimable": claimable, "workers": workers(claimable), "old_count": after},
         "fates": fates,
         "fates_total": total,
+        "newly_queued": newly,
         "guards": guarded,
     }

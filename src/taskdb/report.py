@@ -35,6 +35,12 @@ def counted_fates(conn: Connection, run_type: str = "gpu") -> list[dict[str, Any
     return rows(conn, DEMO_SQL["counted_fates"], {"run_type": run_type})
 
 
+def newly_queued(conn: Connection, run_type: str = "gpu") -> int:
+    """After an upgrade: tasks ready for a ``run_type`` worker that the old count never saw (their status was
+    spelled otherwise until the backfill normalised it)."""
+    return int(scalar(conn, DEMO_SQL["newly_queued"], {"run_type": run_type}))
+
+
 def guards(conn: Connection) -> dict[str, Any]:
     """After an upgrade: tasks' constraints (how many, how many validated, names) and the cleanup's schedule."""
     return rows(conn, DEMO_SQL["guards"])[0]

@@ -90,6 +90,8 @@ def expected_figures(db: Db, more_rows: str | None = None) -> dict[str, Any]:
         "queued": len(counted),
         "legacy": sum(legacy.values()),
         "claimable": db.scalar("SELECT claimable_task_count('gpu')"),
+        # ready for a GPU worker now, but written with a status the old count's exact 'Queued' missed
+        "newly_queued": sum(1 for i, r in after.items() if r["ready_gpu"] and before[i]["status"] != "Queued"),
         "queued_after": sum(r["status"] == "Queued" for r in after.values()),
         "fates": {key: (n, legacy[key]) for key, n in fates.items()},
     }
@@ -154,6 +156,8 @@ def check_text(text: str, expected: dict[str, Any]) -> None:
     for (_, reason, _), (n, _) in expected["fates"].items():
         if reason:
             assert figure(became, f"{reason}:") == n
+    if expected["newly_queued"]:  # the incident has one ('queued'): claimable now, never in the old count
+        assert figure(became, "more ready for a GPU worker that the old count never saw") == expected["newly_queued"]
 
 
 def demo_fates(fates: list[dict[str, Any]]) -> dict[tuple[str, str | None, str | None], tuple[int, int]]:
@@ -199,6 +203,7 @@ def test_demo_figures_come_from_the_database(db: Db, monkeypatch: pytest.MonkeyP
     assert shown["after"]["old_count"]["legacy"] == 0
     assert demo_fates(shown["fates"]) == expected["fates"]
     assert shown["fates_total"] == expected["queued"]
+    assert shown["newly_queued"] == expected["newly_queued"]
     assert shown["guards"]["constraints"] == shown["guards"]["validated"] > 0
     # the demo's own numbers in its text: the groups it returned, with their sum
     for group in shown["fates"]:

@@ -68,6 +68,15 @@ FROM fates
 GROUP BY fate, legacy_reason, now
 ORDER BY fate, n DESC, legacy_reason, now
 
+-- newly_queued --
+-- Ready for a worker of :run_type now, yet not in the old count: Queued only since the backfill normalised the
+-- status they were written with ('queued', ' Queued '), which the old count's exact 'Queued' never matched.
+SELECT count(*)::integer AS n
+FROM taskdb_ready_tasks r
+WHERE r.run_type = taskdb_run_type_arg(:run_type)
+  AND EXISTS (SELECT 1 FROM task_hygiene_log l
+              WHERE l.task_id = r.id AND l.previous ? 'status' AND l.previous ->> 'status' IS DISTINCT FROM 'Queued')
+
 -- guards --
 -- What keeps the table honest after the upgrade: tasks' CHECK and foreign-key constraints and how many are
 -- validated, and whether the daily cleanup is scheduled in pg_cron.
