@@ -14,11 +14,11 @@ import sys
 
 from alembic import context
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from taskdb import offline, target, version_table
-from taskdb.config import redact, resolve_url
+from taskdb.config import normalize_url, redact, resolve_url
 from taskdb.db import connect, create_engine, pin_schema, pinned_schema, require_primary, unpin_schema
 from taskdb.errors import TaskdbError, connection_lost
 from taskdb.upgrade_lock import UpgradeLock
@@ -32,12 +32,8 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 
 def database_url() -> str:
-    try:
-        return resolve_url(context.get_x_argument(as_dictionary=True).get("url"))
-    except TaskdbError as exc:
-        if config.attributes.get("raise_taskdb_errors"):
-            raise
-        raise CommandError(str(exc)) from None
+    """``-x url=``, else TASKDB_DATABASE_URL, else DATABASE_URL (taskdb.config.resolve_url)."""
+    return resolve_url(context.get_x_argument(as_dictionary=True).get("url"))
 
 
 def run_migrations_offline() -> None:
@@ -145,12 +141,29 @@ def run_locked_chain(connection: Connection, command: str, schema: str) -> None:
 
 
 def run_migrations_online() -> None:
-    """Run the migrations on one connection, under the upgrade lock."""
+    """Run the migrations on one connection, under the upgrade lock.
+
+    ``config.attributes["connection"]`` may hand in a Connection (used as it is, given back as it came) or an
+    Engine (pytest-alembic's ``alembic_engine``): taskdb connects to the Engine's URL as it does to a URL of its
+    own (a pooler-safe engine without a pool, taskdb.db.create_engine), so the same guards apply.
+    """
     shared = config.attributes.get("connection")
-    if shared is not None:
+    if isinstance(shared, Connection):
         run_with(shared)
         return
-    url = database_url()
+    if shared is not None and not isinstance(shared, Engine):
+        raise CommandError(f"config.attributes['connection'] must be a SQLAlchemy Connection or Engine, "
+                           f"not {type(shared).__name__}")
+    try:
+        url = database_url() if shared is None else normalize_url(shared.url.render_as_string(hide_password=False))
+    except TaskdbError as exc:
+        if config.attributes.get("raise_taskdb_errors"):
+            raise
+        raise CommandError(str(exc)) from None
+    run_on_url(url)
+
+
+def run_on_url(url: str) -> None:
     engine = create_engine(url)
     try:
         try:
