@@ -69,9 +69,10 @@ def summary(conn: Connection) -> dict[str, Any]:
     return out
 
 
-def revision(conn: Connection) -> str | None:
-    """taskdb's revision in the database (None before the first upgrade)."""
-    return version_table.revision(conn)
+def revision(conn: Connection, versions: str | None = None) -> str | None:
+    """taskdb's revision in the database (None before the first upgrade), from its version table ``versions``
+    (default: the configured one, taskdb.version_table.configured)."""
+    return version_table.revision(conn, versions or version_table.configured())
 
 
 def log_high_water(conn: Connection) -> int:
