@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from taskdb import api
-from taskdb.version_table import create_sql
+from taskdb.errors import ConfigError
+from taskdb.version_table import create_sql, resolve
 from tests.acceptance.test_alembic_cli import alembic
 from tests.acceptance.test_offline_sql import apply
 from tests.conftest import QUEUE_SCHEMAS
@@ -155,3 +156,24 @@ def test_a_bad_name_is_refused_in_one_line(db: Db, name: str) -> None:
     assert via_alembic.returncode != 0 and len(lines) == 1, via_alembic.stderr
     assert f"-x version_table = {name!r} is" in lines[0]
     assert db.columns() == columns and not has_default_table(db)  # nothing was changed
+
+
+@pytest.mark.parametrize(("x_argument", "environ", "ini", "expected"), [
+    (None, {}, None, "taskdb_alembic_version"),
+    (None, {}, "from_ini", "from_ini"),
+    (None, {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_env"),
+    ("from_x", {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_x"),
+    ("", {"TASKDB_VERSION_TABLE": ""}, "", "taskdb_alembic_version"),  # empty is unset
+    (None, {}, "x" * 59, "x" * 59),
+])
+def test_precedence(x_argument: str | None, environ: dict[str, str], ini: str | None, expected: str) -> None:
+    assert resolve(x_argument, environ, ini) == expected
+
+
+@pytest.mark.parametrize("name", ["alembic_version", "Ops", "ops-version", "1ops", "order", "user", "ops version",
+                                  "x" * 60, "ops\u00e9", "ops;drop"])
+def test_names_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        resolve(None, {"TASKDB_VERSION_TABLE": name})
+    assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
+    assert str(refused.value).startswith(f"TASKDB_VERSION_TABLE = {name!r} is ")
