@@ -27,7 +27,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from taskdb import api, cron
+from taskdb import api, cron, version_table
 from taskdb.config import redact
 from taskdb.db import is_autocommit, read_only_transaction, rows, scalar
 from taskdb.errors import TaskdbError
@@ -116,16 +116,18 @@ def cannot_connect(reason: str) -> Report:
     )
 
 
-def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Report:
+def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, versions: str | None = None) -> Report:
     """Run every check that the database's state allows; never writes.
 
     A health check must answer, not queue behind an upgrade's DDL: each check runs in a READ ONLY transaction
     with ``SET LOCAL lock_timeout`` = ``lock_timeout_ms``, and a check that times out is "cannot check".
+    taskdb's revision is read from ``versions`` (default: the configured version table, taskdb.version_table).
     """
     if not is_autocommit(conn):
         raise RuntimeError("taskdb.doctor.diagnose needs an AUTOCOMMIT connection")
+    versions = version_table.validate(versions, "versions") if versions else version_table.configured()
     report = Report()
-    checks = _Checks(conn, report, lock_timeout_ms)
+    checks = _Checks(conn, report, lock_timeout_ms, versions)
     # The schema check decides what else can run: on a database without the hygiene objects the queue
     # checks would only fail, so the report says "cannot check" and why (with the revision, if any).
     if not checks.run(CHECK_SCHEMA, checks.schema):
@@ -144,8 +146,8 @@ def diagnose(conn: Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> Rep
 class _Checks:
     """The checks, sharing one connection and what earlier checks learnt (objects, settings)."""
 
-    def __init__(self, conn: Connection, report: Report, lock_timeout_ms: int) -> None:
-        self.conn, self.report, self.lock_timeout_ms = conn, report, lock_timeout_ms
+    def __init__(self, conn: Connection, report: Report, lock_timeout_ms: int, versions: str) -> None:
+        self.conn, self.report, self.lock_timeout_ms, self.versions = conn, report, lock_timeout_ms, versions
         self.objects: dict[str, Any] = {}
         self.url = conn.engine.url.render_as_string(hide_password=False)  # only to redact error text
 
@@ -164,15 +166,19 @@ class _Checks:
         self.report.findings.extend(found)
         return not any(f.severity == ERROR for f in found)
 
+    def sql(self, name: str) -> str:
+        """A query of sql/doctor.sql with taskdb's version table in it (a validated plain identifier)."""
+        return SQL[name].replace("{{version_table}}", self.versions)
+
     # -- schema and revision -------------------------------------------------------------------------
 
     def schema(self) -> list[Finding]:
-        self.objects = rows(self.conn, SQL["objects"])[0]
+        self.objects = rows(self.conn, self.sql("objects"))[0]
         self.report.database = self.objects["database"]
         if not self.objects["has_tasks"] and not self.objects["has_version_table"]:
             return [Finding(CHECK_SCHEMA, ERROR,
                             f"cannot check: database {self.objects['database']} has no taskdb objects "
-                            "(no tasks table, no taskdb_alembic_version)",
+                            f"(no tasks table, no {self.versions})",
                             "point --url at the application's database, or install taskdb there with "
                             "`taskdb upgrade`")]
         if not self.objects["has_version_table"]:
@@ -187,7 +193,7 @@ class _Checks:
         return []
 
     def revision(self) -> list[Finding]:
-        versions = [r["version_num"] for r in rows(self.conn, SQL["revisions"])]
+        versions = [r["version_num"] for r in rows(self.conn, self.sql("revisions"))]
         script = ScriptDirectory.from_config(api.alembic_config(None))  # the revision files; no database
         head = script.get_current_head()
         self.report.head = head
@@ -196,9 +202,9 @@ class _Checks:
             return []
         if len(versions) != 1:
             return [Finding(CHECK_REVISION, WARNING,
-                            f"taskdb_alembic_version holds {len(versions)} revisions "
+                            f"{self.versions} holds {len(versions)} revisions "
                             f"({self.report.revision or 'none'}), expected one; head is {head}",
-                            "inspect taskdb_alembic_version by hand (`taskdb current`), then `taskdb upgrade`")]
+                            f"inspect {self.versions} by hand (`taskdb current`), then `taskdb upgrade`")]
         try:
             known = script.get_revision(versions[0]) is not None
         except CommandError:
@@ -206,7 +212,7 @@ class _Checks:
         if not known:
             return [Finding(CHECK_REVISION, WARNING,
                             f"database revision {versions[0]} is unknown to this taskdb (head {head}): a newer "
-                            "taskdb, or another Alembic project, wrote taskdb_alembic_version",
+                            f"taskdb, or another Alembic project, wrote {self.versions}",
                             "run doctor from the taskdb version that upgraded this database")]
         behind = len(list(script.iterate_revisions(head, versions[0])))
         return [Finding(CHECK_REVISION, WARNING,

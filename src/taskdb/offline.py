@@ -40,7 +40,7 @@ from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
 from taskdb.sql import SCHEMA_TOKEN, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
-from taskdb.version_table import CREATE_SQL, VERSION_TABLE, taskdb_revisions
+from taskdb.version_table import DEFAULT, create_sql, taskdb_revisions
 
 # The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
 BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
@@ -355,28 +355,28 @@ def _indented_statements(sql: str, spaces: int) -> str:
 
 class VersionStatements:
     """The output buffer of --sql mode: makes Alembic's version-table statements idempotent, so that the script
-    can run again (``CREATE TABLE IF NOT EXISTS taskdb_alembic_version``; the first revision inserted only into
-    an empty table; the ``UPDATE ... WHERE version_num = <previous>`` already is)."""
+    can run again (``CREATE TABLE IF NOT EXISTS taskdb_alembic_version``, or the configured name; the first
+    revision inserted only into an empty table; the ``UPDATE ... WHERE version_num = <previous>`` already is)."""
 
-    _CREATE = re.compile(rf"^CREATE TABLE {VERSION_TABLE} \(")
-    _INSERT = re.compile(rf"^INSERT INTO {VERSION_TABLE} \(version_num\) VALUES \('([^']+)'\)[^;]*;\s*$")
-
-    def __init__(self, target: TextIO) -> None:
+    def __init__(self, target: TextIO, table: str = DEFAULT) -> None:
         self.target = target
+        self.table = table  # a plain identifier (taskdb.version_table.validate): Alembic writes it unquoted
+        self._create = re.compile(rf"^CREATE TABLE {table} \(")
+        self._insert = re.compile(rf"^INSERT INTO {table} \(version_num\) VALUES \('([^']+)'\)[^;]*;\s*$")
 
     def write(self, text: str) -> int:
-        stripped = text.strip()
-        if stripped.startswith((f"INSERT INTO {VERSION_TABLE}", f"UPDATE {VERSION_TABLE}")):
+        stripped, table = text.strip(), self.table
+        if stripped.startswith((f"INSERT INTO {table} ", f"UPDATE {table} ")):
             self.target.write(template("one_session", lock_key=_upgrade_lock_key()).strip() + "\n\n")
-        if self._CREATE.match(stripped):
-            text = text.replace(f"CREATE TABLE {VERSION_TABLE}", f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE}", 1)
-        elif stripped.startswith(f"INSERT INTO {VERSION_TABLE}"):
-            match = self._INSERT.match(stripped)
+        if self._create.match(stripped):
+            text = text.replace(f"CREATE TABLE {table}", f"CREATE TABLE IF NOT EXISTS {table}", 1)
+        elif stripped.startswith(f"INSERT INTO {table} "):
+            match = self._insert.match(stripped)
             if match is None:
                 raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
-            text = (f"INSERT INTO {VERSION_TABLE} (version_num) SELECT {literal(match.group(1))}\n"
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {VERSION_TABLE});\n\n")
-        elif stripped.startswith((f"DELETE FROM {VERSION_TABLE}", f"CREATE TABLE {VERSION_TABLE}")):
+            text = (f"INSERT INTO {table} (version_num) SELECT {literal(match.group(1))}\n"
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {table});\n\n")
+        elif stripped.startswith((f"DELETE FROM {table} ", f"CREATE TABLE {table} ")):
             raise CommandError(DOWNGRADE_ONLINE)
         return self.target.write(text)
 
@@ -389,6 +389,11 @@ def _upgrade_lock_key() -> str:
 
 
 DOWNGRADE_ONLINE = "offline SQL is for upgrades; downgrade online (taskdb downgrade)"
+
+
+def script_version_table(context: MigrationContext) -> str:
+    """taskdb's version table the script records in (migrations/env.py resolves the name)."""
+    return str(context.opts.get("taskdb_version_table") or DEFAULT)
 
 
 def script_schema(context: MigrationContext) -> str:
@@ -437,11 +442,15 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
     out(template("schema_guard", schema=literal(script_schema(context)), schema_ident=literal(schema),
                  named="true" if named else "false").strip())
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
-    out(template("adopt_version", ours=text_array(taskdb_revisions(script)), create=CREATE_SQL).strip())
+    versions = script_version_table(context)
+    out(template(
+        "adopt_version", ours=text_array(taskdb_revisions(script)), create=create_sql(versions),
+        version_table=versions, version_table_literal=literal(versions),
+    ).strip())
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(
         "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",
-        start=literal(start), dest=literal(head),
+        start=literal(start), dest=literal(head), version_table=versions, version_table_literal=literal(versions),
     ).strip())
 
 

@@ -46,9 +46,10 @@ def guards(conn: Connection) -> dict[str, Any]:
     return rows(conn, DEMO_SQL["guards"])[0]
 
 
-def revision(conn: Connection) -> str | None:
-    """taskdb's revision in the database (None before the first upgrade)."""
-    return version_table.revision(conn)
+def revision(conn: Connection, versions: str | None = None) -> str | None:
+    """taskdb's revision in the database (None before the first upgrade), from its version table ``versions``
+    (default: the configured one, taskdb.version_table.configured)."""
+    return version_table.revision(conn, versions or version_table.configured())
 
 
 def log_high_water(conn: Connection) -> int:

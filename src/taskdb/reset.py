@@ -212,6 +212,7 @@ def reset(
         raise ResetRefused("--seed demo needs the head schema: drop --no-upgrade, or use --seed incident or none")
     target = inspect_target(url, environ)
     check_target(target, force=force)
+    versions = version_table.configured()  # a misnamed version table stops the reset before anything is dropped
     announce(f"about to drop and recreate {target.describe()}")
 
     with _maintenance(target) as admin:
@@ -243,7 +244,7 @@ def reset(
         announce("loaded the demo queue")
 
     with _session(target.url) as conn:
-        revision = version_table.revision(conn)
+        revision = version_table.revision(conn, versions)
         counts = {r["status"]: int(r["n"]) for r in rows(
             conn, "SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1"
         )} if table_exists(conn, "tasks") else {}

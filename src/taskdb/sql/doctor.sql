@@ -1,10 +1,12 @@
 -- The queries of `taskdb doctor` (taskdb.doctor). All read-only. Durations come back as seconds
 -- (extract(epoch ...)) so both drivers hand Python plain numbers, whatever the interval holds.
+-- {{version_table}} is taskdb's version table (taskdb_alembic_version unless configured, taskdb.version_table),
+-- filled in by taskdb.doctor: a plain lower-case identifier, valid unquoted and inside quotes.
 
 -- objects --
 -- Which taskdb objects exist: tells "nothing to check" from "not upgraded yet" from "check everything".
 SELECT to_regclass('tasks') IS NOT NULL AS has_tasks,
-       to_regclass('taskdb_alembic_version') IS NOT NULL AS has_version_table,
+       to_regclass('{{version_table}}') IS NOT NULL AS has_version_table,
        to_regclass('queue_health') IS NOT NULL AS has_queue_health,
        to_regclass('task_hygiene_settings') IS NOT NULL AS has_settings,
        to_regclass('taskdb_cron_jobs') IS NOT NULL AS has_cron_record,
@@ -14,8 +16,8 @@ SELECT to_regclass('tasks') IS NOT NULL AS has_tasks,
        now() AS checked_at
 
 -- revisions --
--- taskdb's Alembic revision(s) in taskdb_alembic_version: normally one row.
-SELECT version_num FROM taskdb_alembic_version ORDER BY version_num
+-- taskdb's Alembic revision(s) in its version table: normally one row.
+SELECT version_num FROM {{version_table}} ORDER BY version_num
 
 -- queue_health --
 -- The health row as JSON (timestamps ISO, intervals as text) plus the two ages in seconds.

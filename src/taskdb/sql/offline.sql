@@ -69,20 +69,21 @@ $taskdb$;
 DO $taskdb$ BEGIN PERFORM pg_advisory_unlock({{lock_key}}); END $taskdb$;
 
 -- adopt_version --
--- taskdb's revision lives in taskdb_alembic_version. A database an earlier taskdb stamped in the application's
--- alembic_version gets its row moved here; the application's rows stay as they are (taskdb.version_table).
+-- taskdb's revision lives in its own version table, {{version_table}}. A database an earlier taskdb stamped in the
+-- application's alembic_version gets its row moved there; the application's rows stay as they are
+-- (taskdb.version_table).
 DO $taskdb$
 DECLARE
     v_ours CONSTANT text[] := {{ours}};
     v_found text[];
 BEGIN
-    IF to_regclass('taskdb_alembic_version') IS NULL AND to_regclass('alembic_version') IS NOT NULL THEN
+    IF to_regclass({{version_table_literal}}) IS NULL AND to_regclass('alembic_version') IS NOT NULL THEN
         SELECT array_agg(version_num::text) INTO v_found FROM alembic_version WHERE version_num = ANY (v_ours);
         IF cardinality(v_found) = 1 THEN
             {{create}};
-            INSERT INTO taskdb_alembic_version (version_num) VALUES (v_found[1]);
+            INSERT INTO {{version_table}} (version_num) VALUES (v_found[1]);
             DELETE FROM alembic_version WHERE version_num = v_found[1];
-            RAISE NOTICE 'taskdb''s revision % moved from alembic_version to taskdb_alembic_version', v_found[1];
+            RAISE NOTICE 'taskdb''s revision % moved from alembic_version to %', v_found[1], {{version_table_literal}};
         END IF;
     END IF;
 END
@@ -95,8 +96,8 @@ DECLARE
     v_allowed CONSTANT text[] := {{allowed}};
     v_current text;
 BEGIN
-    IF to_regclass('taskdb_alembic_version') IS NOT NULL THEN
-        SELECT string_agg(version_num, ', ') INTO v_current FROM taskdb_alembic_version;
+    IF to_regclass({{version_table_literal}}) IS NOT NULL THEN
+        SELECT string_agg(version_num, ', ') INTO v_current FROM {{version_table}};
     END IF;
     IF v_current IS NULL AND NOT {{from_base}} THEN
         RAISE EXCEPTION 'this script upgrades from revision % but the database has no taskdb revision: '
