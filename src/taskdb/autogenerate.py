@@ -19,7 +19,8 @@ its version table, and on your ``tasks`` the column ``legacy_reason`` and the in
 Your ``users``, ``projects`` and ``tasks`` stay yours, and so does every other column of ``tasks``: ``user_id``
 and ``run_type`` included (your application writes them; taskdb only adds them where they are missing). A change
 you make to any of them is proposed as usual. An object with one of taskdb's names is hidden on both sides, found
-in the database or declared in your model: taskdb creates and changes it, never your migrations.
+in the database or declared in your model: taskdb creates and changes it, never your migrations. (Alembic matches a
+foreign key by what it references, not by name, so one your model declares on ``tasks.user_id`` meets taskdb's.)
 
 The names have one source: the head schema taskdb declares (``taskdb/sql/schema.sql``, which
 tests/migration/test_up_down.py checks against the revisions), plus taskdb's version table. Names match in any
@@ -137,9 +138,14 @@ def include_name(name: str | None, type_: str, parent_names: Mapping[str, Any]) 
     Every schema passes (yours may hold the queue, ``TASKDB_SCHEMA``); use it together with
     :func:`include_object`, which also hides a model's object that bears one of taskdb's names.
     """
+    table = parent_names.get("table_name")
     if type_ == "schema":
         return True
-    return not TASKDB_OBJECTS.covers(type_, name, parent_names.get("table_name"))
+    if type_ == "foreign_key_constraint" and table not in TASKDB_OBJECTS.tables:
+        # Alembic matches foreign keys by what they reference, not by name: one your model declares (named or
+        # not) must meet taskdb's tasks_user_id_fkey; include_object hides it only where your model has none.
+        return True
+    return not TASKDB_OBJECTS.covers(type_, name, table)
 
 
 def combine(*filters: FilterFunction) -> FilterFunction:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -198,6 +199,36 @@ def test_without_the_filters_autogenerate_reports_taskdb_objects(make_db: Callab
         assert f"('remove_column', None, 'tasks', Column('{column}'" not in report
 
 
+def test_a_model_may_declare_what_taskdb_also_has(make_db: Callable[..., Db]) -> None:
+    """A model with the foreign key on user_id (unnamed: Alembic matches it to taskdb's by what it references),
+    legacy_reason and an index under taskdb's name: nothing to do, with the filters."""
+    db = make_db()
+    app_database(db.url)
+    url = with_driver(db.url, "psycopg")
+    ok(run("upgrade", "head", url=url))
+    ok(run("taskdb", "upgrade", url=url))
+
+    from tests.toyapp import models
+
+    def diffs(declare: Callable[[sa.Table], object]) -> list[Any]:
+        metadata = sa.MetaData()
+        for table in models.Base.metadata.sorted_tables:
+            table.to_metadata(metadata)
+        declare(metadata.tables["tasks"])
+        with db.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"include_object": include_object,
+                                                             "include_name": include_name})
+            return compare_metadata(context, metadata)
+
+    assert diffs(lambda tasks: None) == []
+    assert diffs(lambda tasks: tasks.append_constraint(sa.ForeignKeyConstraint(["user_id"], ["users.id"]))) == []
+    assert diffs(lambda tasks: tasks.append_column(sa.Column("legacy_reason", sa.Text))) == []
+    assert diffs(lambda tasks: sa.Index("tasks_user_id_idx", tasks.c.user_id)) == []
+    # the control: a foreign key taskdb has not got is the application's, and proposed
+    added = diffs(lambda tasks: tasks.append_constraint(sa.ForeignKeyConstraint(["dependant_on"], ["tasks.id"])))
+    assert [(d[0], d[1].column_keys) for d in added] == [("add_fk", ["dependant_on"])]
+
+
 # (c) the application's own change to tasks still comes through, and only it.
 
 
@@ -261,15 +292,17 @@ CATALOG_OBJECTS = """
     UNION ALL
     SELECT 'function', NULL, p.proname FROM pg_proc p JOIN s ON p.pronamespace = s.oid
 """
-# What Alembic passes through include_name (the rest only reaches include_object, or not Alembic at all).
-NAME_FILTERED = {"table", "column", "index", "unique_constraint", "foreign_key_constraint"}
+# The kinds Alembic filters (the rest never reaches autogenerate: views, functions, triggers, CHECKs).
+FILTERED = {"table", "column", "index", "unique_constraint", "foreign_key_constraint"}
 
 
 def hidden(kind: str, table: str | None, name: str) -> bool:
-    """Whether the filters keep this catalog object out of the application's autogenerate."""
-    if kind in NAME_FILTERED:
+    """Whether the filters keep this catalog object out of the application's autogenerate: as Alembic runs them,
+    include_name on the reflected name, then include_object on the reflected object the model has no match for."""
+    if kind in FILTERED:
         parents = {"schema_name": None} if table is None else {"table_name": table, "schema_name": None}
-        return not include_name(name, kind, parents)
+        reflected = SimpleNamespace(name=name, table=SimpleNamespace(name=table))
+        return not (include_name(name, kind, parents) and include_object(reflected, name, kind, True, None))
     if kind == "view":
         return name in TASKDB_OBJECTS.views
     if kind == "sequence":
