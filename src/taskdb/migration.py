@@ -21,6 +21,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskdb.migration")
 
 
+def require_taskdb_environment(revision: str) -> None:
+    """Refuse to run a revision in any Alembic environment but taskdb's own.
+
+    taskdb's env.py passes ``taskdb_env=True`` to every ``context.configure`` (it lands in the context's opts).
+    An application that put taskdb's versions directory into its own ``version_locations`` would run the
+    revisions without the upgrade lock, the schema pin and the standby refusal, and record them in its own
+    version table; the check comes before anything is committed, so such a run changes nothing.
+    """
+    if not op.get_context().opts.get("taskdb_env"):
+        raise CommandError(
+            f"taskdb revision {revision} runs only through `taskdb upgrade` (or alembic with taskdb's own "
+            "alembic.ini), not in another Alembic environment: remove taskdb's versions directory from "
+            "version_locations"
+        )
+
+
 def actor(revision: str) -> str:
     """How task_hygiene_log names a revision as the author of a change."""
     return f"taskdb revision {revision}"
@@ -33,6 +49,7 @@ def online_step(revision: str) -> Iterator[Connection]:
     Online-safe steps open their own short transactions (one per DDL statement or batch) instead of
     holding locks in one long migration transaction.
     """
+    require_taskdb_environment(revision)
     context = op.get_context()
     if context.as_sql:
         raise CommandError(
@@ -58,6 +75,7 @@ def offline_step(revision: str) -> Iterator[OfflineScript]:
     revision's step as static SQL which adapts to the database when it runs (see ``taskdb.offline``)."""
     from taskdb.offline import OfflineScript
 
+    require_taskdb_environment(revision)
     script = OfflineScript(revision, op.get_context())
     try:
         yield script
