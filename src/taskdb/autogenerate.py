@@ -107,7 +107,8 @@ def declared_objects(schema_sql: str) -> TaskdbObjects:
             if kind == "table" and match.group(1) not in APPLICATION_TABLES:
                 found["constraint"].update(_INLINE_CONSTRAINT.findall(code))
     return TaskdbObjects(
-        tables=frozenset(found["table"] - APPLICATION_TABLES | {version_table.VERSION_TABLE}),
+        # the version table under its default name and the one configured here (TASKDB_VERSION_TABLE, alembic.ini)
+        tables=frozenset(found["table"] - APPLICATION_TABLES | {version_table.DEFAULT, version_table.configured()}),
         views=frozenset(found["view"]),
         indexes=frozenset(found["index"]),
         constraints=frozenset(found["constraint"]),
