@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from typing import Any
 
 from alembic.util import CommandError
@@ -28,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
         "  taskdb --url postgresql+pg8000://app@db/prod upgrade --json\n"
         "  PGHOST=db PGDATABASE=app taskdb current\n"
         "  taskdb plan --url 'host=db dbname=app user=me sslmode=require'\n\n"
-        f"{WHERE}\n\n"
+        f"{textwrap.fill(WHERE, 100)}\n\n"
         "Exit codes: 0 done, 1 failed, 2 usage or connection, 3 lock retries exhausted.",
         formatter_class=EXAMPLES,
     )

@@ -72,9 +72,10 @@ def require_testcontainers() -> None:
         import docker  # noqa: F401
         import testcontainers.core.container  # noqa: F401
     except ImportError as exc:
+        package = (exc.name or "it").split(".")[0]
         raise PostgresUnavailable(
-            f"the container backend needs testcontainers, and {exc.name or 'it'} is not installed. To fix this, "
-            "either: pip install 'taskdb-pg[testing]', or use TASKDB_PG_BACKEND=local"
+            f"the container backend needs testcontainers, and {package} is not installed. To fix this, either: "
+            "pip install 'taskdb-pg[testing]', or use TASKDB_PG_BACKEND=local"
         ) from None
 
 
