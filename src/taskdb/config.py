@@ -98,9 +98,10 @@ def _url_params(raw: str) -> tuple[dict[str, str], dict[str, object], str | None
     }  # fmt: skip
     extra: dict[str, object] = {}
     for key, value in url.query.items():
-        if key in LIBPQ_KEYWORDS and isinstance(value, str):  # as libpq: query keywords count as given
+        if key in LIBPQ_KEYWORDS and key != "dbname" and isinstance(value, str):  # as libpq: given
             params[key] = value
-        else:  # the driver's own (pg8000's unix_sock) or SQLAlchemy's multihost form (?host=a:1&host=b:2)
+        else:  # the driver's own (pg8000's unix_sock), SQLAlchemy's multihost form (?host=a:1&host=b:2), and a
+            # ?dbname= that overrides the path, left where `taskdb reset` sees it and refuses the ambiguity
             extra[key] = value
     return params, extra, url.drivername.partition("+")[2] if named else None
 
@@ -290,6 +291,8 @@ def _pg8000_url(params: dict[str, str], query: dict[str, object]) -> URL:
     if "application_name" in params:
         query["application_name"] = params.pop("application_name")
     user, password, dbname = params.pop("user", None), params.pop("password", None), params.pop("dbname", None)
+    if "dbname" in query or "database" in query:
+        raise ConfigError("pg8000 takes the database from the URL's path only: put it there instead of ?dbname=")
     unknown = sorted(set(params) - PG8000_IGNORED)
     if unknown:
         raise ConfigError(f"pg8000 cannot use the libpq option(s) {', '.join(unknown)}; use psycopg (the default "

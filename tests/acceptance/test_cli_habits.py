@@ -240,6 +240,9 @@ def test_stamp_purge_replaces_a_revision_this_chain_does_not_know(db: Db) -> Non
     purged = taskdb("stamp", "--purge", "head", "--url", db.url)
     assert purged.returncode == 0, purged.stderr[-3000:]
     assert db.rows("SELECT version_num FROM taskdb_alembic_version") == [{"version_num": "0006_cron"}]
+    assert taskdb("stamp", "base", "--url", db.url).returncode == 0  # forgets the revision, drops nothing
+    assert db.rows("SELECT version_num FROM taskdb_alembic_version") == []
+    assert db.scalar("SELECT to_regclass('task_hygiene_settings') IS NOT NULL")
 
 
 def test_stamp_refuses_a_read_only_connection_with_exit_2(db: Db) -> None:

@@ -115,6 +115,15 @@ def test_pg_variables_default_what_a_url_or_conninfo_leaves_out() -> None:
                                                                              {"host": "/run/pg", "port": "6000"})
 
 
+def test_a_url_query_dbname_stays_where_reset_sees_it() -> None:
+    """libpq lets ?dbname= override the URL's path; taskdb leaves it in the query, so that `taskdb reset` can see
+    the ambiguity and refuse it (and pg8000, which cannot take it, says where the name belongs)."""
+    assert parts(resolve_url("postgresql://u@h/path?dbname=prod", {"PGDATABASE": "pgdb"}))[5:] == (
+        "path", {"dbname": "prod"})
+    with pytest.raises(ConfigError, match="URL's path"):
+        resolve_url("postgresql+pg8000://u@h/path?dbname=prod", {})
+
+
 def test_driver_choice_taskdb_driver_and_a_named_driver_wins() -> None:
     pg8000 = {"TASKDB_DRIVER": "pg8000", "PGHOST": "db"}
     assert resolve_url(None, pg8000).startswith("postgresql+pg8000://")
