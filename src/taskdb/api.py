@@ -10,6 +10,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
 
 import taskdb
 from taskdb import report, target
@@ -17,12 +19,24 @@ from taskdb import report, target
 PACKAGE_DIR = Path(taskdb.__file__).resolve().parent
 
 
-def alembic_ini() -> Path:
-    """alembic.ini inside an installed wheel, else the one at the root of the checkout."""
-    for candidate in (PACKAGE_DIR / "_alembic" / "alembic.ini", PACKAGE_DIR.parents[1] / "alembic.ini"):
+def _shipped(in_wheel: str, in_checkout: str) -> Path:
+    """A file the wheel carries in taskdb/_alembic/ (pyproject's force-include), else its source at the root
+    of the checkout."""
+    for candidate in (PACKAGE_DIR / "_alembic" / in_wheel, PACKAGE_DIR.parents[1] / in_checkout):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("alembic.ini not found next to the taskdb package or in its checkout")
+    raise FileNotFoundError(f"{in_checkout} not found next to the taskdb package or in its checkout")
+
+
+def alembic_ini() -> Path:
+    """alembic.ini inside an installed wheel, else the one at the root of the checkout."""
+    return _shipped("alembic.ini", "alembic.ini")
+
+
+def squawk_config() -> str:
+    """The squawk configuration CI lints the offline SQL with (the checkout's .squawk.toml, shipped in the
+    wheel): each rule it excludes says why that is safe for taskdb's SQL."""
+    return _shipped("squawk.toml", ".squawk.toml").read_text(encoding="utf-8")
 
 
 def alembic_config(
@@ -61,6 +75,48 @@ def downgrade(url: str, revision: str = "base", *, raise_taskdb_errors: bool = F
 
 def current(url: str) -> None:
     command.current(alembic_config(url, raise_taskdb_errors=True, command="current"), verbose=False)
+
+
+def stamp(url: str, revision: str, *, purge: bool = False, raise_taskdb_errors: bool = False) -> None:
+    """Record ``revision`` in taskdb's version table (``taskdb_alembic_version`` in the queue's schema) without
+    running anything else: the path of an upgrade (upgrade lock, standby and read-only refusal, schema pin), so
+    an application's own ``alembic_version`` is never touched. ``purge`` first empties taskdb's version table
+    (Alembic's ``stamp --purge``: for a table holding a revision this chain does not know)."""
+    known_revision(revision)
+    config = alembic_config(url, raise_taskdb_errors=raise_taskdb_errors, command="stamp")
+    command.stamp(config, revision, purge=purge)
+
+
+def heads() -> list[str]:
+    """The chain's head revision(s); reads only the revision files."""
+    return list(_script().get_heads())
+
+
+def show(revision: str) -> dict[str, Any]:
+    """One revision of the chain (no database): its id, parent, file and docstring."""
+    rev = known_revision(revision)
+    if rev is None:
+        raise CommandError("base is where the chain starts, not a revision; `taskdb history` lists the revisions")
+    return {"revision": rev.revision, "parent": rev.down_revision, "path": rev.path, "doc": rev.longdoc,
+            "is_head": rev.is_head}  # fmt: skip
+
+
+def known_revision(revision: str) -> Script | None:
+    """``revision`` (an id, a unique prefix, ``head``) as the chain's Script, None for ``base``; an unknown one
+    is one line naming ``taskdb history`` (CommandError: exit 1, as for ``taskdb sql bogus``)."""
+    if revision == "base":
+        return None
+    try:
+        found = _script().get_revision(revision)
+    except Exception:  # Alembic's ResolutionError and friends: not a revision of this chain
+        found = None
+    if found is None:
+        raise CommandError(f"unknown revision {revision!r}; `taskdb history` lists the chain's revisions")
+    return found
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(None))
 
 
 def history(*, verbose: bool = False) -> None:

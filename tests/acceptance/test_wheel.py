@@ -53,7 +53,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         (work / "METADATA").write_bytes(archive.read(metadata))
     for needed in ("taskdb/_alembic/alembic.ini", f"taskdb/_alembic/migrations/versions/{HEAD}.py",
-                   "taskdb/_alembic/migrations/env.py", "taskdb/sql/schema.sql", "taskdb/seeds/incident.sql",
+                   "taskdb/_alembic/migrations/env.py", "taskdb/_alembic/squawk.toml", "taskdb/sql/schema.sql",
+                   "taskdb/seeds/incident.sql",
                    "taskdb/seeds/demo.sql", "taskdb/py.typed"):  # fmt: skip
         assert needed in names, f"{needed} missing from {wheel.name}"
     assert not any(name.startswith("tests/") for name in names)
@@ -85,6 +86,16 @@ def test_history_works_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
     for revision in REVISIONS:
         assert revision in history.stdout
     assert "(head)" in history.stdout.splitlines()[0] and HEAD in history.stdout.splitlines()[0]
+
+
+def test_version_and_the_squawk_config_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    version = run([wheel_venv / "bin" / "taskdb", "--version"], cwd=tmp_path)
+    assert (version.returncode, version.stdout.strip()) == (0, f"taskdb {taskdb.__version__}"), version.stderr
+    # `taskdb sql > up.sql && taskdb sql --squawk-config > .squawk.toml && squawk up.sql` outside the checkout
+    squawk = subprocess.run([str(wheel_venv / "bin" / "taskdb"), "sql", "--squawk-config"], cwd=tmp_path,
+                            env={k: v for k, v in os.environ.items() if k not in SCRUBBED}, capture_output=True)
+    assert squawk.returncode == 0, squawk.stderr
+    assert squawk.stdout == (ROOT / ".squawk.toml").read_bytes()
 
 
 def test_upgrade_from_the_wheel_repairs_the_incident(

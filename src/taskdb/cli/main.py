@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
+from typing import Any
 
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -24,36 +26,60 @@ def parser() -> argparse.ArgumentParser:
         prog="taskdb",
         description="Repair and guard a PostgreSQL tasks queue table.",
         epilog="Examples:\n  taskdb demo\n  DATABASE_URL=postgresql://app@db/prod taskdb plan\n"
-        "  taskdb --url postgresql+pg8000://app@db/prod upgrade --json\n\n"
+        "  taskdb --url postgresql+pg8000://app@db/prod upgrade --json\n"
+        "  PGHOST=db PGDATABASE=app taskdb current\n"
+        "  taskdb plan --url 'host=db dbname=app user=me sslmode=require'\n\n"
+        f"{textwrap.fill(WHERE, 100)}\n\n"
         "Exit codes: 0 done, 1 failed, 2 usage or connection, 3 lock retries exhausted.",
         formatter_class=EXAMPLES,
     )
     top.add_argument("--version", action="version", version=f"taskdb {taskdb.__version__}")
-    top.add_argument("--url", help=URL_HELP)
+    for flags, options in GLOBAL_OPTIONS:
+        top.add_argument(*flags, **options)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
-    _url_after_the_command(sub)
+    _global_options_after_the_command(sub)
     return top
 
 
-URL_HELP = ("database URL, postgresql://… (psycopg 3) or postgresql+pg8000://… "
-            "(default: TASKDB_DATABASE_URL, then DATABASE_URL)")
+WHERE = (
+    "Where the database is: --url, else TASKDB_DATABASE_URL, else DATABASE_URL, each a URL (postgresql://… uses "
+    "psycopg 3, postgresql+pg8000://… pg8000) or a libpq string ('host=db port=5432 dbname=app'); else libpq's "
+    "PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSERVICE (pg_service.conf). What a URL or string leaves out "
+    "comes from the service, then from those variables, as with libpq. TASKDB_DRIVER=pg8000 picks pg8000 where "
+    "no driver is named in the URL."
+)
+GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--url",), {"metavar": "URL", "help": "the database: a URL or a libpq 'key=value ...' string "
+                  "(default: TASKDB_DATABASE_URL, DATABASE_URL, then PG* variables; see the end of taskdb --help)"}),
+    (("--verbose", "-v"), {"action": "store_true", "help": "also log Alembic's INFO lines (and, for read-only "
+                           "commands, taskdb's own); history: with each revision's description"}),
+)
+# Commands that only read (or need no database): their INFO log lines only with -v. The others keep their
+# progress lines (which revision, which batch, what changed).
+QUIET_COMMANDS = frozenset({"plan", "current", "doctor", "heads", "show", "history", "sql", "cron status"})
 
 
-def _url_after_the_command(sub: argparse._SubParsersAction) -> None:
-    """``taskdb plan --url …`` as well as ``taskdb --url … plan`` (also for ``cron status`` and the like); given
-    in both places, the one after the command wins."""
+def _global_options_after_the_command(sub: argparse._SubParsersAction) -> None:
+    """``taskdb plan --url … -v`` as well as ``taskdb --url … -v plan`` (also for ``cron status`` and the like);
+    given in both places, the one after the command wins."""
     for command in sub.choices.values():
-        command.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
+        for flags, options in GLOBAL_OPTIONS:
+            command.add_argument(*flags, **options, default=argparse.SUPPRESS)
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
-                _url_after_the_command(action)
+                _global_options_after_the_command(action)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``plan``, ``cron status``: the command as typed, subcommand included."""
+    return " ".join(part for part in (args.command, getattr(args, "cron_command", None)) if part)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    log_handler = setup_logging()
+    log_handler = setup_logging(verbose=args.verbose, progress=command_name(args) not in QUIET_COMMANDS)
     try:
         return _run(args)
     except BrokenPipeError:

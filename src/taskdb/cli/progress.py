@@ -46,13 +46,18 @@ class ProgressBarHandler(logging.Handler):
         super().close()
 
 
-def setup_logging(stream: TextIO = sys.stderr) -> logging.Handler:
-    """INFO and up to ``stream``: a progress bar when it is a terminal, plain lines when it is not (CI logs)."""
+def setup_logging(stream: TextIO = sys.stderr, *, verbose: bool = False, progress: bool = True) -> logging.Handler:
+    """The log to ``stream``: a progress bar when it is a terminal, plain lines when it is not (CI logs).
+
+    Quiet by default: warnings and errors, plus taskdb's own INFO lines (revision, batch, what changed) for a
+    command that changes the database (``progress``). ``verbose`` adds every INFO line, Alembic's included
+    (``Context impl PostgresqlImpl.``, ``Running upgrade ...``)."""
     handler: logging.Handler
     if stream.isatty():
         handler = ProgressBarHandler(stream)
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logging.Formatter(FORMAT))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO if verbose or progress else logging.WARNING, handlers=[handler])
+    logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
     return handler

@@ -66,6 +66,19 @@ NO_ENGINE_REMEDY = (
 )
 
 
+def require_testcontainers() -> None:
+    """The container backend's Python packages (the [testing] extra), or the one line that says how to get them."""
+    try:
+        import docker  # noqa: F401
+        import testcontainers.core.container  # noqa: F401
+    except ImportError as exc:
+        package = (exc.name or "it").split(".")[0]
+        raise PostgresUnavailable(
+            f"the container backend needs testcontainers, and {package} is not installed. To fix this, either: "
+            "pip install 'taskdb-pg[testing]', or use TASKDB_PG_BACKEND=local"
+        ) from None
+
+
 @contextlib.contextmanager
 def docker_client(timeout: int = 10) -> Iterator[docker.DockerClient]:
     """A docker-py client for the engine testcontainers would use (DOCKER_HOST, else the local socket)."""
@@ -229,6 +242,7 @@ class ContainerServer(PostgresServer):
     ) -> None:
         super().__init__()
         self._container: DockerContainer | None = None
+        require_testcontainers()
         if not engine_answers():
             raise PostgresUnavailable(
                 "no Docker engine answers (checked DOCKER_HOST or /var/run/docker.sock with a ping). "
