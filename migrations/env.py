@@ -73,7 +73,7 @@ def run_migrations_offline() -> None:
     with context.begin_transaction():
         offline.begin_script(
             context.get_context(), context.script, context.get_starting_revision_argument(),
-            context.get_revision_argument(),
+            context.get_revision_argument(), command=command_name(),
         )
         context.run_migrations()
         offline.end_script(context.get_context())

@@ -88,6 +88,10 @@ def upgrade_offline() -> None:
 
 def downgrade() -> None:
     """Drop the tables this revision created that hold no rows; keep (and warn about) the others."""
+    if offline_mode():
+        with offline_step(revision) as sql:
+            sql.drop_owned(revision, ("table",))
+        return
     with online_step(revision) as conn:
         drop_created_tables(conn, revision)
         drop_owned_table_if_empty(conn)

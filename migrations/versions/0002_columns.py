@@ -59,5 +59,9 @@ def upgrade_offline() -> None:
 
 def downgrade() -> None:
     """Drop the columns this revision added (enum labels stay: PostgreSQL cannot drop them)."""
+    if offline_mode():
+        with offline_step(revision) as sql:
+            sql.drop_owned(revision, ("column",))
+        return
     with online_step(revision) as conn:
         drop_added_columns(conn, "tasks", revision)

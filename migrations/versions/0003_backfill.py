@@ -19,9 +19,16 @@ from collections.abc import Sequence
 
 from taskdb.backfill import restore, run_backfill
 from taskdb.catalog import table_exists
-from taskdb.constraints import WriteGuard, drop_constraint, drop_owned, drop_write_guard, not_null_check_name
+from taskdb.constraints import (
+    WriteGuard,
+    drop_constraint,
+    drop_owned,
+    drop_write_guard,
+    drop_write_guard_sql,
+    not_null_check_name,
+)
 from taskdb.db import execute_script, transaction
-from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_sql
+from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_module, revision_sql
 
 revision: str = "0003_backfill"
 down_revision: str | None = "0002_columns"
@@ -32,6 +39,8 @@ SQL = revision_sql(__file__)
 # Whose logged changes the downgrade puts back (taskdb.downgrade_plan reads this too): an interrupted 0004's
 # catch-up backfill, then this revision's backfill.
 RESTORES = ("0004_constraints", revision)
+# 0004's write guard, as an interrupted 0004 may have left it (only its names matter for the drop)
+WRITE_GUARD_0004 = WriteGuard("tasks_taskdb_write_guard", "taskdb_write_guard_tasks", "tasks", ())
 OBJECTS = (
     "task_hygiene_log",
     "taskdb_backfill_progress",
@@ -67,9 +76,12 @@ def upgrade_offline() -> None:
 
 def downgrade() -> None:
     """Restore every value the backfill changed, then drop the log, checkpoint and helper functions."""
+    if offline_mode():
+        downgrade_offline()
+        return
     with online_step(revision) as conn:
         # 0004's write guard, if an interrupted 0004 left it: it would refuse restoring legacy values
-        drop_write_guard(conn, WriteGuard("tasks_taskdb_write_guard", "taskdb_write_guard_tasks", "tasks", ()))
+        drop_write_guard(conn, WRITE_GUARD_0004)
         # The rest of what an interrupted 0004 left (0004 is not applied, so all it owns is a leftover; a row
         # with attempts < 0 stops 0004 at VALIDATE): its NOT VALID CHECKs and temporary NOT NULL checks refused
         # the restore below (a NOT VALID CHECK still checks UPDATEs, and 'queued' is no valid status), and its
@@ -82,3 +94,17 @@ def downgrade() -> None:
                 restore(conn, actor=actor(author))
         with transaction(conn):
             execute_script(conn, SQL["drop_objects"])
+
+
+def downgrade_offline() -> None:
+    """The same as static SQL: what an interrupted 0004 left, the restore procedure's batches, the objects."""
+    leftover = revision_module("0004_constraints")
+    with offline_step(revision) as sql:
+        with sql.transaction():
+            sql.frozen(drop_write_guard_sql(WRITE_GUARD_0004))
+        sql.drop_indexes("0004_constraints", leftover.INDEXES)
+        sql.drop_owned("0004_constraints", ("not_null", "constraint"))
+        sql.drop_constraints("tasks", [not_null_check_name("tasks", column) for column in leftover.NOT_NULL])
+        sql.restore([actor(author) for author in RESTORES])
+        with sql.transaction():
+            sql.frozen(SQL["drop_objects"])

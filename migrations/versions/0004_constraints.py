@@ -94,6 +94,7 @@ USER_INDEX = Index(
     "tasks_user_id_idx", "tasks", "(user_id)",
     "Per-user counts, and deleting a user without scanning tasks for the foreign key.",
 )
+INDEXES = (USER_INDEX,)  # what the downgrade drops (and 0003's, after an interrupted 0004)
 
 
 def upgrade() -> None:
@@ -144,6 +145,9 @@ def upgrade_offline() -> None:
 
 def downgrade() -> None:
     """Drop the index, constraints and NOT NULLs this revision added; undo its catch-up backfill."""
+    if offline_mode():
+        downgrade_offline()
+        return
     with online_step(revision) as conn:
         drop_write_guard(conn, WRITE_GUARD)  # left by an interrupted upgrade
         drop_owned(conn, revision)
@@ -152,3 +156,14 @@ def downgrade() -> None:
         if table_exists(conn, "task_hygiene_log"):
             for author in RESTORES:
                 restore(conn, actor=actor(author))
+
+
+def downgrade_offline() -> None:
+    """The same as static SQL: the guard, the index CONCURRENTLY, constraints and NOT NULLs, the restore."""
+    with offline_step(revision) as sql:
+        with sql.transaction():
+            sql.frozen(drop_write_guard_sql(WRITE_GUARD))
+        sql.drop_indexes(revision, INDEXES)
+        sql.drop_owned(revision, ("not_null", "constraint"))
+        sql.drop_constraints("tasks", [not_null_check_name("tasks", column) for column in NOT_NULL])
+        sql.restore([actor(author) for author in RESTORES])

@@ -139,6 +139,9 @@ def upgrade_offline() -> None:
 
 def downgrade() -> None:
     """Un-cancel what this revision's cleanup cancelled, drop the indexes and the hygiene objects."""
+    if offline_mode():
+        downgrade_offline()
+        return
     with online_step(revision) as conn:
         if table_exists(conn, "task_hygiene_log"):
             for author in RESTORES:
@@ -146,3 +149,13 @@ def downgrade() -> None:
         drop_owned(conn, revision)
         with transaction(conn):
             execute_script(conn, SQL["drop_objects"])
+
+
+def downgrade_offline() -> None:
+    """The same as static SQL: the restore procedure's batches, the indexes dropped CONCURRENTLY, the objects."""
+    with offline_step(revision) as sql:
+        sql.restore([actor(author) for author in RESTORES])
+        sql.drop_indexes(revision, INDEXES)
+        sql.drop_owned(revision, ("not_null", "constraint"))
+        with sql.transaction():
+            sql.frozen(SQL["drop_objects"])

@@ -66,8 +66,21 @@ def upgrade_offline() -> None:
 def downgrade() -> None:
     """Unschedule the jobs wherever they live, drop pg_cron only if this revision created it and nothing
     else uses it, restore 0005's taskdb_cron_job_state and drop the record."""
+    if offline_mode():
+        downgrade_offline()
+        return
     with online_step(revision) as conn:
         cron.unschedule_jobs(conn, revision)
         with transaction(conn):
             execute_script(conn, SQL["taskdb_cron_job_state_0005"])
             execute_script(conn, SQL["drop_objects"])
+
+
+def downgrade_offline() -> None:
+    """The same as static SQL: the jobs unscheduled where pg_cron keeps them in this database (elsewhere a NOTICE
+    with the SQL to run there), then 0005's taskdb_cron_job_state and the record's drop."""
+    with offline_step(revision) as sql:
+        sql.unschedule_cron_jobs(revision)
+        with sql.transaction():
+            sql.frozen(SQL["taskdb_cron_job_state_0005"])
+            sql.frozen(SQL["drop_objects"])

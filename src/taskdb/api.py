@@ -124,11 +124,17 @@ def history(*, verbose: bool = False) -> None:
     command.history(alembic_config(None), verbose=verbose)
 
 
-def sql(revision_range: str = "base:head") -> str:
-    """The offline SQL of ``revision_range`` (Alembic ``--sql``, e.g. ``base:head``, ``0003_backfill:head``):
-    a script a DBA reviews and applies with ``psql -v ON_ERROR_STOP=1 -f``. Needs no database (taskdb.offline)."""
-    config = alembic_config(None)
+def sql(revision_range: str | None = None, *, downgrade: bool = False) -> str:
+    """The offline SQL of ``revision_range`` (Alembic ``--sql``): a script a DBA reviews and applies with
+    ``psql -v ON_ERROR_STOP=1 -f``. Needs no database (taskdb.offline). An upgrade by default (``base:head``,
+    ``0003_backfill:head``); with ``downgrade`` a downgrade (``head:base`` by default; ``0004_constraints`` alone
+    means ``head:0004_constraints``)."""
+    config = alembic_config(None, command="downgrade" if downgrade else "upgrade")
     buffer = io.StringIO()
     config.output_buffer = buffer
-    command.upgrade(config, revision_range, sql=True)
+    if downgrade:
+        revision_range = revision_range or "head:base"
+        command.downgrade(config, revision_range if ":" in revision_range else f"head:{revision_range}", sql=True)
+    else:
+        command.upgrade(config, revision_range or "base:head", sql=True)
     return buffer.getvalue()

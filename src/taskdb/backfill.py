@@ -321,7 +321,10 @@ def _sweep(
             time.sleep(config.batch_delay_s)
 
 
-def restore(conn: Connection, *, actor: str, batch_size: int = 1000) -> int:
+RESTORE_BATCH_SIZE = 1000  # tasks per restore batch (the offline script's too)
+
+
+def restore(conn: Connection, *, actor: str, batch_size: int = RESTORE_BATCH_SIZE) -> int:
     """Undo what ``actor`` logged, in keyset batches over task ids; returns rows restored."""
     statement = sa.text(render("restore_batch", status_type=status_type(conn)))
     return _restore(conn, statement, actor=actor, batch_size=batch_size)

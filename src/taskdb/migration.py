@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from alembic import op
@@ -52,9 +53,8 @@ def online_step(revision: str) -> Iterator[Connection]:
     require_taskdb_environment(revision)
     context = op.get_context()
     if context.as_sql:
-        raise CommandError(
-            f"revision {revision}: offline SQL (--sql) is for upgrades; downgrade online (taskdb downgrade)"
-        )
+        # every revision checks offline_mode() first and writes its SQL through offline_step instead
+        raise CommandError(f"revision {revision}: this step has no offline SQL; run it online (taskdb upgrade)")
     with context.autocommit_block():
         conn = op.get_bind()
         # pg8000 may already have opened a transaction (Alembic reads the isolation level before
@@ -86,3 +86,13 @@ def offline_step(revision: str) -> Iterator[OfflineScript]:
 def revision_sql(revision_file: str) -> dict[str, str]:
     """The frozen SQL that sits beside a revision file (same name, ``.sql``), split on ``-- name --``."""
     return parse_queries(Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8"))
+
+
+def revision_module(revision: str) -> ModuleType:
+    """Another revision of the chain, loaded by Alembic (0003's downgrade undoes what an interrupted 0004 left)."""
+    from alembic import context
+
+    found = context.script.get_revision(revision)
+    if found is None:
+        raise CommandError(f"revision {revision} is not in taskdb's chain")
+    return found.module

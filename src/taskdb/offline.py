@@ -27,13 +27,14 @@ from typing import Any, TextIO, cast
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine import Connection
 
 from taskdb import cron
 from taskdb.adopt import TableSpec
-from taskdb.backfill import BackfillConfig, render
+from taskdb.backfill import RESTORE_BATCH_SIZE, BackfillConfig, render
 from taskdb.catalog import ensure_owned_table, record_owned
 from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
 from taskdb.db import quote_ident
@@ -123,6 +124,21 @@ def backfill_procedure() -> str:
         count_needs_work=dollar_quote(render("count_needs_work"), "taskdb_batch"),
         count_waiting_before=dollar_quote(waiting_before_statement(), "taskdb_batch"),
     )
+
+
+# The restore_batch statement's bind parameters, as the procedure's variables that it passes for them.
+RESTORE_BINDS = {"actor": "p_actor", "after": "v_after", "batch_size": "p_batch_size"}
+
+
+def restore_statement() -> tuple[str, str]:
+    """restore_batch of sql/backfill.sql exactly as the online restore renders it, with ``${status_type}`` left
+    for the procedure and the ``:name`` binds as ``$1..$3``; and the procedure's USING list in their order."""
+    compiled = sa.text(render("restore_batch", status_type="${status_type}")).compile(
+        dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    order = tuple(compiled.positiontup or ())
+    if sorted(order) != sorted(RESTORE_BINDS):
+        raise RuntimeError(f"restore_batch binds {order} are not {sorted(RESTORE_BINDS)}")
+    return str(compiled), ", ".join(RESTORE_BINDS[name] for name in order)
 
 
 def waiting_before_statement() -> str:
@@ -347,6 +363,54 @@ class OfflineScript:
         ))
 
 
+    # -- downgrades --------------------------------------------------------------------------------------
+
+    def restore(self, actors: Sequence[str]) -> None:
+        """Put back what ``actors`` logged (taskdb.backfill.restore): the procedure, then a CALL per actor."""
+        with self.transaction():
+            statement, using = restore_statement()
+            self.emit(template("restore_procedure", restore_batch=dollar_quote(statement, "taskdb_batch"),
+                               restore_using=using))
+        with self.outside_transaction():
+            for actor in actors:
+                self.emit(template("restore_call", lock_timeout=self.lock_timeout, actor=literal(actor),
+                                   batch_size=str(RESTORE_BATCH_SIZE)))
+
+    def drop_indexes(self, revision: str, indexes: Sequence[Index]) -> None:
+        """The indexes ``revision`` created (never one it adopted), each DROP INDEX CONCURRENTLY: marked by a
+        rename in a short transaction first, so that the plain statement drops only what is taskdb's."""
+        for index in indexes:
+            dropping = f"taskdb_dropping_{index.name}"[:63]
+            values = {"name_literal": literal(index.name), "owned_name": literal(f"{index.table}.{index.name}"),
+                      "revision": literal(revision)}
+            with self.transaction():
+                self.emit(template("index_mark", **values, name=index.name, dropping=dropping))
+            with self.outside_transaction():
+                self.emit(f"SET lock_timeout = {self.lock_timeout}")
+                self.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {dropping}")
+                self.emit("RESET lock_timeout")
+            with self.transaction():
+                self.emit(template("index_forget", **values, dropping_literal=literal(dropping)))
+
+    def drop_owned(self, revision: str, kinds: Sequence[str]) -> None:
+        """What ``revision`` recorded of ``kinds`` (not_null, constraint, column, table), as the online
+        downgrade drops it (taskdb.constraints.drop_owned, taskdb.adopt): one transaction."""
+        with self.transaction():
+            self.emit(template("drop_owned", revision=literal(revision), kinds=text_array(kinds)))
+
+    def drop_constraints(self, table: str, names: Sequence[str]) -> None:
+        with self.transaction():
+            for name in names:
+                self.emit(f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {name}")
+
+    def unschedule_cron_jobs(self, revision: str) -> None:
+        with self.transaction():
+            self.emit(template(
+                "cron_unschedule", names_lock_key=str(cron.NAMES_LOCK_KEY), purge_job=literal(cron.PURGE_JOB),
+                cleanup_jobs=cron.CLEANUP_JOBS_SQL, revision=literal(revision),
+            ))
+
+
 def _indented_statements(sql: str, spaces: int) -> str:
     return "\n".join(textwrap.indent(s.strip() + ";", " " * spaces) for s in split_statements(sql))
 
@@ -366,7 +430,7 @@ class VersionStatements:
 
     def write(self, text: str) -> int:
         stripped, table = text.strip(), self.table
-        if stripped.startswith((f"INSERT INTO {table} ", f"UPDATE {table} ")):
+        if stripped.startswith((f"INSERT INTO {table} ", f"UPDATE {table} ", f"DELETE FROM {table} ")):
             self.target.write(template("one_session", lock_key=_upgrade_lock_key()).strip() + "\n\n")
         if self._create.match(stripped):
             text = text.replace(f"CREATE TABLE {table}", f"CREATE TABLE IF NOT EXISTS {table}", 1)
@@ -376,8 +440,11 @@ class VersionStatements:
                 raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
             text = (f"INSERT INTO {table} (version_num) SELECT {literal(match.group(1))}\n"
                     f"WHERE NOT EXISTS (SELECT 1 FROM {table});\n\n")
-        elif stripped.startswith((f"DELETE FROM {table} ", f"CREATE TABLE {table} ")):
-            raise CommandError(DOWNGRADE_ONLINE)
+        elif stripped.startswith(f"DROP TABLE {table}"):
+            # Alembic's --sql drops the version table after a downgrade to base; online it stays (empty): so here
+            return 0
+        elif stripped.startswith(f"CREATE TABLE {table} "):
+            raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
         return self.target.write(text)
 
     def flush(self) -> None:
@@ -386,9 +453,6 @@ class VersionStatements:
 
 def _upgrade_lock_key() -> str:
     return str(UPGRADE_LOCK_KEY)
-
-
-DOWNGRADE_ONLINE = "offline SQL is for upgrades; downgrade online (taskdb downgrade)"
 
 
 def script_version_table(context: MigrationContext) -> str:
@@ -401,11 +465,13 @@ def script_schema(context: MigrationContext) -> str:
     return str(context.opts.get("taskdb_schema") or "public")
 
 
-def begin_script(context: MigrationContext, script: ScriptDirectory, start: str | None, dest: Any) -> None:
-    """The header, the schema, the upgrade lock and the guard that the database is where the script starts."""
+def begin_script(
+    context: MigrationContext, script: ScriptDirectory, start: str | None, dest: Any, command: str = "upgrade"
+) -> None:
+    """The header, the schema, the upgrade lock and the guard that the database is where the script starts.
+    ``command`` is what was asked for (upgrade or downgrade): a range going the other way is refused."""
     start = start or "base"
-    if not isinstance(dest, str):  # a downgrade to base
-        raise CommandError(DOWNGRADE_ONLINE)
+    dest = dest if isinstance(dest, str) and dest else "base"  # Alembic hands a downgrade to base as () / None
     for name in (start, dest):
         try:
             known = name in ("base", "head") or script.get_revision(name) is not None
@@ -413,26 +479,42 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
             known = False
         if not known:
             raise CommandError(f"unknown revision {name!r} in the range {start}:{dest}; `taskdb history` lists "
-                               "the chain's revisions (e.g. taskdb sql base:head, taskdb sql 0003_backfill:head)")
-    try:
-        revisions = [r.revision for r in script.iterate_revisions(dest, start)]
-    except Exception as exc:  # e.g. a downgrade range
-        raise CommandError(f"{DOWNGRADE_ONLINE} ({start}:{dest}: {exc})") from None
-    revisions.reverse()
-    head = revisions[-1] if revisions else start
+                               "the chain's revisions (e.g. taskdb sql base:head, taskdb sql 0003_backfill:head, "
+                               "taskdb sql --downgrade head:0004_constraints)")
+    downgrade, revisions = script_range(script, start, dest)
+    if downgrade and command == "upgrade":
+        raise CommandError(f"{start}:{dest} goes down the chain: for a downgrade script use "
+                           f"`taskdb sql --downgrade {start}:{dest}`")
+    if not downgrade and command == "downgrade" and revisions:
+        raise CommandError(f"{start}:{dest} goes up the chain: for an upgrade script leave out --downgrade")
     policy = LockPolicy.from_env()
     out = context.impl.static_output
-    out(textwrap.dedent(f"""\
-        -- taskdb offline upgrade: {start} -> {head} (generated by `taskdb sql {start}:{dest}`)
-        --
-        -- Review, then apply with:  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql  (as the role that owns the tables)
-        -- Plain SQL, no psql meta-commands. It reads the catalog when it RUNS, so it works on an empty, a legacy
-        -- or a half-migrated database, and it is idempotent: after a failure (a lock timeout, a killed session),
-        -- fix the cause and run it again; it resumes (the backfill from its checkpoint) and changes nothing twice.
-        -- DDL runs in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
-        -- a lock timeout stops the script; rerun it); CREATE INDEX CONCURRENTLY, the backfill and the cleanup
-        -- run outside transaction blocks. Generated with TASKDB_LOCK_TIMEOUT_MS / TASKDB_BACKFILL_BATCH_SIZE /
-        -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON / TASKDB_SCHEMA from the environment."""))
+    if downgrade:
+        out(textwrap.dedent(f"""\
+            -- taskdb offline downgrade: {start} -> {dest} (generated by `taskdb sql --downgrade {start}:{dest}`)
+            --
+            -- What it restores and drops: `taskdb downgrade {dest} --plan` on the database (read-only).
+            -- Review, then apply with:  psql -v ON_ERROR_STOP=1 -X -f downgrade.sql  (as the role that owns the tables)
+            -- Plain SQL, no psql meta-commands, idempotent like the upgrade script: after a failure fix the cause and
+            -- run it again. Each revision restores from task_hygiene_log the values it changed (only where the
+            -- application has not changed them since), one committed batch at a time, then drops what it created
+            -- (taskdb_owned_objects: never an adopted table, column, constraint or index; a table holding rows is
+            -- kept). DDL in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
+            -- rerun); indexes DROP INDEX CONCURRENTLY. pg_cron jobs are removed only where pg_cron keeps them in this
+            -- database (cron.database_name); elsewhere a NOTICE says what to run there."""))
+    else:
+        head = revisions[-1] if revisions else start
+        out(textwrap.dedent(f"""\
+            -- taskdb offline upgrade: {start} -> {head} (generated by `taskdb sql {start}:{dest}`)
+            --
+            -- Review, then apply with:  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql  (as the role that owns the tables)
+            -- Plain SQL, no psql meta-commands. It reads the catalog when it RUNS, so it works on an empty, a legacy
+            -- or a half-migrated database, and it is idempotent: after a failure (a lock timeout, a killed session),
+            -- fix the cause and run it again; it resumes (the backfill from its checkpoint) and changes nothing twice.
+            -- DDL runs in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
+            -- a lock timeout stops the script; rerun it); CREATE INDEX CONCURRENTLY, the backfill and the cleanup
+            -- run outside transaction blocks. Generated with TASKDB_LOCK_TIMEOUT_MS / TASKDB_BACKFILL_BATCH_SIZE /
+            -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON / TASKDB_SCHEMA from the environment."""))
     schema = quote_ident(script_schema(context))
     out(textwrap.dedent(f"""\
         -- The queue is tasks in schema {schema}: every name below resolves there, and every object is created
@@ -447,11 +529,35 @@ def begin_script(context: MigrationContext, script: ScriptDirectory, start: str 
         "adopt_version", ours=text_array(taskdb_revisions(script)), create=create_sql(versions),
         version_table=versions, version_table_literal=literal(versions),
     ).strip())
+    if downgrade:
+        allowed = revisions + ([] if dest == "base" else [dest])
+        out(template(
+            "downgrade_guard", allowed=text_array(allowed), to_base="true" if dest == "base" else "false",
+            start=literal(revisions[0] if revisions else start), dest=literal(dest), version_table=versions,
+            version_table_literal=literal(versions),
+        ).strip())
+        return
     allowed = ([] if start == "base" else [start]) + revisions
     out(template(
         "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",
         start=literal(start), dest=literal(head), version_table=versions, version_table_literal=literal(versions),
     ).strip())
+
+
+def script_range(script: ScriptDirectory, start: str, dest: str) -> tuple[bool, list[str]]:
+    """Whether ``start:dest`` is a downgrade, and the revisions the script runs (in the order it runs them)."""
+    if start != "base" and (dest == "base" or _below(script, dest, start)):
+        return True, [r.revision for r in script.iterate_revisions(start, dest) if r.revision != dest]
+    revisions = [r.revision for r in script.iterate_revisions(dest, start)]
+    revisions.reverse()
+    return False, revisions
+
+
+def _below(script: ScriptDirectory, lower: str, upper: str) -> bool:
+    try:
+        return lower != upper and any(True for _ in script.iterate_revisions(upper, lower))
+    except RevisionError:
+        return False
 
 
 def end_script(context: MigrationContext) -> None:

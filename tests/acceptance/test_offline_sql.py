@@ -96,12 +96,12 @@ def _mask(value: Any) -> Any:
 
 
 def state(db: Db) -> dict[str, Any]:
+    has = lambda table: db.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table)  # noqa: E731
     tasks = {
         task_id: {**row, "updated_at": "<time>" if row.get("updated_at") else None, "error_message":
                   _mask(row.get("error_message"))}
         for task_id, row in db.snapshot().items()
-    }
-    has = lambda table: db.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table)  # noqa: E731
+    } if has("tasks") else None  # a downgrade to base drops a tasks table taskdb created
     log = sorted(
         json.dumps(_mask(r), sort_keys=True)
         for r in db.rows("SELECT task_id::text, action, reason, previous, applied FROM task_hygiene_log")
@@ -339,7 +339,8 @@ def test_cli_writes_plain_sql_without_a_database_or_a_secret(
     # the backfill runs the online engine's own batch statement, not a copy
     assert batch_statement() in script
     assert main(["sql", "head:base"]) == 1
-    assert "offline SQL is for upgrades; downgrade online" in capsys.readouterr().err
+    assert "0006_cron:base goes down the chain: for a downgrade script use `taskdb sql --downgrade 0006_cron:base`" \
+        in capsys.readouterr().err
 
 
 CRON_DB = "taskdb_offline_cron"

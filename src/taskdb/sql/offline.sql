@@ -576,3 +576,200 @@ BEGIN
     END LOOP;
 END
 $taskdb$;
+
+-- downgrade_guard --
+-- A downgrade script: the database must be at the revision it starts from, or at one it downgrades through
+-- (a rerun after a failure, or after it finished: then every step finds nothing left to do).
+DO $taskdb$
+DECLARE
+    v_allowed CONSTANT text[] := {{allowed}};
+    v_current text;
+BEGIN
+    IF to_regclass({{version_table_literal}}) IS NOT NULL THEN
+        SELECT string_agg(version_num, ', ') INTO v_current FROM {{version_table}};
+    END IF;
+    IF v_current IS NULL AND NOT {{to_base}} THEN
+        RAISE EXCEPTION 'this script downgrades % -> % but the database has no taskdb revision: nothing to '
+            'downgrade', {{start}}, {{dest}};
+    ELSIF v_current IS NOT NULL AND NOT v_current = ANY (v_allowed) THEN
+        RAISE EXCEPTION 'this script downgrades % -> %, but the database is at revision %: generate the '
+            'script for its range with `taskdb sql --downgrade %:%`', {{start}}, {{dest}}, v_current, v_current,
+            {{dest}};
+    END IF;
+END
+$taskdb$;
+
+-- restore_procedure --
+-- The downgrade's restore (src/taskdb/backfill.py restore) as a procedure of this session: the actor's logged
+-- changes put back in keyset batches over task ids, each batch THE SAME statement (restore_batch of
+-- src/taskdb/sql/backfill.sql: a column is restored only where it still holds what the actor wrote), committed
+-- on its own, one NOTICE per batch. Idempotent: a restored column no longer matches. Lock waits are bounded by
+-- the session's lock_timeout. CALL it outside a transaction block (it COMMITs).
+CREATE OR REPLACE PROCEDURE pg_temp.taskdb_restore(p_actor text, p_batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $taskdb_restore$
+DECLARE
+    c_restore_batch CONSTANT text := {{restore_batch}};  -- its binds: {{restore_using}}
+    v_statement text;
+    v_after uuid;
+    v_batch record;
+    v_total bigint := 0;
+BEGIN
+    IF to_regclass('task_hygiene_log') IS NULL THEN
+        RETURN;  -- nothing was logged (or an earlier run of this script already dropped the log)
+    END IF;
+    SELECT replace(c_restore_batch, '${status_type}', format_type(a.atttypid, a.atttypmod)) INTO STRICT v_statement
+    FROM pg_attribute a WHERE a.attrelid = 'tasks'::regclass AND a.attname = 'status' AND NOT a.attisdropped;
+    LOOP
+        EXECUTE v_statement INTO v_batch USING {{restore_using}};
+        COMMIT;
+        EXIT WHEN v_batch.scanned = 0;
+        v_after := v_batch.last_id;
+        v_total := v_total + v_batch.restored;
+        RAISE NOTICE 'restore %: % tasks restored so far', p_actor, v_total;
+    END LOOP;
+END
+$taskdb_restore$;
+
+-- restore_call --
+SET lock_timeout = {{lock_timeout}};
+SET statement_timeout = 0;
+CALL pg_temp.taskdb_restore({{actor}}, {{batch_size}});
+RESET statement_timeout;
+RESET lock_timeout;
+
+-- drop_owned --
+-- Undo what revision {{revision}} recorded as its own in taskdb_owned_objects (taskdb.constraints.drop_owned,
+-- taskdb.adopt.drop_added_columns / drop_created_tables): of the kinds {{kinds}}, NOT NULLs, then constraints,
+-- columns and tables, newest first; a table that holds rows is kept with a NOTICE (its rows are not taskdb's to
+-- delete). Adopted objects were never recorded, so they stay. Indexes are dropped by index_drop (CONCURRENTLY).
+DO $taskdb$
+DECLARE
+    v_owned record;
+    v_table text;
+    v_name text;
+    v_rows boolean;
+BEGIN
+    IF to_regclass('taskdb_owned_objects') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_owned IN SELECT kind, name FROM taskdb_owned_objects
+                   WHERE revision = {{revision}} AND kind = ANY ({{kinds}})
+                   ORDER BY array_position(ARRAY['not_null', 'constraint', 'column', 'table'], kind), seq DESC
+    LOOP
+        v_table := split_part(v_owned.name, '.', 1);
+        v_name := substr(v_owned.name, length(v_table) + 2);
+        IF v_owned.kind = 'not_null' AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(v_table)
+                                                 AND attname = v_name AND NOT attisdropped) THEN
+            EXECUTE format('ALTER TABLE %I ALTER COLUMN %I DROP NOT NULL', v_table, v_name);
+        ELSIF v_owned.kind = 'constraint' AND to_regclass(v_table) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %I DROP CONSTRAINT IF EXISTS %I', v_table, v_name);
+        ELSIF v_owned.kind = 'column' AND to_regclass(v_table) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %I DROP COLUMN IF EXISTS %I', v_table, v_name);
+        ELSIF v_owned.kind = 'table' AND to_regclass(format('%I', v_owned.name)) IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I)', v_owned.name) INTO v_rows;
+            IF v_rows THEN
+                RAISE NOTICE 'keeping table %: it holds rows taskdb did not create; drop it by hand if you mean to',
+                    v_owned.name;
+                CONTINUE;  -- kept: forgotten below with the other tables, as the online downgrade does
+            END IF;
+            EXECUTE format('DROP TABLE %I', v_owned.name);
+        END IF;
+        IF v_owned.kind <> 'table' THEN
+            DELETE FROM taskdb_owned_objects WHERE kind = v_owned.kind AND name = v_owned.name;
+        END IF;
+    END LOOP;
+    DELETE FROM taskdb_owned_objects WHERE revision = {{revision}} AND kind = 'table' AND kind = ANY ({{kinds}});
+    IF 'table' = ANY ({{kinds}}) AND NOT EXISTS (SELECT 1 FROM taskdb_owned_objects) THEN
+        DROP TABLE taskdb_owned_objects;
+    END IF;
+END
+$taskdb$;
+
+-- index_mark --
+-- An index revision {{revision}} created (not one it adopted: that was never recorded) is renamed for the drop
+-- below, so that a plain `DROP INDEX CONCURRENTLY IF EXISTS` drops it and nothing else (renaming an index takes
+-- SHARE UPDATE EXCLUSIVE: writes go on).
+DO $taskdb$
+BEGIN
+    IF to_regclass({{name_literal}}) IS NULL OR to_regclass('taskdb_owned_objects') IS NULL THEN
+        RETURN;  -- (a separate IF: taskdb_owned_objects is only planned where it exists)
+    END IF;
+    IF EXISTS (SELECT FROM taskdb_owned_objects
+               WHERE kind = 'index' AND name = {{owned_name}} AND revision = {{revision}}) THEN
+        ALTER INDEX {{name}} RENAME TO {{dropping}};
+    END IF;
+END
+$taskdb$;
+
+-- index_forget --
+DO $taskdb$
+BEGIN
+    IF to_regclass('taskdb_owned_objects') IS NOT NULL AND to_regclass({{dropping_literal}}) IS NULL
+       AND (to_regclass({{name_literal}}) IS NULL OR NOT EXISTS (
+            SELECT FROM pg_index WHERE indexrelid = to_regclass({{name_literal}}))) THEN
+        DELETE FROM taskdb_owned_objects WHERE kind = 'index' AND name = {{owned_name}} AND revision = {{revision}};
+    END IF;
+END
+$taskdb$;
+
+-- cron_unschedule --
+-- taskdb's pg_cron jobs (taskdb.cron.unschedule_jobs): where pg_cron keeps its jobs in this database
+-- (cron.database_name), this database's cleanup job goes, the purge job with the server's last cleanup job, and
+-- pg_cron itself when taskdb created it and nothing else uses it (as a role that sees every job). Jobs recorded
+-- in another cron database cannot be reached from here: a NOTICE gives the SQL to run there (or downgrade
+-- online: `taskdb cron remove`).
+DO $taskdb$
+DECLARE
+    v_job record;
+    v_found record;
+    v_removed bigint[] := ARRAY[]::bigint[];
+    v_owned text := 'pg_cron in database ' || current_database();
+BEGIN
+    IF to_regclass('taskdb_cron_jobs') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_job IN SELECT * FROM taskdb_cron_jobs ORDER BY job LOOP
+        IF v_job.cron_database IS DISTINCT FROM current_database()
+           OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+            IF v_job.cron_database IS DISTINCT FROM current_database() THEN
+                RAISE NOTICE 'pg_cron job % lives in database %: remove it there (SELECT cron.unschedule(jobid) '
+                    'FROM cron.job WHERE jobname = % AND database = %) or run `taskdb cron remove` before this '
+                    'script', v_job.jobname, v_job.cron_database, quote_literal(v_job.jobname),
+                    quote_literal(v_job.run_database);
+            END IF;
+            CONTINUE;
+        END IF;
+        PERFORM pg_advisory_xact_lock({{names_lock_key}});
+        SELECT j.jobid, j.database INTO v_found FROM cron.job j WHERE j.jobname = v_job.jobname;
+        IF v_found.jobid IS NULL OR v_found.database IS DISTINCT FROM v_job.run_database THEN
+            CONTINUE;  -- absent already
+        END IF;
+        IF v_job.job = {{purge_job}} AND EXISTS ({{cleanup_jobs}}) THEN
+            CONTINUE;  -- kept: other databases' cleanup jobs still use it
+        END IF;
+        PERFORM cron.unschedule(v_found.jobid);
+        v_removed := v_removed || v_found.jobid;
+        RAISE NOTICE 'pg_cron job % unscheduled', v_job.jobname;
+        v_found := NULL;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') OR to_regclass('taskdb_owned_objects') IS NULL
+       OR NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) THEN
+        RETURN;  -- no pg_cron here, or this role cannot see every user's jobs
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM taskdb_owned_objects WHERE kind = 'extension' AND name = v_owned
+                   AND revision = {{revision}}) THEN
+        RETURN;  -- not taskdb's to drop
+    END IF;
+    -- (a separate IF: cron.job is only planned where pg_cron is installed)
+    IF NOT EXISTS (SELECT 1 FROM cron.job)
+       AND NOT EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid <> ALL (v_removed)) THEN
+        BEGIN
+            DROP EXTENSION IF EXISTS pg_cron;
+            DELETE FROM taskdb_owned_objects WHERE kind = 'extension' AND name = v_owned;
+            RAISE NOTICE 'dropped pg_cron (taskdb had created it)';
+        EXCEPTION WHEN OTHERS THEN  -- the jobs are gone already; an extension left behind harms nobody
+            RAISE NOTICE 'kept pg_cron: DROP EXTENSION failed: %', SQLERRM;
+        END;
+    END IF;
+END
+$taskdb$;
