@@ -18,7 +18,7 @@ from taskdb import api
 from taskdb.testing import start_postgres
 from tests.acceptance.test_cli import taskdb
 from tests.acceptance.test_offline_sql import PSQL, apply, assert_same, psql, state, twins
-from tests.helpers import Db, with_driver
+from tests.helpers import Db, schema_db, with_driver
 
 pytestmark = pytest.mark.skipif(not Path(PSQL).exists(), reason=f"{PSQL} is not installed")
 CRON_DB = "taskdb_offline_down_cron"
@@ -74,6 +74,25 @@ def test_script_does_what_the_online_downgrade_does(
         assert "restore taskdb revision 0003_backfill:" in output  # one NOTICE per batch
     apply(db, script)  # a second run: every step finds its work done
     assert state(db) == offline
+
+
+@pytest.mark.parametrize("db", ["app"], indirect=True)  # beside another application's public.tasks (conftest)
+def test_script_for_a_queue_in_another_schema_does_what_the_online_downgrade_does(
+    db: Db, other_db: Db, tmp_path: Path
+) -> None:
+    reference = schema_db(other_db.url, "app")
+    try:
+        twins(db, reference, "half_migrated", False)
+        roles_exist(db)
+        db.upgrade()
+        reference.upgrade()
+        script = generate(tmp_path)  # TASKDB_SCHEMA=app
+        assert 'SET search_path = "app", pg_temp;' in script.read_text(encoding="utf-8")
+        apply(db, script)
+        reference.downgrade("base")
+        assert_same(state(db), state(reference))
+    finally:
+        reference.engine.dispose()
 
 
 def test_an_index_the_database_already_had_survives_the_script(db: Db, other_db: Db, tmp_path: Path) -> None:
