@@ -173,6 +173,11 @@ def run_migrations_online() -> None:
     if shared is not None and not isinstance(shared, Engine):
         raise CommandError(f"config.attributes['connection'] must be a SQLAlchemy Connection or Engine, "
                            f"not {type(shared).__name__}")
+    if isinstance(shared, Engine) and not (shared.url.host or shared.url.database or shared.url.query):
+        # an Engine made with creator= or connect_args only: its URL says nothing of where it connects
+        raise CommandError("config.attributes['connection'] is an Engine whose URL names no host or database "
+                           "(made with creator= or connect_args?): taskdb connects to an Engine's URL; hand in a "
+                           "Connection from it instead")
     try:
         url = database_url() if shared is None else normalize_url(shared.url.render_as_string(hide_password=False))
     except TaskdbError as exc:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from taskdb.backfill import restore, run_backfill
 from taskdb.catalog import table_exists
 from taskdb.constraints import (
-    WriteGuard,
     drop_constraint,
     drop_owned,
     drop_write_guard,
@@ -39,8 +38,6 @@ SQL = revision_sql(__file__)
 # Whose logged changes the downgrade puts back (taskdb.downgrade_plan reads this too): an interrupted 0004's
 # catch-up backfill, then this revision's backfill.
 RESTORES = ("0004_constraints", revision)
-# 0004's write guard, as an interrupted 0004 may have left it (only its names matter for the drop)
-WRITE_GUARD_0004 = WriteGuard("tasks_taskdb_write_guard", "taskdb_write_guard_tasks", "tasks", ())
 OBJECTS = (
     "task_hygiene_log",
     "taskdb_backfill_progress",
@@ -79,15 +76,16 @@ def downgrade() -> None:
     if offline_mode():
         downgrade_offline()
         return
+    leftover = revision_module("0004_constraints")  # what an interrupted 0004 may have left: its definitions
     with online_step(revision) as conn:
         # 0004's write guard, if an interrupted 0004 left it: it would refuse restoring legacy values
-        drop_write_guard(conn, WRITE_GUARD_0004)
+        drop_write_guard(conn, leftover.WRITE_GUARD)
         # The rest of what an interrupted 0004 left (0004 is not applied, so all it owns is a leftover; a row
         # with attempts < 0 stops 0004 at VALIDATE): its NOT VALID CHECKs and temporary NOT NULL checks refused
         # the restore below (a NOT VALID CHECK still checks UPDATEs, and 'queued' is no valid status), and its
         # catch-up backfill's changes are logged under its own actor. Found by tests/faults/test_fuzz_legacy.py.
         drop_owned(conn, "0004_constraints")
-        for column in ("task_type", "params", "status", "attempts", "created_at"):
+        for column in leftover.NOT_NULL:
             drop_constraint(conn, "tasks", not_null_check_name("tasks", column))
         if table_exists(conn, "task_hygiene_log"):
             for author in RESTORES:
@@ -101,7 +99,7 @@ def downgrade_offline() -> None:
     leftover = revision_module("0004_constraints")
     with offline_step(revision) as sql:
         with sql.transaction():
-            sql.frozen(drop_write_guard_sql(WRITE_GUARD_0004))
+            sql.frozen(drop_write_guard_sql(leftover.WRITE_GUARD))
         sql.drop_indexes("0004_constraints", leftover.INDEXES)
         sql.drop_owned("0004_constraints", ("not_null", "constraint"))
         sql.drop_constraints("tasks", [not_null_check_name("tasks", column) for column in leftover.NOT_NULL])

@@ -122,7 +122,8 @@ def upgrade() -> None:
             validate(conn, item.table, item.name)
         for column in NOT_NULL:
             ensure_not_null(conn, "tasks", column, revision)
-        ensure_index(conn, USER_INDEX, revision)
+        for index in INDEXES:
+            ensure_index(conn, index, revision)
 
 
 def upgrade_offline() -> None:
@@ -140,7 +141,8 @@ def upgrade_offline() -> None:
             sql.validate(item)
         for column in NOT_NULL:
             sql.ensure_not_null("tasks", column)
-        sql.ensure_index(USER_INDEX)
+        for index in INDEXES:
+            sql.ensure_index(index)
 
 
 def downgrade() -> None:

@@ -29,12 +29,12 @@ schema, so this works with ``include_schemas=True`` and a queue in its own schem
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from taskdb import sql, version_table
+from taskdb.errors import ConfigError
 
 # Created by revision 0001 only where absent, and otherwise adopted as they are: your application's tables.
 APPLICATION_TABLES = frozenset({"users", "projects", "tasks"})
@@ -42,16 +42,6 @@ APPLICATION_TABLES = frozenset({"users", "projects", "tasks"})
 # them. (0002 also adds user_id, run_type and the other columns taskdb uses where they are missing, but those
 # are the application's: it writes them, so its model declares them.)
 TASKDB_COLUMNS: Mapping[str, frozenset[str]] = {"tasks": frozenset({"legacy_reason"})}
-
-_STATEMENT = {
-    "table": re.compile(r"CREATE TABLE (\w+)"),
-    "view": re.compile(r"CREATE (?:OR REPLACE )?VIEW (\w+)"),
-    "index": re.compile(r"CREATE (?:UNIQUE )?INDEX (\w+) ON (\w+)"),
-    "constraint": re.compile(r"ALTER TABLE (\w+) ADD CONSTRAINT (\w+)"),
-    "trigger": re.compile(r"CREATE TRIGGER (\w+)"),
-    "function": re.compile(r"CREATE (?:OR REPLACE )?(?:FUNCTION|PROCEDURE) (\w+)"),
-}
-_INLINE_CONSTRAINT = re.compile(r"\bCONSTRAINT (\w+)")
 
 # include_object(object, name, type_, reflected, compare_to) or include_name(name, type_, parent_names)
 FilterFunction = Callable[..., bool]
@@ -91,24 +81,24 @@ class TaskdbObjects:
         return False
 
 
+def _version_tables() -> frozenset[str]:
+    """taskdb's version table under its default name and the one configured here (TASKDB_VERSION_TABLE, taskdb's
+    alembic.ini); a configured name taskdb refuses is no table of taskdb's, and must not break the app's env.py."""
+    try:
+        return frozenset({version_table.DEFAULT, version_table.configured()})
+    except ConfigError:
+        return frozenset({version_table.DEFAULT})
+
+
 def declared_objects(schema_sql: str) -> TaskdbObjects:
     """taskdb's objects as the head schema declares them (``schema.sql``), the application's tables left out."""
-    found: dict[str, set[str]] = {kind: set() for kind in _STATEMENT}
-    for statement in sql.split_statements(schema_sql):
-        code = "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--")).strip()
-        for kind, pattern in _STATEMENT.items():
-            match = pattern.match(code)
-            if match is None:
-                continue
-            if kind == "constraint":
-                found[kind].add(match.group(2))
-            else:
-                found[kind].add(match.group(1))
-            if kind == "table" and match.group(1) not in APPLICATION_TABLES:
-                found["constraint"].update(_INLINE_CONSTRAINT.findall(code))
+    found = sql.declared_names(schema_sql)
+    for table, names in sql.declared_inline_constraints(schema_sql).items():
+        if table not in APPLICATION_TABLES:
+            found["constraint"] |= names
     return TaskdbObjects(
         # the version table under its default name and the one configured here (TASKDB_VERSION_TABLE, alembic.ini)
-        tables=frozenset(found["table"] - APPLICATION_TABLES | {version_table.DEFAULT, version_table.configured()}),
+        tables=frozenset(found["table"] - APPLICATION_TABLES) | _version_tables(),
         views=frozenset(found["view"]),
         indexes=frozenset(found["index"]),
         constraints=frozenset(found["constraint"]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,22 +108,37 @@ def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LO
     """Fill the placeholders of a backfill query (each shared piece, written once, wherever it is needed)."""
     sql = queries("backfill")
     predicate = Template(sql["needs_work"])
-    restores = restore_conditions()
+    restores, restored = per_column("restores"), per_column("restored_values", status_type=status_type)
+    earlier = {f"earlier_{name}": _ALIAS_H.sub("e.", text) for name, text in (
+        *((f"restores_{c}", v) for c, v in restores.items()), *((f"restored_{c}", v) for c, v in restored.items()))}
     return Template(sql[query]).substitute(
         needs_work_t=predicate.substitute(t="t"),
         needs_work_p=predicate.substitute(t="p"),
-        restore_history=sql["restore_history"],
+        restore_history=Template(sql["restore_history"]).substitute(logged_values=_indented(sql["logged_values"])),
+        logged_values=_indented(sql["logged_values"]),
         **{f"restores_{column}": condition for column, condition in restores.items()},
+        **{f"restored_{column}": value for column, value in restored.items()},
+        **earlier,
         restores_any=" OR ".join(f"({condition})" for condition in restores.values()),
         status_type=status_type,
         lock_clause=lock_clause,
     )
 
 
-def restore_conditions() -> dict[str, str]:
-    """The ``restores`` section of sql/backfill.sql: per column, when a downgrade puts it back."""
-    lines = [line for line in queries("backfill")["restores"].splitlines() if not line.startswith("--")]
-    return dict(line.split(": ", 1) for line in lines if line.strip())
+_ALIAS_H = re.compile(r"\bh\.")  # the restore_history row's alias in the per-column sections
+
+
+def per_column(section: str, **values: str) -> dict[str, str]:
+    """A ``column: SQL`` section of sql/backfill.sql (``restores``: when a downgrade puts a column back;
+    ``restored_values``: what it puts back), its placeholders filled with ``values``."""
+    lines = [line for line in queries("backfill")[section].splitlines() if line.strip() and not line.startswith("--")]
+    return {column: Template(text).substitute(values) for column, text in (line.split(": ", 1) for line in lines)}
+
+
+def _indented(select_list: str) -> str:
+    """The logged_values select list, one item a line, indented to sit in its CTE."""
+    items = [line for line in select_list.splitlines() if line.strip() and not line.startswith("--")]
+    return "\n           ".join(items)
 
 
 def status_type(conn: Connection) -> str:
@@ -335,17 +351,22 @@ PREVIEW_COUNTS = ("tasks", "kept", "gone", "status", "user_id", "run_type", "err
                   "updated_at")
 
 
-def restore_preview(conn: Connection, *, actor: str, lock_timeout_ms: int, batch_size: int = 10000) -> dict[str, int]:
+def restore_preview(
+    conn: Connection, *, actor: str, lock_timeout_ms: int, earlier: list[str] | None = None, batch_size: int = 10000
+) -> dict[str, int]:
     """What :func:`restore` would put back for ``actor``, changing nothing: the same batches and conditions
     (``restore_preview`` in sql/backfill.sql), each batch in a READ ONLY transaction of its own, so no snapshot
-    is held across the log. Figures from several moments: a concurrent writer may change them by the time the
-    downgrade runs, and the downgrade then restores less (a later change wins)."""
+    is held across the log. ``earlier``: the actors the same downgrade restores first (their restores are
+    applied to the tasks before this actor's conditions are read). Figures from several moments: a concurrent
+    writer may change them by the time the downgrade runs, and the downgrade then restores less (a later change
+    wins)."""
     statement = sa.text(render("restore_preview"))
     totals = dict.fromkeys(PREVIEW_COUNTS, 0)
     after: str | None = None
     while True:
         with read_only_transaction(conn, lock_timeout_ms=lock_timeout_ms):
-            batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size}).one()
+            batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size,
+                                             "earlier": list(earlier or [])}).one()
         if not batch.scanned:
             return totals
         for name in PREVIEW_COUNTS:

@@ -70,6 +70,9 @@ def resolve_url(explicit: str | None = None, environ: Mapping[str, str] | None =
         )
     driver = driver or _driver_from_env(env)
     _add_defaults(params, extra, env)
+    if driver == "pg8000" and "sslmode" not in params and "sslmode" not in extra and env.get("PGSSLMODE"):
+        # libpq (psycopg) reads PGSSLMODE itself; pg8000 would connect without TLS whatever it asks for
+        params["sslmode"] = env["PGSSLMODE"]
     return _build_url(params, extra, driver)
 
 
@@ -340,7 +343,7 @@ def driver_of(url: str) -> str:
 # -- never a password ---------------------------------------------------------------------------------------
 
 # password=... in a libpq string (quoted or not) or in a URL's query
-CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s'&\\]|\\.)+)")
+CONNINFO_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s'&\\]|\\.)+)")
 
 
 def redact(text: str, url: str | None = None, environ: Mapping[str, str] | None = None) -> str:

@@ -7,9 +7,9 @@ created, and its frozen ``drop_objects`` SQL), and what it keeps on purpose (tab
 labels). Where ``task_hygiene_log`` itself would be dropped, the rows of actors no revision restores (the pg_cron
 cleanup, ``taskdb cleanup``) are counted: their record goes with it.
 
-The catalog part is one READ ONLY transaction; the restore counts walk the log in READ ONLY batches (no snapshot
-held across a big log), so they may move if the application writes meanwhile: the downgrade then restores less
-(a later change by the application always wins).
+The catalog part and the per-actor totals of the log (one grouped count) are one READ ONLY transaction; the
+restore counts walk the log in READ ONLY batches (no snapshot held across a big log), so they may move if the
+application writes meanwhile: the downgrade then restores less (a later change by the application always wins).
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def downgrade_plan(conn: Connection, target_revision: str) -> dict[str, Any]:
     for step, rev in zip(steps, undone, strict=True):
         # an actor restored by a newer revision of the range has nothing left for an older one (0004 and 0003)
         authors = [a for a in getattr(rev.module, "RESTORES", ()) if actor(a) not in restored] if has_log else []
-        restored.update(actor(a) for a in authors)
-        step["restores"] = [
-            {"actor": actor(a), **restore_preview(conn, actor=actor(a), lock_timeout_ms=policy.lock_timeout_ms)}
-            for a in authors
-        ]
+        step["restores"] = []
+        for a in authors:
+            step["restores"].append({"actor": actor(a), **restore_preview(
+                conn, actor=actor(a), lock_timeout_ms=policy.lock_timeout_ms, earlier=sorted(restored))})
+            restored.add(actor(a))
     return {
         "table": table.describe(),
         "current_revision": current,

@@ -387,7 +387,9 @@ class OfflineScript:
                 self.emit(template("index_mark", **values, name=index.name, dropping=dropping))
             with self.outside_transaction():
                 self.emit(f"SET lock_timeout = {self.lock_timeout}")
+                self.emit("SET statement_timeout = 0")
                 self.emit(f"DROP INDEX CONCURRENTLY IF EXISTS {dropping}")
+                self.emit("RESET statement_timeout")
                 self.emit("RESET lock_timeout")
             with self.transaction():
                 self.emit(template("index_forget", **values, dropping_literal=literal(dropping)))
@@ -485,8 +487,10 @@ def begin_script(
     if downgrade and command == "upgrade":
         raise CommandError(f"{start}:{dest} goes down the chain: for a downgrade script use "
                            f"`taskdb sql --downgrade {start}:{dest}`")
-    if not downgrade and command == "downgrade" and revisions:
-        raise CommandError(f"{start}:{dest} goes up the chain: for an upgrade script leave out --downgrade")
+    if not downgrade and command == "downgrade":
+        if revisions:
+            raise CommandError(f"{start}:{dest} goes up the chain: for an upgrade script leave out --downgrade")
+        downgrade = True  # X:X asked of a downgrade: an empty downgrade script
     policy = LockPolicy.from_env()
     out = context.impl.static_output
     if downgrade:

@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine import Connection
 
+from taskdb import sql
 from taskdb.db import rows, scalar
 from taskdb.errors import ConfigError
 
@@ -37,9 +38,14 @@ INI_OPTION = "taskdb_version_table"  # alembic.ini, [alembic] section
 # back to the table's own name (a clash), so the name leaves room for the suffix.
 MAX_BYTES = 63 - len("_pkc")
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
-# Tables of the queue's schema that taskdb adopts or creates: never a version table.
-TAKEN = frozenset({"tasks", "users", "projects", "task_hygiene_log", "task_hygiene_settings", "task_hygiene_runs",
-                   "taskdb_backfill_progress", "taskdb_owned_objects", "taskdb_cron_jobs"})
+
+
+def taken() -> frozenset[str]:
+    """The relation names taskdb's head schema declares in the queue's schema (sql/schema.sql): tables, views,
+    indexes and constraints (a key's index has its name), so never a version table's name."""
+    found = sql.declared_names(sql.load("schema"))
+    return frozenset(found["table"] | found["view"] | found["index"] | found["constraint"]
+                     | {n for names in sql.declared_inline_constraints(sql.load("schema")).values() for n in names})
 
 
 def validate(name: str, source: str) -> str:
@@ -48,8 +54,8 @@ def validate(name: str, source: str) -> str:
         raise ConfigError(f"{source} = {APPLICATION_TABLE!r} is refused: that is the application's own Alembic "
                           f"table, and taskdb keeps its revision apart from it; leave it unset "
                           f"({DEFAULT}) or name another table")
-    if name in TAKEN:
-        raise ConfigError(f"{source} = {name!r} is refused: taskdb's queue already has a table of that name; "
+    if name in taken():
+        raise ConfigError(f"{source} = {name!r} is refused: taskdb's queue already has a relation of that name; "
                           f"leave it unset ({DEFAULT}) or name another table")
     quoted = psycopg.dialect().identifier_preparer.quote(name)  # quotes keywords and anything not plain
     if not _PLAIN.fullmatch(name) or len(name.encode()) > MAX_BYTES or quoted != name:

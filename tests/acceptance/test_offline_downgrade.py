@@ -158,3 +158,37 @@ def test_pg_cron_jobs_go_where_the_cron_database_is_this_one(tmp_path: Path, mon
             assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0005_hygiene"
         finally:
             db.engine.dispose()
+
+
+def test_jobs_in_another_cron_database_stop_the_script_until_removed(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_cron keeps its jobs in another database (cron.database_name = postgres on the test server, as on RDS or
+    Cloud SQL): the script cannot unschedule them, and dropping 0005's functions under a live job would leave it
+    failing every day. It stops before that step changes anything; after `taskdb cron remove` a rerun finishes."""
+    monkeypatch.setenv("TASKDB_CRON", "auto")
+    db.load("half_migrated")
+    db.upgrade()
+    jobs = db.rows("SELECT jobname, cron_database FROM taskdb_cron_jobs ORDER BY job")
+    assert jobs and all(j["cron_database"] != db.scalar("SELECT current_database()") for j in jobs)
+    script = generate(tmp_path, "head:0004_constraints")
+    done = psql(db, script)
+    assert done.returncode == 3, done.stderr
+    assert f"pg_cron job {jobs[0]['jobname']} lives in database {jobs[0]['cron_database']}" in done.stderr
+    assert "run `taskdb cron remove`" in done.stderr
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0006_cron"
+    assert db.scalar("SELECT count(*) FROM taskdb_cron_jobs") == len(jobs)  # nothing of this step changed
+    removed = taskdb("cron", "remove", "--url", db.url)
+    assert removed.returncode == 0, removed.stderr
+    apply(db, script)
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0004_constraints"
+    assert db.scalar("SELECT to_regclass('taskdb_cron_jobs') IS NULL AND to_regclass('queue_health') IS NULL")
+
+
+def test_a_database_taskdb_never_upgraded_is_refused(db: Db, tmp_path: Path) -> None:
+    db.load("half_migrated")
+    db.execute("CREATE FUNCTION claim_next_task(text, text) RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'")
+    done = psql(db, generate(tmp_path))
+    assert done.returncode == 3, done.stderr
+    assert "has no taskdb_alembic_version table: taskdb never upgraded it" in done.stderr, done.stderr
+    assert db.scalar("SELECT to_regprocedure('claim_next_task(text, text)') IS NOT NULL")  # the app's, untouched

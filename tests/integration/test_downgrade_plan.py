@@ -134,3 +134,25 @@ def test_a_target_above_the_current_revision_is_one_line_exit_2(db: Db) -> None:
     assert "Traceback" not in result.stderr
     unknown = taskdb("downgrade", "nope", "--plan", "--url", db.url)
     assert unknown.returncode == 2 and "'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_a_task_two_revisions_changed_is_counted_as_the_downgrade_will_find_it(db: Db) -> None:
+    """0003 spells 'queued' as Queued, then 0005's cleanup cancels it (older than queued_ttl): a downgrade from
+    head first un-cancels it (0005), then 0003 finds the Queued it wrote and puts 'queued' back. The plan of the
+    whole downgrade must count it for both, not as kept by 0003."""
+    db.load("half_migrated")
+    db.execute("INSERT INTO tasks (id, task_type, params, status, attempts, created_at, user_id, run_type) "
+               "VALUES (md5('stale-misspelt')::uuid, 'travel_segment', '{}', 'queued', 0, now() - interval '10 days', "
+               "md5('user-alice')::uuid, 'cloud')")
+    db.upgrade()
+    stale = db.scalar("SELECT md5('stale-misspelt')::uuid::text")
+    assert db.scalar("SELECT status::text FROM tasks WHERE id = :id", id=stale) == "Cancelled"
+    plan = plan_json(db, "0002_columns")
+    by_actor = {r["actor"]: r for s in plan["revisions"] for r in s["restores"]}
+    cleanup, backfill = by_actor["taskdb revision 0005_hygiene"], by_actor["taskdb revision 0003_backfill"]
+    assert cleanup["status"] >= 1
+    assert backfill["kept"] == 0
+    assert backfill["status"] == db.scalar("SELECT count(DISTINCT task_id) FROM task_hygiene_log "
+                                           "WHERE actor = 'taskdb revision 0003_backfill' AND applied ? 'status'")
+    db.downgrade("0002_columns")
+    assert db.scalar("SELECT status::text FROM tasks WHERE id = :id", id=stale) == "queued"

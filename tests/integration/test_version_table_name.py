@@ -138,7 +138,7 @@ def test_the_offline_script_adopts_an_earlier_taskdbs_row_into_the_configured_ta
     assert not has_default_table(db)
 
 
-@pytest.mark.parametrize("name", ["alembic_version", "tasks", "Ops-Version", "order", "x" * 60])
+@pytest.mark.parametrize("name", ["alembic_version", "tasks", "queue_health", "Ops-Version", "order", "x" * 60])
 def test_a_bad_name_is_refused_in_one_line(db: Db, name: str) -> None:
     db.load("half_migrated")
     columns = db.columns()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
@@ -37,7 +38,8 @@ def test_only_legacy_reason_of_the_columns_0002_adds_is_taskdbs_alone() -> None:
     assert {"user_id", "run_type"} <= added - TASKDB_COLUMNS["tasks"]  # the application writes them
 
 
-def test_declared_objects_reads_statements_not_function_bodies() -> None:
+def test_declared_objects_reads_statements_not_function_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKDB_VERSION_TABLE", raising=False)  # the default name only
     found = declared_objects("""
         -- a comment: CREATE TABLE not_a_table (id int);
         CREATE TABLE tasks (id uuid PRIMARY KEY, CONSTRAINT tasks_app_rule CHECK (true));
@@ -132,3 +134,9 @@ def test_combine_lets_through_only_what_every_filter_does() -> None:
     assert both("tasks", "table", {"schema_name": None})
     assert not both("audit", "table", {"schema_name": None})
     assert not both("task_hygiene_log", "table", {"schema_name": None})
+
+
+def test_a_version_table_name_taskdb_refuses_does_not_break_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKDB_VERSION_TABLE", "queue_health")  # refused by taskdb: a view of its schema
+    found = declared_objects("CREATE TABLE taskdb_things (id int)")
+    assert found.tables == {"taskdb_things", "taskdb_alembic_version"}

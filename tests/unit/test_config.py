@@ -226,3 +226,18 @@ def test_a_broken_string_error_never_shows_its_password() -> None:
     with pytest.raises(ConfigError) as error:
         resolve_url("password=hunter2 just", {})
     assert "hunter2" not in str(error.value)
+
+
+def test_pgsslmode_that_needs_tls_is_refused_for_pg8000_as_in_the_string() -> None:
+    """libpq (psycopg) reads PGSSLMODE itself; pg8000 does not, so a mode that needs TLS is refused, not lost."""
+    for mode in ("require", "verify-ca", "verify-full"):
+        with pytest.raises(ConfigError, match=f"sslmode={mode}"):
+            resolve_url("host=db", {"TASKDB_DRIVER": "pg8000", "PGSSLMODE": mode})
+    assert resolve_url("host=db", {"TASKDB_DRIVER": "pg8000", "PGSSLMODE": "prefer"}) == "postgresql+pg8000://" + (
+        f"{getpass.getuser()}@db")
+    assert resolve_url("host=db", {"PGSSLMODE": "verify-full"}) == "postgresql+psycopg://db"
+
+
+def test_sslpassword_is_redacted_too() -> None:
+    assert redact("host=db sslpassword=keypass password=pw") == "host=db sslpassword=*** password=***"
+    assert "keypass" not in redact("postgresql://db/app?sslpassword=keypass")

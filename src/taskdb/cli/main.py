@@ -79,7 +79,8 @@ def command_name(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    log_handler = setup_logging(verbose=args.verbose, progress=command_name(args) not in QUIET_COMMANDS)
+    read_only = command_name(args) in QUIET_COMMANDS or getattr(args, "plan", False)  # downgrade --plan too
+    log_handler = setup_logging(verbose=args.verbose, progress=not read_only)
     try:
         return _run(args)
     except BrokenPipeError:

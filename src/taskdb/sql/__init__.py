@@ -87,3 +87,42 @@ def split_statements(script: str) -> list[str]:
 
 def _has_code(statement: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in statement.splitlines())
+
+
+# What a schema script (schema.sql) declares, statement by statement: the kind and the name it creates.
+_DECLARES = {
+    "table": re.compile(r"CREATE TABLE (\w+)"),
+    "view": re.compile(r"CREATE (?:OR REPLACE )?VIEW (\w+)"),
+    "index": re.compile(r"CREATE (?:UNIQUE )?INDEX (\w+) ON \w+"),
+    "constraint": re.compile(r"ALTER TABLE \w+ ADD CONSTRAINT (\w+)"),
+    "trigger": re.compile(r"CREATE TRIGGER (\w+)"),
+    "function": re.compile(r"CREATE (?:OR REPLACE )?(?:FUNCTION|PROCEDURE) (\w+)"),
+}
+_INLINE_CONSTRAINT = re.compile(r"\bCONSTRAINT (\w+)")
+
+
+def _code_statements(script: str) -> list[str]:
+    return ["\n".join(line for line in s.splitlines() if not line.lstrip().startswith("--")).strip()
+            for s in split_statements(script)]
+
+
+def declared_names(script: str) -> dict[str, set[str]]:
+    """The names ``script`` creates, by kind: table, view, index, constraint (ALTER TABLE ... ADD), trigger,
+    function (taskdb.autogenerate's filter and the version table's forbidden names read schema.sql with it)."""
+    found: dict[str, set[str]] = {kind: set() for kind in _DECLARES}
+    for code in _code_statements(script):
+        for kind, pattern in _DECLARES.items():
+            match = pattern.match(code)
+            if match is not None:
+                found[kind].add(match.group(1))
+    return found
+
+
+def declared_inline_constraints(script: str) -> dict[str, set[str]]:
+    """Per table ``script`` creates, the constraints named in its CREATE TABLE."""
+    found: dict[str, set[str]] = {}
+    for code in _code_statements(script):
+        match = _DECLARES["table"].match(code)
+        if match is not None:
+            found[match.group(1)] = set(_INLINE_CONSTRAINT.findall(code))
+    return found

@@ -213,6 +213,22 @@ SELECT (SELECT size FROM bounds) AS scanned,
        (SELECT count(*) FROM changes WHERE action = 'flag') AS flagged,
        (SELECT count(*) FROM outcome WHERE action = 'wait') AS waiting
 
+-- logged_values --
+-- Per task (the log rows l, grouped by task), each restorable column's value before the first logged change and
+-- after the last: the select list of restore_history's history and of restore_preview's earlier.
+(array_agg(l.previous -> 'status' ORDER BY l.id) FILTER (WHERE l.previous -> 'status' IS NOT NULL))[1] AS status_before,
+(array_agg(l.applied -> 'status' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'status' IS NOT NULL))[1] AS status_after,
+(array_agg(l.previous -> 'user_id' ORDER BY l.id) FILTER (WHERE l.previous -> 'user_id' IS NOT NULL))[1] AS user_id_before,
+(array_agg(l.applied -> 'user_id' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'user_id' IS NOT NULL))[1] AS user_id_after,
+(array_agg(l.previous -> 'run_type' ORDER BY l.id) FILTER (WHERE l.previous -> 'run_type' IS NOT NULL))[1] AS run_type_before,
+(array_agg(l.applied -> 'run_type' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'run_type' IS NOT NULL))[1] AS run_type_after,
+(array_agg(l.previous -> 'error_message' ORDER BY l.id) FILTER (WHERE l.previous -> 'error_message' IS NOT NULL))[1] AS error_message_before,
+(array_agg(l.applied -> 'error_message' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'error_message' IS NOT NULL))[1] AS error_message_after,
+(array_agg(l.previous -> 'legacy_reason' ORDER BY l.id) FILTER (WHERE l.previous -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_before,
+(array_agg(l.applied -> 'legacy_reason' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_after,
+(array_agg(l.previous -> 'updated_at' ORDER BY l.id) FILTER (WHERE l.previous -> 'updated_at' IS NOT NULL))[1] AS updated_at_before,
+(array_agg(l.applied -> 'updated_at' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'updated_at' IS NOT NULL))[1] AS updated_at_after
+
 -- restore_history --
 -- What one actor changed in a batch of tasks (the next :batch_size task ids after :after in its log rows):
 -- per task and column, the value before the actor's first change and after its last. Shared by restore_batch
@@ -226,18 +242,7 @@ batch AS (
 ),
 history AS (
     SELECT l.task_id,
-           (array_agg(l.previous -> 'status' ORDER BY l.id) FILTER (WHERE l.previous -> 'status' IS NOT NULL))[1] AS status_before,
-           (array_agg(l.applied -> 'status' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'status' IS NOT NULL))[1] AS status_after,
-           (array_agg(l.previous -> 'user_id' ORDER BY l.id) FILTER (WHERE l.previous -> 'user_id' IS NOT NULL))[1] AS user_id_before,
-           (array_agg(l.applied -> 'user_id' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'user_id' IS NOT NULL))[1] AS user_id_after,
-           (array_agg(l.previous -> 'run_type' ORDER BY l.id) FILTER (WHERE l.previous -> 'run_type' IS NOT NULL))[1] AS run_type_before,
-           (array_agg(l.applied -> 'run_type' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'run_type' IS NOT NULL))[1] AS run_type_after,
-           (array_agg(l.previous -> 'error_message' ORDER BY l.id) FILTER (WHERE l.previous -> 'error_message' IS NOT NULL))[1] AS error_message_before,
-           (array_agg(l.applied -> 'error_message' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'error_message' IS NOT NULL))[1] AS error_message_after,
-           (array_agg(l.previous -> 'legacy_reason' ORDER BY l.id) FILTER (WHERE l.previous -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_before,
-           (array_agg(l.applied -> 'legacy_reason' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'legacy_reason' IS NOT NULL))[1] AS legacy_reason_after,
-           (array_agg(l.previous -> 'updated_at' ORDER BY l.id) FILTER (WHERE l.previous -> 'updated_at' IS NOT NULL))[1] AS updated_at_before,
-           (array_agg(l.applied -> 'updated_at' ORDER BY l.id DESC) FILTER (WHERE l.applied -> 'updated_at' IS NOT NULL))[1] AS updated_at_after
+           ${logged_values}
     FROM task_hygiene_log l
     JOIN batch USING (task_id)
     WHERE l.actor = :actor
@@ -255,26 +260,31 @@ error_message: h.error_message_before IS NOT NULL AND t.error_message IS NOT DIS
 legacy_reason: h.legacy_reason_before IS NOT NULL AND t.legacy_reason IS NOT DISTINCT FROM (h.legacy_reason_after #>> '{}')
 updated_at: h.updated_at_before IS NOT NULL AND t.updated_at IS NOT DISTINCT FROM CAST(h.updated_at_after #>> '{}' AS timestamptz)
 
+-- restored_values --
+-- The value a restore puts back in each column (h: the restore_history row), one `column: expression` line each,
+-- filled in as restored_<column> placeholders.
+status: CAST(h.status_before #>> '{}' AS ${status_type})
+user_id: CAST(h.user_id_before #>> '{}' AS uuid)
+run_type: h.run_type_before #>> '{}'
+error_message: h.error_message_before #>> '{}'
+legacy_reason: h.legacy_reason_before #>> '{}'
+updated_at: CAST(h.updated_at_before #>> '{}' AS timestamptz)
+
 -- restore_batch --
 -- Downgrade: put back, per task and column, the value from before this actor's first change, where
--- its restores condition says so. Idempotent: a restored column no longer matches, so a rerun skips it.
+-- its restores condition says so; a task with nothing to put back is left alone (not even rewritten).
+-- Idempotent: a restored column no longer matches, so a rerun skips it.
 WITH ${restore_history},
 restored AS (
     UPDATE tasks t
-    SET status = CASE WHEN ${restores_status}
-                      THEN CAST(h.status_before #>> '{}' AS ${status_type}) ELSE t.status END,
-        user_id = CASE WHEN ${restores_user_id}
-                       THEN CAST(h.user_id_before #>> '{}' AS uuid) ELSE t.user_id END,
-        run_type = CASE WHEN ${restores_run_type}
-                        THEN h.run_type_before #>> '{}' ELSE t.run_type END,
-        error_message = CASE WHEN ${restores_error_message}
-                             THEN h.error_message_before #>> '{}' ELSE t.error_message END,
-        legacy_reason = CASE WHEN ${restores_legacy_reason}
-                             THEN h.legacy_reason_before #>> '{}' ELSE t.legacy_reason END,
-        updated_at = CASE WHEN ${restores_updated_at}
-                          THEN CAST(h.updated_at_before #>> '{}' AS timestamptz) ELSE t.updated_at END
+    SET status = CASE WHEN ${restores_status} THEN ${restored_status} ELSE t.status END,
+        user_id = CASE WHEN ${restores_user_id} THEN ${restored_user_id} ELSE t.user_id END,
+        run_type = CASE WHEN ${restores_run_type} THEN ${restored_run_type} ELSE t.run_type END,
+        error_message = CASE WHEN ${restores_error_message} THEN ${restored_error_message} ELSE t.error_message END,
+        legacy_reason = CASE WHEN ${restores_legacy_reason} THEN ${restored_legacy_reason} ELSE t.legacy_reason END,
+        updated_at = CASE WHEN ${restores_updated_at} THEN ${restored_updated_at} ELSE t.updated_at END
     FROM history h
-    WHERE t.id = h.task_id
+    WHERE t.id = h.task_id AND (${restores_any})
     RETURNING t.id
 )
 SELECT (SELECT count(*) FROM batch) AS scanned,
@@ -282,10 +292,37 @@ SELECT (SELECT count(*) FROM batch) AS scanned,
        (SELECT count(*) FROM restored) AS restored
 
 -- restore_preview --
--- `taskdb downgrade --plan`: what restore_batch would put back in the same batch, changing nothing. tasks:
--- tasks with at least one column to restore; kept: tasks the actor changed whose values all changed since
--- (the application's win); gone: tasks the actor changed that no longer exist; then one count per column.
-WITH ${restore_history}
+-- `taskdb downgrade --plan`: what restore_batch would put back in the same batch, changing nothing. The actors
+-- :earlier are the ones the same downgrade restores before this one: t is each task as it will be after their
+-- restores (the same conditions and values, applied to the tasks here; their changes taken together, the oldest
+-- value before and the newest after, which is exact where they changed a column one after another, as the
+-- revisions do), so that a task two revisions changed is counted as the downgrade will really find it. tasks: tasks with at least one column to restore; kept: tasks
+-- the actor changed whose values all changed since (the application's win); gone: tasks the actor changed that
+-- no longer exist; then one count per column.
+WITH ${restore_history},
+earlier AS (
+    SELECT l.task_id,
+           ${logged_values}
+    FROM task_hygiene_log l
+    JOIN batch USING (task_id)
+    WHERE l.actor = ANY (CAST(:earlier AS text[]))
+    GROUP BY l.task_id
+),
+t AS (
+    SELECT t.id,
+           CASE WHEN ${earlier_restores_status} THEN ${earlier_restored_status} ELSE t.status::text END AS status,
+           CASE WHEN ${earlier_restores_user_id} THEN ${earlier_restored_user_id} ELSE t.user_id END AS user_id,
+           CASE WHEN ${earlier_restores_run_type} THEN ${earlier_restored_run_type} ELSE t.run_type END AS run_type,
+           CASE WHEN ${earlier_restores_error_message} THEN ${earlier_restored_error_message}
+                ELSE t.error_message END AS error_message,
+           CASE WHEN ${earlier_restores_legacy_reason} THEN ${earlier_restored_legacy_reason}
+                ELSE t.legacy_reason END AS legacy_reason,
+           CASE WHEN ${earlier_restores_updated_at} THEN ${earlier_restored_updated_at}
+                ELSE t.updated_at END AS updated_at
+    FROM tasks t
+    JOIN batch b ON b.task_id = t.id
+    LEFT JOIN earlier e ON e.task_id = t.id
+)
 SELECT (SELECT count(*) FROM batch) AS scanned,
        (SELECT task_id FROM batch ORDER BY task_id DESC LIMIT 1) AS last_id,
        count(t.id) FILTER (WHERE ${restores_any}) AS tasks,
@@ -298,4 +335,4 @@ SELECT (SELECT count(*) FROM batch) AS scanned,
        count(t.id) FILTER (WHERE ${restores_legacy_reason}) AS legacy_reason,
        count(t.id) FILTER (WHERE ${restores_updated_at}) AS updated_at
 FROM history h
-LEFT JOIN tasks t ON t.id = h.task_id
+LEFT JOIN t ON t.id = h.task_id

@@ -588,7 +588,11 @@ BEGIN
     IF to_regclass({{version_table_literal}}) IS NOT NULL THEN
         SELECT string_agg(version_num, ', ') INTO v_current FROM {{version_table}};
     END IF;
-    IF v_current IS NULL AND NOT {{to_base}} THEN
+    IF to_regclass({{version_table_literal}}) IS NULL THEN
+        RAISE EXCEPTION 'this script downgrades % -> %, but the database has no % table: taskdb never upgraded '
+            'it (or it records its revision under another name: generate with TASKDB_VERSION_TABLE); nothing was '
+            'changed', {{start}}, {{dest}}, {{version_table_literal}};
+    ELSIF v_current IS NULL AND NOT {{to_base}} THEN
         RAISE EXCEPTION 'this script downgrades % -> % but the database has no taskdb revision: nothing to '
             'downgrade', {{start}}, {{dest}};
     ELSIF v_current IS NOT NULL AND NOT v_current = ANY (v_allowed) THEN
@@ -715,9 +719,9 @@ $taskdb$;
 -- cron_unschedule --
 -- taskdb's pg_cron jobs (taskdb.cron.unschedule_jobs): where pg_cron keeps its jobs in this database
 -- (cron.database_name), this database's cleanup job goes, the purge job with the server's last cleanup job, and
--- pg_cron itself when taskdb created it and nothing else uses it (as a role that sees every job). Jobs recorded
--- in another cron database cannot be reached from here: a NOTICE gives the SQL to run there (or downgrade
--- online: `taskdb cron remove`).
+-- pg_cron itself when taskdb created it and nothing else uses it (as a role that sees every job). A job recorded
+-- in another cron database cannot be reached from here: the script stops before this step changes anything
+-- (the job would go on calling functions this downgrade drops), saying to run `taskdb cron remove` first.
 DO $taskdb$
 DECLARE
     v_job record;
@@ -729,15 +733,14 @@ BEGIN
         RETURN;
     END IF;
     FOR v_job IN SELECT * FROM taskdb_cron_jobs ORDER BY job LOOP
-        IF v_job.cron_database IS DISTINCT FROM current_database()
-           OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
-            IF v_job.cron_database IS DISTINCT FROM current_database() THEN
-                RAISE NOTICE 'pg_cron job % lives in database %: remove it there (SELECT cron.unschedule(jobid) '
-                    'FROM cron.job WHERE jobname = % AND database = %) or run `taskdb cron remove` before this '
-                    'script', v_job.jobname, v_job.cron_database, quote_literal(v_job.jobname),
-                    quote_literal(v_job.run_database);
-            END IF;
-            CONTINUE;
+        IF v_job.cron_database IS DISTINCT FROM current_database() THEN
+            RAISE EXCEPTION 'pg_cron job % lives in database %, which this script cannot reach; nothing was changed '
+                'by this step: run `taskdb cron remove` (or there: SELECT cron.unschedule(jobid) FROM cron.job '
+                'WHERE jobname = % AND database = %, then DELETE FROM taskdb_cron_jobs here), then rerun this script',
+                v_job.jobname, v_job.cron_database, quote_literal(v_job.jobname), quote_literal(v_job.run_database);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+            CONTINUE;  -- pg_cron is gone from here: so are its jobs
         END IF;
         PERFORM pg_advisory_xact_lock({{names_lock_key}});
         SELECT j.jobid, j.database INTO v_found FROM cron.job j WHERE j.jobname = v_job.jobname;
