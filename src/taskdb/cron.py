@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb.catalog import forget_owned, owned, record_owned, table_exists
 from taskdb.config import redact
+from taskdb.cron_schedule import SECONDS_SINCE, schedule_problem
 from taskdb.db import (
     connect,
     create_engine,
@@ -83,7 +84,6 @@ LAST_RUNS = 5  # runs of each job `taskdb cron status` shows
 NAME_MAX_BYTES = 63
 NAMED_JOBS_SINCE = (1, 3)
 SCHEDULE_IN_DATABASE_SINCE = (1, 4)
-SECONDS_SINCE = (1, 5)
 
 # A transaction-scoped advisory lock in the cron database ('taskcron' in ASCII): upgrades of two target
 # databases on one server choose job names one after the other, never both the same free name.
@@ -132,62 +132,6 @@ def cron_mode(environ: Mapping[str, str] | None = None) -> str:
     if mode not in MODES:
         raise ConfigError(f"{MODE_ENV}={env.get(MODE_ENV)!r} is not one of: {', '.join(MODES)} (default auto)")
     return mode
-
-
-_MACROS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"})
-_SECONDS = re.compile(r"^([1-9]|[1-5][0-9]) seconds?$")
-_FIELD = re.compile(r"^[0-9A-Za-z*,/$-]+$")
-# minute, hour, day of month, month, day of week (0 and 7: Sunday), as pg_cron's parser takes them
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_FIELD_NAMES: tuple[dict[str, int], ...] = (
-    {}, {}, {},
-    {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
-                                     "jul", "aug", "sep", "oct", "nov", "dec"))},
-    {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
-)
-
-
-def _field_ok(text: str, index: int) -> bool:
-    """One cron field: comma-separated items of ``*``, a value or a range, each with an optional ``/step``;
-    values in range (names for months and weekdays; ``$``, the last day of the month, in the day of month)."""
-    low, high = _RANGES[index]
-    for item in text.split(","):
-        span, slash, step = item.partition("/")
-        if slash and not (step.isdigit() and 1 <= int(step) <= high):
-            return False
-        if span == "*":
-            continue
-        bounds = span.split("-")
-        if len(bounds) > 2:
-            return False
-        for bound in bounds:
-            if index == 2 and bound == "$":
-                continue
-            value = int(bound) if bound.isdigit() else _FIELD_NAMES[index].get(bound.lower())
-            if value is None or not low <= value <= high:
-                return False
-    return True
-
-
-def schedule_problem(schedule: str, version: tuple[int, int] | None = None) -> str | None:
-    """Why pg_cron (``version``, or any recent one when None) would not take ``schedule``; None when it would."""
-    text = " ".join(schedule.split())
-    # 'N seconds' and '$' (last day of the month) arrived in pg_cron 1.5; 1.4 rejects them.
-    if (_SECONDS.match(text) or "$" in text) and version is not None and version < SECONDS_SINCE:
-        return (
-            f"schedule {schedule!r} needs pg_cron >= 1.5 (this server has {version[0]}.{version[1]}): use a plain "
-            "cron schedule such as '* * * * *', or upgrade pg_cron"
-        )
-    if _SECONDS.match(text) or text.lower() in _MACROS:
-        return None
-    fields = text.split(" ")
-    if len(fields) == 5 and all(_FIELD.match(f) and _field_ok(f, i) for i, f in enumerate(fields)):
-        return None
-    return (
-        f"invalid schedule {schedule!r}: use five cron fields (minute 0-59, hour 0-23, day of month 1-31, "
-        "month 1-12, day of week 0-7; UTC; e.g. '15 3 * * *'), a macro such as '@daily', or on pg_cron >= 1.5 "
-        "'N seconds' (1-59)"
-    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from typing import Any, Literal
 
 from alembic.script import ScriptDirectory
@@ -27,7 +26,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from taskdb import api, cron, version_table
+from taskdb import api, cron, cron_schedule, version_table
 from taskdb.config import redact
 from taskdb.db import is_autocommit, read_only_transaction, rows, scalar
 from taskdb.errors import TaskdbError
@@ -336,7 +335,7 @@ class _Checks:
 
     def _late(self, job: Mapping[str, Any], state: Mapping[str, Any] | None, unreadable: str | None) -> list[Finding]:
         schedule = str(state["schedule"] if state else job["schedule"])
-        every = schedule_interval(schedule)
+        every = cron_schedule.interval(schedule)
         if every is None:
             self.report.notes.append(f"cleanup job schedule {schedule!r} not understood: lateness not checked")
             return []
@@ -378,75 +377,6 @@ def _concurrently(definition: str) -> str:
 
 
 # -- schedules and durations ---------------------------------------------------------------------------------
-
-_MACRO_SECONDS = {
-    "@hourly": 3600, "@daily": 86400, "@midnight": 86400, "@weekly": 7 * 86400,
-    "@monthly": 31 * 86400, "@yearly": 366 * 86400, "@annually": 366 * 86400,
-}
-_SECONDS_SCHEDULE = re.compile(r"^(\d+) seconds?$")
-_DAY = 1440  # minutes
-
-
-def schedule_interval(schedule: str) -> float | None:
-    """The longest gap, in seconds, between two runs of a pg_cron schedule (UTC cron syntax, a macro, or
-    'N seconds'); None when it is not understood (names such as MON, '@reboot').
-
-    '* * * * *' -> 60; '15 3 * * *' -> 86400; '0,30 * * * *' -> 1800; '0 9 * * 1-5' -> 3 days (Friday to
-    Monday). Schedules that restrict the day of the month or the month are answered by an upper bound
-    (31 days, 366 days): late then means clearly late.
-    """
-    text = " ".join(schedule.lower().split())
-    if text in _MACRO_SECONDS:
-        return float(_MACRO_SECONDS[text])
-    seconds = _SECONDS_SCHEDULE.match(text)
-    if seconds:
-        return float(seconds.group(1)) if int(seconds.group(1)) > 0 else None
-    fields = text.split(" ")
-    if len(fields) != 5:
-        return None
-    minute, hour, dom, month, dow = fields
-    minutes, hours, days = _expand(minute, 0, 59), _expand(hour, 0, 23), _expand(dow, 0, 7)
-    if minutes is None or hours is None or days is None or _expand(dom.replace("$", "31"), 1, 31) is None \
-            or _expand(month, 1, 12) is None:
-        return None
-    if month != "*":
-        return 366 * 86400.0
-    if dom != "*":
-        return 31 * 86400.0
-    times = sorted({h * 60 + m for h in hours for m in minutes})
-    if dow == "*":
-        return 60.0 * _longest_gap(times, _DAY)
-    week = sorted({(d % 7) * _DAY + t for d in days for t in times})  # 7 is Sunday, like 0
-    return 60.0 * _longest_gap(week, 7 * _DAY)
-
-
-def _expand(text: str, low: int, high: int) -> set[int] | None:
-    """The values of one cron field: '*', 'a', 'a-b', with '/step', comma lists; None if not understood."""
-    values: set[int] = set()
-    for part in text.split(","):
-        base, slash, step_text = part.partition("/")
-        try:
-            step = int(step_text) if slash else 1
-            if base == "*":
-                first, last = low, high
-            elif "-" in base:
-                first, last = (int(x) for x in base.split("-", 1))
-            else:
-                first = int(base)
-                last = high if slash else first
-        except ValueError:
-            return None
-        if step < 1 or not low <= first <= last <= high:
-            return None
-        values.update(range(first, last + 1, step))
-    return values
-
-
-def _longest_gap(points: list[int], period: int) -> int:
-    """The longest wait between consecutive points of a schedule repeating every ``period``."""
-    gaps = [b - a for a, b in pairwise(points)]
-    return max([*gaps, points[0] + period - points[-1]])
-
 
 def duration(seconds: float) -> str:
     """61 -> '1m 1s', 93784 -> '1d 2h 3m': how long, for people."""

@@ -303,17 +303,6 @@ def test_a_minutely_job_that_really_runs_is_not_late(healthy: Db, taskdb_pg_serv
 
 # -- schedules ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("schedule", "seconds"), [
-    ("* * * * *", 60), ("15 3 * * *", 86400), ("30 seconds", 30), ("1 second", 1), ("*/15 * * * *", 900),
-    ("0,30 * * * *", 1800), ("5 * * * *", 3600), ("0 */6 * * *", 6 * 3600), ("0 9,17 * * *", 16 * 3600),
-    ("0 9 * * 1-5", 3 * 86400), ("0 0 * * 0", 7 * 86400), ("0 0 * * 7", 7 * 86400), ("@hourly", 3600),
-    ("@daily", 86400), ("0 3 1 * *", 31 * 86400), ("0 3 $ * *", 31 * 86400), ("0 3 1 1 *", 366 * 86400),
-    ("0 0 * * MON", None), ("@reboot", None), ("61 * * * *", None), ("* * *", None), ("0 seconds", None),
-])
-def test_schedule_interval_is_the_longest_gap_between_runs(schedule: str, seconds: int | None) -> None:
-    assert doctor.schedule_interval(schedule) == seconds
-
-
 @pytest.mark.parametrize(("seconds", "text"), [
     (0, "0s"), (59.6, "1m"), (61, "1m 1s"), (3600, "1h"), (93784, "1d 2h 3m"), (2 * 86400 + 5, "2d"),
 ])
