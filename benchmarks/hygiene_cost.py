@@ -35,8 +35,14 @@ CALLS = {
     "cancel_stale_queued_tasks() (rolled back)": "SELECT cancel_stale_queued_tasks()",
 }
 # auto_explain to the client (as NOTICEs) for this session only: the plans inside the functions too.
-AUTO_EXPLAIN = {"log_min_duration": "0", "log_analyze": "on", "log_buffers": "on", "log_timing": "on",
-                "log_nested_statements": "on", "log_level": "notice"}  # fmt: skip
+AUTO_EXPLAIN = {
+    "log_min_duration": "0",
+    "log_analyze": "on",
+    "log_buffers": "on",
+    "log_timing": "on",
+    "log_nested_statements": "on",
+    "log_level": "notice",
+}
 
 
 def load(engine: sa.Engine, rows: int, queued: int, log_rows: int) -> None:
@@ -106,8 +112,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--queued", type=int, default=10_000)
-    parser.add_argument("--log-rows", type=int, default=None,
-                        help="task_hygiene_log rows, as an upgrade leaves them (default: 60 %% of --rows)")
+    parser.add_argument(
+        "--log-rows",
+        type=int,
+        default=None,
+        help="task_hygiene_log rows, as an upgrade leaves them (default: 60 %% of --rows)",
+    )
     parser.add_argument("--backend", default=None)
     parser.add_argument("--out", default=None, help="replace the hygiene section of this Markdown file")
     args = parser.parse_args()

@@ -38,24 +38,30 @@ from taskdb.config import normalize_url
 from taskdb.testing import start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
-DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on", "shared_buffers": "512MB",
-           "max_wal_size": "4GB", "checkpoint_timeout": "15min"}  # fmt: skip
+DURABLE = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "shared_buffers": "512MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+}
 WARMUP_S, BEFORE_S, AFTER_S = 2.0, 6.0, 2.0
 RUNNING_UPGRADE = re.compile(r"Running upgrade \S* ?-> (\S+),")
 
 # The application's traffic: one statement per operation, each in its own transaction (autocommit).
 WRITES = {
     "insert": "INSERT INTO tasks (task_type, params, status, user_id, run_type) "
-              "VALUES ('app', '{}', 'Queued', md5('u' || (random() * 999)::int)::uuid, 'cloud') RETURNING id",
+    "VALUES ('app', '{}', 'Queued', md5('u' || (random() * 999)::int)::uuid, 'cloud') RETURNING id",
     "claim": "UPDATE tasks SET status = 'In Progress', worker_id = 'bench', updated_at = now() WHERE id = ("
-             "SELECT id FROM tasks WHERE status = 'Queued' AND run_type = 'cloud' AND user_id IS NOT NULL "
-             "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+    "SELECT id FROM tasks WHERE status = 'Queued' AND run_type = 'cloud' AND user_id IS NOT NULL "
+    "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
     "complete": "UPDATE tasks SET status = 'Complete', updated_at = now() WHERE id = ("
-                "SELECT id FROM tasks WHERE status = 'In Progress' AND worker_id = 'bench' "
-                "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+    "SELECT id FROM tasks WHERE status = 'In Progress' AND worker_id = 'bench' "
+    "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
     # the GitLab lesson: the application still updates legacy rows while constraints are being added
     "update_legacy": "UPDATE tasks SET attempts = attempts + 1 WHERE id = CAST(%(id)s AS uuid) RETURNING id",
-}  # fmt: skip
+}
 
 # What a hurried engineer would write: everything in one transaction, constraints validated at once.
 NAIVE_MIGRATION = """
@@ -89,10 +95,12 @@ def build(engine: sa.Engine, rows: int) -> None:
         seeds.load_schema(conn, "half_migrated")
         conn.exec_driver_sql("CREATE INDEX tasks_status_created_at_idx ON tasks (status, created_at)")  # the app's
         conn.exec_driver_sql(
-            "INSERT INTO users (id, credits) SELECT md5('u' || n)::uuid, 100 FROM generate_series(0, 999) n")
+            "INSERT INTO users (id, credits) SELECT md5('u' || n)::uuid, 100 FROM generate_series(0, 999) n"
+        )
         conn.exec_driver_sql(
             "INSERT INTO projects (id, user_id) SELECT md5('p' || n)::uuid, md5('u' || (n %% 1000))::uuid "
-            "FROM generate_series(0, 1999) n")
+            "FROM generate_series(0, 1999) n"
+        )
         conn.exec_driver_sql(f"""
             INSERT INTO tasks (task_type, params, status, attempts, created_at, user_id, run_type, project_id)
             SELECT 'bulk',
@@ -117,8 +125,9 @@ def writer(kind: str, url: str, rate: float, stop: Any, out: str, legacy_ids: li
 
     samples: list[tuple[float, float, str | None]] = []
     period = 1.0 / rate
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
-                         application_name=f"bench-{kind}") as conn:
+    with psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, application_name=f"bench-{kind}"
+    ) as conn:
         i = 0
         next_at = time.monotonic()
         while not stop.is_set():
@@ -154,8 +163,9 @@ def sample_waits(url: str, stop: Any, out: str, interval_s: float = 0.02) -> Non
     import psycopg
 
     samples: list[tuple[float, bool, str]] = []
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
-                         application_name="sampler") as conn:  # fmt: skip
+    with psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, application_name="sampler"
+    ) as conn:
         while not stop.is_set():
             now = time.time()
             samples.extend((now, ours, what) for ours, what in conn.execute(WAITS_SQL).fetchall())
@@ -192,21 +202,25 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarise(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": statistics.median(values) if values else 0.0,
-            "p99": percentile(values, 0.99), "worst": max(values, default=0.0)}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50": statistics.median(values) if values else 0.0,
+        "p99": percentile(values, 0.99),
+        "worst": max(values, default=0.0),
+    }
 
 
 def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.connect() as conn:
         before_rows = conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar()
-        legacy_ids = [str(r[0]) for r in conn.exec_driver_sql(
-            "SELECT id FROM tasks WHERE user_id IS NULL ORDER BY id LIMIT 2000")]
+        legacy_ids = [
+            str(r[0]) for r in conn.exec_driver_sql("SELECT id FROM tasks WHERE user_id IS NULL ORDER BY id LIMIT 2000")
+        ]
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     files = {kind: tmp / f"{migration}-{kind}.json" for kind in WRITES}
-    procs = [ctx.Process(target=writer, args=(kind, url, rate, stop, str(files[kind]), legacy_ids))
-             for kind in WRITES]  # fmt: skip
+    procs = [ctx.Process(target=writer, args=(kind, url, rate, stop, str(files[kind]), legacy_ids)) for kind in WRITES]
     waits_file = tmp / f"{migration}-waits.json"
     procs.append(ctx.Process(target=sample_waits, args=(url, stop, str(waits_file))))
     for p in procs:
@@ -215,8 +229,11 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     env = os.environ | {"DATABASE_URL": url}  # not on the command line, where `ps` shows the password
     started_wall = time.time()
     started = time.perf_counter()
-    command = ([sys.executable, "-m", "taskdb.cli", "upgrade"] if migration == "taskdb"
-               else [sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION])  # fmt: skip
+    command = (
+        [sys.executable, "-m", "taskdb.cli", "upgrade"]
+        if migration == "taskdb"
+        else [sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION]
+    )
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     starts: list[tuple[str, float]] = []  # "Running upgrade A -> B" lines, timed as they arrive
     stderr = []
@@ -228,8 +245,10 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     seconds = time.perf_counter() - started
     ends = [t for _, t in starts[1:]] + ([seconds] if starts else [])
     phases = {revision: end - start for (revision, start), end in zip(starts, ends, strict=True)}
-    spans = [(revision, started_wall + start, started_wall + end)
-             for (revision, start), end in zip(starts, ends, strict=True)]  # fmt: skip
+    spans = [
+        (revision, started_wall + start, started_wall + end)
+        for (revision, start), end in zip(starts, ends, strict=True)
+    ]
     ended_wall = time.time()
     time.sleep(AFTER_S)
     stop.set()
@@ -258,9 +277,7 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
     for _, t, ms, _ in samples:
         if started_wall <= t <= ended_wall and (statement := statement_at(ours, t)):
             during_statement.setdefault(statement, []).append(ms)
-    by_revision = {
-        rev: summarise([ms for _, t, ms, _ in samples if a <= t < b]) for rev, a, b in spans
-    }
+    by_revision = {rev: summarise([ms for _, t, ms, _ in samples if a <= t < b]) for rev, a, b in spans}
     worst_by_kind = {}
     for kind in WRITES:
         during = [(ms, t) for k, t, ms, _ in samples if k == kind and started_wall <= t <= ended_wall]
@@ -268,11 +285,16 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
             ms, t = max(during)
             worst_by_kind[kind] = (ms, next((rev for rev, a, b in spans if a <= t < b), ""))
     return Run(
-        migration=migration, seconds=seconds,
+        migration=migration,
+        seconds=seconds,
         latency={w: summarise(v) for w, v in windows.items()},
         errors=sorted({err for _, _, _, err in samples if err}),
-        rows_lost=before_rows + inserted - after_rows, exit_code=returncode, phases=phases,
-        worst_by_kind=worst_by_kind, by_revision=by_revision, waits=waits,
+        rows_lost=before_rows + inserted - after_rows,
+        exit_code=returncode,
+        phases=phases,
+        worst_by_kind=worst_by_kind,
+        by_revision=by_revision,
+        waits=waits,
         by_statement={q: summarise(v) for q, v in during_statement.items()},
     )
 
@@ -293,8 +315,9 @@ def bench(rows: int, rate: float, backend: str | None, tmp: Path) -> dict[str, A
         started = time.perf_counter()
         build(engine, rows)
         build_s = time.perf_counter() - started
-        legacy = sa.text("SELECT count(*) FILTER (WHERE user_id IS NULL), count(*) FILTER (WHERE status = 'Queued') "
-                         "FROM tasks")
+        legacy = sa.text(
+            "SELECT count(*) FILTER (WHERE user_id IS NULL), count(*) FILTER (WHERE status = 'Queued') FROM tasks"
+        )
         with engine.connect() as conn:
             legacy_rows, queued = conn.execute(legacy).one()
         engine.dispose()
@@ -304,8 +327,15 @@ def bench(rows: int, rate: float, backend: str | None, tmp: Path) -> dict[str, A
                 conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE bench_template")
         admin.dispose()
         runs = [run_under_load(normalize_url(server.url(f"bench_{m}")), m, rate, tmp) for m in ("naive", "taskdb")]
-        return {"rows": rows, "legacy_rows": legacy_rows, "queued": queued, "build_s": build_s,
-                "major": server.major, "backend": server.backend, "runs": runs}  # fmt: skip
+        return {
+            "rows": rows,
+            "legacy_rows": legacy_rows,
+            "queued": queued,
+            "build_s": build_s,
+            "major": server.major,
+            "backend": server.backend,
+            "runs": runs,
+        }
 
 
 def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
@@ -343,14 +373,25 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
     for r in results:
         ours = r["runs"][1]
         lines.append(f"- {r['rows']:,} rows: " + ", ".join(f"{rev} {s:.1f}" for rev, s in ours.phases.items()))
-    lines += ["", "Writers during each of taskdb's revisions (statements that started while it ran): "
-              "p99 / worst ms (n):", ""]
+    lines += [
+        "",
+        "Writers during each of taskdb's revisions (statements that started while it ran): p99 / worst ms (n):",
+        "",
+    ]
     for r in results:
         ours = r["runs"][1]
-        lines.append(f"- {r['rows']:,} rows: " + ", ".join(
-            f"{rev} {d['p99']:.0f} / {d['worst']:.0f} ({d['n']})" for rev, d in ours.by_revision.items() if d["n"]))
-    lines += ["", "What the writers' statements in flight were doing during each revision (pg_stat_activity sampled "
-              "every 20 ms; `running` = no wait event: on a CPU or waiting for one):", ""]
+        lines.append(
+            f"- {r['rows']:,} rows: "
+            + ", ".join(
+                f"{rev} {d['p99']:.0f} / {d['worst']:.0f} ({d['n']})" for rev, d in ours.by_revision.items() if d["n"]
+            )
+        )
+    lines += [
+        "",
+        "What the writers' statements in flight were doing during each revision (pg_stat_activity sampled "
+        "every 20 ms; `running` = no wait event: on a CPU or waiting for one):",
+        "",
+    ]
     for r in results:
         ours = r["runs"][1]
         parts = []
@@ -359,19 +400,29 @@ def report(results: list[dict[str, Any]], rate: float, command: str) -> str:
             top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
             parts.append(f"{rev} " + " ".join(f"{w} {100 * n / total:.0f}%" for w, n in top) + f" (n={total})")
         lines.append(f"- {r['rows']:,} rows: " + "; ".join(parts))
-    lines += ["", "Writers by the statement taskdb was running when they started (sampled), the five with the "
-              "worst writer: worst / p99 ms (n):", ""]
+    lines += [
+        "",
+        "Writers by the statement taskdb was running when they started (sampled), the five with the "
+        "worst writer: worst / p99 ms (n):",
+        "",
+    ]
     for r in results:
         ours = r["runs"][1]
         top = sorted(ours.by_statement.items(), key=lambda kv: -kv[1]["worst"])[:5]
-        lines.append(f"- {r['rows']:,} rows: " + "; ".join(
-            f"`{q}` {d['worst']:.0f} / {d['p99']:.0f} ({d['n']})" for q, d in top))
-    lines += ["", "Worst writer statement of each kind during taskdb's upgrade, ms (the revision running when it "
-              "started):", ""]
+        lines.append(
+            f"- {r['rows']:,} rows: " + "; ".join(f"`{q}` {d['worst']:.0f} / {d['p99']:.0f} ({d['n']})" for q, d in top)
+        )
+    lines += [
+        "",
+        "Worst writer statement of each kind during taskdb's upgrade, ms (the revision running when it started):",
+        "",
+    ]
     for r in results:
         ours = r["runs"][1]
-        lines.append(f"- {r['rows']:,} rows: " + ", ".join(
-            f"{kind} {ms:.0f} ({rev or '-'})" for kind, (ms, rev) in ours.worst_by_kind.items()))
+        lines.append(
+            f"- {r['rows']:,} rows: "
+            + ", ".join(f"{kind} {ms:.0f} ({rev or '-'})" for kind, (ms, rev) in ours.worst_by_kind.items())
+        )
     errors = {f"{r['rows']:,} {run.migration}": run.errors for r in results for run in r["runs"] if run.errors}
     if errors:
         lines += ["", "Writer errors:", "", *(f"- {k}: {'; '.join(v[:5])}" for k, v in errors.items())]

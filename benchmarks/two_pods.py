@@ -32,17 +32,21 @@ from taskdb.testing import start_postgres
 from taskdb.testing.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parents[1]
-WRITE = ("INSERT INTO tasks (task_type, params, status, user_id, run_type) "
-         "VALUES ('app', '{}', 'Queued', md5('u' || (random() * 999)::int)::uuid, 'cloud')")
-CLAIM = ("UPDATE tasks SET status = 'In Progress', worker_id = 'pod', updated_at = now() WHERE id = ("
-         "SELECT id FROM tasks WHERE status = 'Queued' AND run_type = 'cloud' AND user_id IS NOT NULL "
-         "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)")
+WRITE = (
+    "INSERT INTO tasks (task_type, params, status, user_id, run_type) "
+    "VALUES ('app', '{}', 'Queued', md5('u' || (random() * 999)::int)::uuid, 'cloud')"
+)
+CLAIM = (
+    "UPDATE tasks SET status = 'In Progress', worker_id = 'pod', updated_at = now() WHERE id = ("
+    "SELECT id FROM tasks WHERE status = 'Queued' AND run_type = 'cloud' AND user_id IS NOT NULL "
+    "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+)
 AFTER = {
     "invalid_indexes": "SELECT count(*) FROM pg_index WHERE indrelid = 'tasks'::regclass AND NOT indisvalid",
     "not_valid_constraints": "SELECT count(*) FROM pg_constraint WHERE conrelid = 'tasks'::regclass "
-                             "AND NOT convalidated",
+    "AND NOT convalidated",
     "duplicate_log_rows": "SELECT count(*) - count(DISTINCT (task_id, action, reason, actor)) FROM task_hygiene_log",
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -85,8 +89,15 @@ def pair(url: str, conninfo: str) -> dict[str, Any]:
     with Writers(conninfo) as writers, tempfile.TemporaryDirectory() as logs:
         started = time.monotonic()
         errs = [Path(logs, f"pod{n}.err") for n in range(2)]
-        pods = [subprocess.Popen([sys.executable, "-m", "taskdb.cli", "upgrade"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=err.open("w")) for err in errs]
+        pods = [
+            subprocess.Popen(
+                [sys.executable, "-m", "taskdb.cli", "upgrade"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err.open("w"),
+            )
+            for err in errs
+        ]
         seconds: dict[int, float] = {}
         while len(seconds) < len(pods):  # each pod's own end, whichever ends first
             for n, pod in enumerate(pods):
@@ -98,7 +109,9 @@ def pair(url: str, conninfo: str) -> dict[str, Any]:
         "exits": [pod.returncode for pod in pods],
         "seconds": [round(seconds[n], 1) for n in range(len(pods))],
         "waited": ["holds the upgrade lock" in err for err in stderr],
-        "writer_ops": writers.ops, "writer_errors": len(writers.errors), "writer_worst_ms": round(writers.worst_ms),
+        "writer_ops": writers.ops,
+        "writer_errors": len(writers.errors),
+        "writer_worst_ms": round(writers.worst_ms),
     }
 
 
@@ -113,8 +126,11 @@ def run(rows: int, pairs: int) -> list[dict[str, Any]]:
             for path in ("direct", "transaction pooler"):
                 for number in range(pairs):
                     name = server.create_database(template=template)
-                    url, conninfo = ((server.url(name), server.url(name)) if path == "direct"
-                                     else (pooler.url(name), pooler.conninfo(name)))
+                    url, conninfo = (
+                        (server.url(name), server.url(name))
+                        if path == "direct"
+                        else (pooler.url(name), pooler.conninfo(name))
+                    )
                     result = {"path": path, "pair": number + 1, **pair(url, conninfo)}
                     with psycopg.connect(server.url(name), autocommit=True) as conn:
                         result |= {key: conn.execute(sql).fetchone()[0] for key, sql in AFTER.items()}  # type: ignore[index]
@@ -155,8 +171,14 @@ def main() -> None:
     print(section)
     if args.out:
         write_section(args.out, "two-pods", section)
-    if any(r["exits"] != [0, 0] or r["writer_errors"] or r["invalid_indexes"] or r["not_valid_constraints"]
-           or r["duplicate_log_rows"] for r in results):
+    if any(
+        r["exits"] != [0, 0]
+        or r["writer_errors"]
+        or r["invalid_indexes"]
+        or r["not_valid_constraints"]
+        or r["duplicate_log_rows"]
+        for r in results
+    ):
         sys.exit(1)
 
 

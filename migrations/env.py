@@ -72,8 +72,11 @@ def run_migrations_offline() -> None:
     )
     with context.begin_transaction():
         offline.begin_script(
-            context.get_context(), context.script, context.get_starting_revision_argument(),
-            context.get_revision_argument(), command=command_name(),
+            context.get_context(),
+            context.script,
+            context.get_starting_revision_argument(),
+            context.get_revision_argument(),
+            command=command_name(),
         )
         context.run_migrations()
         offline.end_script(context.get_context())
@@ -115,16 +118,25 @@ def run_with(connection: Connection, versions: str) -> None:
             connection.rollback()  # nothing may stay open while we wait for the lock
     try:
         if command in READ_ONLY_COMMANDS:
-            context.configure(connection=connection, transaction_per_migration=True, taskdb_env=True,
-                              version_table=versions, version_table_schema=table.schema)
+            context.configure(
+                connection=connection,
+                transaction_per_migration=True,
+                taskdb_env=True,
+                version_table=versions,
+                version_table_schema=table.schema,
+            )
             with context.begin_transaction():
                 context.run_migrations()
-            if version_table.revision(connection, versions) is None and (legacy := version_table.legacy_revisions(
-                connection, version_table.taskdb_revisions(context.script)
-            )):
-                log.warning("taskdb's revision %s is still recorded in the application's %s: the next "
-                            "`taskdb upgrade` moves it to %s", ", ".join(legacy), version_table.APPLICATION_TABLE,
-                            versions)
+            if version_table.revision(connection, versions) is None and (
+                legacy := version_table.legacy_revisions(connection, version_table.taskdb_revisions(context.script))
+            ):
+                log.warning(
+                    "taskdb's revision %s is still recorded in the application's %s: the next "
+                    "`taskdb upgrade` moves it to %s",
+                    ", ".join(legacy),
+                    version_table.APPLICATION_TABLE,
+                    versions,
+                )
             if connection.in_transaction():
                 connection.rollback()
             return
@@ -171,13 +183,16 @@ def run_migrations_online() -> None:
         run_with(shared, versions)
         return
     if shared is not None and not isinstance(shared, Engine):
-        raise CommandError(f"config.attributes['connection'] must be a SQLAlchemy Connection or Engine, "
-                           f"not {type(shared).__name__}")
+        raise CommandError(
+            f"config.attributes['connection'] must be a SQLAlchemy Connection or Engine, not {type(shared).__name__}"
+        )
     if isinstance(shared, Engine) and not (shared.url.host or shared.url.database or shared.url.query):
         # an Engine made with creator= or connect_args only: its URL says nothing of where it connects
-        raise CommandError("config.attributes['connection'] is an Engine whose URL names no host or database "
-                           "(made with creator= or connect_args?): taskdb connects to an Engine's URL; hand in a "
-                           "Connection from it instead")
+        raise CommandError(
+            "config.attributes['connection'] is an Engine whose URL names no host or database "
+            "(made with creator= or connect_args?): taskdb connects to an Engine's URL; hand in a "
+            "Connection from it instead"
+        )
     try:
         url = database_url() if shared is None else normalize_url(shared.url.render_as_string(hide_password=False))
     except TaskdbError as exc:

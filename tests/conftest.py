@@ -48,19 +48,25 @@ def db(request: pytest.FixtureRequest, taskdb_pg_url: str, monkeypatch: pytest.M
 def public_schema(engine: sa.Engine) -> dict[str, object]:
     """Every row of public.tasks and public.users, and every object and privilege in public."""
     with engine.connect() as conn:
+
         def all_rows(sql: str) -> list[str]:
             return [str(r[0]) for r in conn.exec_driver_sql(sql)]
 
         return {
             "tasks": all_rows("SELECT to_jsonb(t)::text FROM public.tasks t ORDER BY id"),
             "users": all_rows("SELECT to_jsonb(u)::text FROM public.users u ORDER BY id"),
-            "relations": all_rows("SELECT relname || ':' || relkind::text || ':' || coalesce(relacl::text, '') "
-                                  "FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1"),
-            "functions": all_rows("SELECT oid::regprocedure::text FROM pg_proc "
-                                  "WHERE pronamespace = 'public'::regnamespace ORDER BY 1"),
+            "relations": all_rows(
+                "SELECT relname || ':' || relkind::text || ':' || coalesce(relacl::text, '') "
+                "FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1"
+            ),
+            "functions": all_rows(
+                "SELECT oid::regprocedure::text FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1"
+            ),
             "types": all_rows("SELECT typname FROM pg_type WHERE typnamespace = 'public'::regnamespace ORDER BY 1"),
-            "triggers": all_rows("SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                                 "WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1"),
+            "triggers": all_rows(
+                "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1"
+            ),
             "acl": all_rows("SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'public'"),
         }
 

@@ -13,10 +13,16 @@ from taskdb import api, seeds
 DRIVERS = ("psycopg", "pg8000")
 
 # The constraints on tasks that DESIGN.md makes public.
-CONSTRAINTS = frozenset({
-    "tasks_status_valid", "tasks_attempts_nonnegative", "tasks_legacy_reason_known",
-    "tasks_healthy_has_owner_and_run_type", "tasks_flagged_not_queued", "tasks_user_id_fkey",
-})
+CONSTRAINTS = frozenset(
+    {
+        "tasks_status_valid",
+        "tasks_attempts_nonnegative",
+        "tasks_legacy_reason_known",
+        "tasks_healthy_has_owner_and_run_type",
+        "tasks_flagged_not_queued",
+        "tasks_user_id_fkey",
+    }
+)
 
 
 def with_driver(url: str, driver: str) -> str:
@@ -85,8 +91,9 @@ class Db:
 
 def schema_db(url: str, schema: str) -> Db:
     """The database at ``url`` seen through a search_path of ``schema`` (created if missing); dispose its engine."""
-    engine = sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool,
-                              connect_args={"options": f"-c search_path={schema}"})
+    engine = sa.create_engine(
+        with_driver(url, "psycopg"), poolclass=sa.NullPool, connect_args={"options": f"-c search_path={schema}"}
+    )
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     return Db(url, engine)

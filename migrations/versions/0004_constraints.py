@@ -52,34 +52,45 @@ depends_on: str | Sequence[str] | None = None
 RESTORES = (revision,)  # whose logged changes the downgrade puts back: the catch-up backfill's
 
 LEGACY_REASONS = (
-    "missing_user_id", "unknown_user", "missing_run_type", "invalid_run_type", "missing_status", "invalid_status",
+    "missing_user_id",
+    "unknown_user",
+    "missing_run_type",
+    "invalid_run_type",
+    "missing_status",
+    "invalid_status",
 )
 _REASON = "(" + "|".join(LEGACY_REASONS) + ")"
 
 CHECKS = (
     Check(
-        "tasks_status_valid", "tasks",
+        "tasks_status_valid",
+        "tasks",
         "status::text IN ('Queued', 'In Progress', 'Complete', 'Failed', 'Cancelled')",
         "The five states workers, the claim and the autoscaler's count understand.",
     ),
     Check(
-        "tasks_attempts_nonnegative", "tasks", "attempts >= 0",
+        "tasks_attempts_nonnegative",
+        "tasks",
+        "attempts >= 0",
         "attempts counts tries; a negative count is a bug upstream.",
     ),
     Check(
-        "tasks_legacy_reason_known", "tasks",
+        "tasks_legacy_reason_known",
+        "tasks",
         f"legacy_reason IS NULL OR legacy_reason ~ '^{_REASON}(,{_REASON})*$'",
         "legacy_reason is a comma-separated list from a documented vocabulary (README).",
     ),
     Check(
-        "tasks_healthy_has_owner_and_run_type", "tasks",
+        "tasks_healthy_has_owner_and_run_type",
+        "tasks",
         # "run_type IS NOT NULL" matters: NULL IN (...) is NULL, and a CHECK lets NULL through
         "legacy_reason IS NOT NULL"
         " OR (user_id IS NOT NULL AND run_type IS NOT NULL AND run_type IN ('cloud', 'local'))",
         "A row nobody owns or no worker kind can run must be flagged, never counted as work.",
     ),
     Check(
-        "tasks_flagged_not_queued", "tasks",
+        "tasks_flagged_not_queued",
+        "tasks",
         "legacy_reason IS NULL OR status::text <> 'Queued'",
         "A flagged row is never Queued: the autoscaler must not start workers for it.",
     ),
@@ -91,7 +102,9 @@ USER_FK = ForeignKey(
 WRITE_GUARD = WriteGuard("tasks_taskdb_write_guard", "taskdb_write_guard_tasks", "tasks", CHECKS)
 NOT_NULL = ("task_type", "params", "status", "attempts", "created_at")
 USER_INDEX = Index(
-    "tasks_user_id_idx", "tasks", "(user_id)",
+    "tasks_user_id_idx",
+    "tasks",
+    "(user_id)",
     "Per-user counts, and deleting a user without scanning tasks for the foreign key.",
 )
 INDEXES = (USER_INDEX,)  # what the downgrade drops (and 0003's, after an interrupted 0004)

@@ -65,23 +65,32 @@ TRIGGER = "tasks_cancel_children"  # its own transaction, after the objects (see
 USERS_WITH_CREDITS = TableSpec("users", "", {"id": ("uuid",), "credits": ("numeric", "integer", "bigint")})
 INDEXES = (
     Index(
-        "tasks_queued_run_type_created_at_idx", "tasks", "(run_type, created_at) WHERE status = 'Queued'",
+        "tasks_queued_run_type_created_at_idx",
+        "tasks",
+        "(run_type, created_at) WHERE status = 'Queued'",
         "Ready work, the count, the claim and the stale scan read only Queued rows: a small index.",
     ),
     Index(
-        "tasks_in_progress_user_id_idx", "tasks", "(user_id) WHERE status = 'In Progress'",
+        "tasks_in_progress_user_id_idx",
+        "tasks",
+        "(user_id) WHERE status = 'In Progress'",
         "The per-user concurrency limit counts In Progress rows per user.",
     ),
     Index(
-        "tasks_flagged_idx", "tasks", "(legacy_reason) WHERE legacy_reason IS NOT NULL",
+        "tasks_flagged_idx",
+        "tasks",
+        "(legacy_reason) WHERE legacy_reason IS NOT NULL",
         "queue_health and doctor count flagged rows without scanning the table.",
     ),
     Index(
-        "tasks_queued_dependant_on_idx", "tasks", "(dependant_on) WHERE status = 'Queued'",
+        "tasks_queued_dependant_on_idx",
+        "tasks",
+        "(dependant_on) WHERE status = 'Queued'",
         "tasks_cancel_children finds the Queued dependants of a failed task.",
     ),
     Index(
-        "tasks_queued_orchestrator_ref_idx", "tasks",
+        "tasks_queued_orchestrator_ref_idx",
+        "tasks",
         "(@schema@.taskdb_try_uuid(params ->> 'orchestrator_task_id_ref')) WHERE status = 'Queued'",
         "tasks_cancel_children finds the Queued children of a failed orchestrator task.",
     ),
@@ -114,8 +123,12 @@ def upgrade() -> None:
             ensure_index(conn, index, revision)
         run_locked(conn, create_objects, relations=["tasks", "users"])
         failpoint("hygiene.before_trigger")  # the objects are committed, the trigger is not there yet
-        run_locked(conn, lambda c: execute_script(c, SQL[TRIGGER]), relations=["tasks"],
-                   label=f"CREATE TRIGGER {TRIGGER} ON tasks")
+        run_locked(
+            conn,
+            lambda c: execute_script(c, SQL[TRIGGER]),
+            relations=["tasks"],
+            label=f"CREATE TRIGGER {TRIGGER} ON tasks",
+        )
         cancel_stale_queued(conn, actor=actor(revision))
 
 

@@ -66,19 +66,13 @@ def check_shape(conn: Connection, spec: TableSpec, optional: Mapping[str, tuple[
             raise SchemaMismatch(spec.name, name, "missing (taskdb needs it)")
         col = found[name]
         if not _type_ok(col.type, col.is_enum, accepted):
-            raise SchemaMismatch(
-                spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}"
-            )
+            raise SchemaMismatch(spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}")
     for name, accepted in optional.items():
         col = found.get(name)
         if col is not None and not _type_ok(col.type, col.is_enum, accepted):
-            raise SchemaMismatch(
-                spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}"
-            )
+            raise SchemaMismatch(spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}")
     if not has_unique_index_on(conn, spec.name, spec.unique_key):
-        raise SchemaMismatch(
-            spec.name, spec.unique_key, "is not a primary key or unique (batches are keyed on it)"
-        )
+        raise SchemaMismatch(spec.name, spec.unique_key, "is not a primary key or unique (batches are keyed on it)")
 
 
 def create_missing_tables(conn: Connection, specs: Sequence[TableSpec], revision: str) -> list[str]:

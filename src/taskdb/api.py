@@ -97,8 +97,13 @@ def show(revision: str) -> dict[str, Any]:
     rev = known_revision(revision)
     if rev is None:
         raise CommandError("base is where the chain starts, not a revision; `taskdb history` lists the revisions")
-    return {"revision": rev.revision, "parent": rev.down_revision, "path": rev.path, "doc": rev.longdoc,
-            "is_head": rev.is_head}  # fmt: skip
+    return {
+        "revision": rev.revision,
+        "parent": rev.down_revision,
+        "path": rev.path,
+        "doc": rev.longdoc,
+        "is_head": rev.is_head,
+    }
 
 
 def known_revision(revision: str) -> Script | None:

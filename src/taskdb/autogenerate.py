@@ -75,8 +75,13 @@ class TaskdbObjects:
             return table is not None and name in self.columns.get(table, frozenset())
         if type_ == "index":
             return name in self.indexes
-        if type_ in {"unique_constraint", "foreign_key_constraint", "primary_key_constraint", "check_constraint",
-                     "constraint"}:
+        if type_ in {
+            "unique_constraint",
+            "foreign_key_constraint",
+            "primary_key_constraint",
+            "check_constraint",
+            "constraint",
+        }:
             return name in self.constraints or name in self.indexes  # PostgreSQL: a unique index is both
         return False
 

@@ -109,8 +109,13 @@ def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LO
     sql = queries("backfill")
     predicate = Template(sql["needs_work"])
     restores, restored = per_column("restores"), per_column("restored_values", status_type=status_type)
-    earlier = {f"earlier_{name}": _ALIAS_H.sub("e.", text) for name, text in (
-        *((f"restores_{c}", v) for c, v in restores.items()), *((f"restored_{c}", v) for c, v in restored.items()))}
+    earlier = {
+        f"earlier_{name}": _ALIAS_H.sub("e.", text)
+        for name, text in (
+            *((f"restores_{c}", v) for c, v in restores.items()),
+            *((f"restored_{c}", v) for c, v in restored.items()),
+        )
+    }
     return Template(sql[query]).substitute(
         needs_work_t=predicate.substitute(t="t"),
         needs_work_p=predicate.substitute(t="p"),
@@ -164,8 +169,7 @@ def run_backfill(
     lock_policy = lock_policy or LockPolicy.from_env()
     st = status_type(conn)
     statements = {
-        lock: sa.text(render("resolve_batch", status_type=st, lock_clause=lock))
-        for lock in ("SKIP LOCKED", "")
+        lock: sa.text(render("resolve_batch", status_type=st, lock_clause=lock)) for lock in ("SKIP LOCKED", "")
     }
 
     return _run(conn, statements, job=job, actor=actor, config=config, lock_policy=lock_policy, progress=progress)
@@ -202,8 +206,17 @@ def _run(
     while total:  # nothing to do (0004's catch-up, a rerun): no sweep over the table at all
         resumed = after  # a crashed run committed this sweep's batches up to this id
         done, flagged, waiting = _sweep(
-            conn, statements, job=job, actor=actor, sweep=sweep, mode=mode, after=after,
-            config=config, lock_policy=lock_policy, progress=progress, result=result,
+            conn,
+            statements,
+            job=job,
+            actor=actor,
+            sweep=sweep,
+            mode=mode,
+            after=after,
+            config=config,
+            lock_policy=lock_policy,
+            progress=progress,
+            result=result,
         )
         result.sweeps += 1
         if resumed:
@@ -211,7 +224,13 @@ def _run(
         remaining = count_needs_work(conn)
         log.info(
             "backfill %s: sweep %d (%s) done: %d rows, %d flagged, %d waiting; %d remaining",
-            job, sweep, mode, done, flagged, waiting, remaining,
+            job,
+            sweep,
+            mode,
+            done,
+            flagged,
+            waiting,
+            remaining,
         )
         failpoint("backfill.after_sweep")
         if remaining == 0:
@@ -221,8 +240,13 @@ def _run(
             # remains was written during it, e.g. by an old application version. Sweeping again would only chase
             # new writes with a whole-table scan each time (seen: 50 sweeps while an old app kept writing);
             # 0004's catch-up takes them, behind its write guard that lets no new one in.
-            log.warning("backfill %s: %d rows written during the backfill still need work after %d sweeps; "
-                        "the catch-up backfill of 0004_constraints (or a rerun) takes them", job, remaining, sweep)
+            log.warning(
+                "backfill %s: %d rows written during the backfill still need work after %d sweeps; "
+                "the catch-up backfill of 0004_constraints (or a rerun) takes them",
+                job,
+                remaining,
+                sweep,
+            )
             break
         # More normal sweeps while children keep finding healthy parents (fewer wait each time: rows an old
         # application keeps writing are done in every sweep, so `done` alone is no progress, seen: 49 sweeps);
@@ -303,8 +327,13 @@ def _sweep(
     done = flagged = waiting = 0
     while True:
         params = {
-            "after": after, "batch_size": result.batch_size, "final": mode != NORMAL,
-            "actor": actor, "job": job, "sweep": sweep, "mode": mode,
+            "after": after,
+            "batch_size": result.batch_size,
+            "final": mode != NORMAL,
+            "actor": actor,
+            "job": job,
+            "sweep": sweep,
+            "mode": mode,
         }
         batch: dict[str, object] = {}
 
@@ -326,7 +355,14 @@ def _sweep(
         # One line per batch; the record carries the figures, so a terminal can draw a progress bar instead.
         log.info(
             "backfill %s: sweep %d (%s) batch of %d ids in %.0f ms: %d of %d done, %d remaining",
-            job, sweep, mode, batch["scanned"], elapsed_ms, result.done, total, total - result.done,
+            job,
+            sweep,
+            mode,
+            batch["scanned"],
+            elapsed_ms,
+            result.done,
+            total,
+            total - result.done,
             extra={"taskdb_progress": {"job": job, "done": result.done, "total": total}},
         )
         result.batch_size = config.next_size(result.batch_size, elapsed_ms)
@@ -347,8 +383,17 @@ def restore(conn: Connection, *, actor: str, batch_size: int = RESTORE_BATCH_SIZ
 
 
 # restore_preview's per-task and per-column counts, in the order `taskdb downgrade --plan` prints them
-PREVIEW_COUNTS = ("tasks", "kept", "gone", "status", "user_id", "run_type", "error_message", "legacy_reason",
-                  "updated_at")
+PREVIEW_COUNTS = (
+    "tasks",
+    "kept",
+    "gone",
+    "status",
+    "user_id",
+    "run_type",
+    "error_message",
+    "legacy_reason",
+    "updated_at",
+)
 
 
 def restore_preview(
@@ -365,8 +410,9 @@ def restore_preview(
     after: str | None = None
     while True:
         with read_only_transaction(conn, lock_timeout_ms=lock_timeout_ms):
-            batch = conn.execute(statement, {"actor": actor, "after": after, "batch_size": batch_size,
-                                             "earlier": list(earlier or [])}).one()
+            batch = conn.execute(
+                statement, {"actor": actor, "after": after, "batch_size": batch_size, "earlier": list(earlier or [])}
+            ).one()
         if not batch.scanned:
             return totals
         for name in PREVIEW_COUNTS:

@@ -47,17 +47,20 @@ def columns(conn: Connection, table: str) -> dict[str, Column]:
 
 
 def has_unique_index_on(conn: Connection, table: str, column: str) -> bool:
-    return scalar(
-        conn,
-        """
+    return (
+        scalar(
+            conn,
+            """
         SELECT EXISTS (
             SELECT 1 FROM pg_index i
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
             WHERE i.indrelid = to_regclass(:t) AND i.indisunique AND i.indisvalid
               AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = :c)
         """,
-        {"t": table, "c": column},
-    ) is True
+            {"t": table, "c": column},
+        )
+        is True
+    )
 
 
 def enum_labels(conn: Connection, type_name: str) -> list[str]:
@@ -103,6 +106,7 @@ def index_is_valid(conn: Connection, name: str) -> bool | None:
 
 # -- what taskdb created ------------------------------------------------------------------------------
 
+
 def ensure_owned_table(conn: Connection) -> None:
     conn.exec_driver_sql(
         f"""
@@ -117,16 +121,14 @@ def ensure_owned_table(conn: Connection) -> None:
         """
     )
     conn.exec_driver_sql(
-        f"COMMENT ON TABLE {OWNED_TABLE} IS "
-        "'Objects taskdb created (not adopted): downgrades drop only these.'"
+        f"COMMENT ON TABLE {OWNED_TABLE} IS 'Objects taskdb created (not adopted): downgrades drop only these.'"
     )
 
 
 def record_owned(conn: Connection, kind: str, name: str, revision: str) -> None:
     conn.execute(
         sa.text(
-            f"INSERT INTO {OWNED_TABLE} (kind, name, revision) VALUES (:k, :n, :r) "
-            "ON CONFLICT (kind, name) DO NOTHING"
+            f"INSERT INTO {OWNED_TABLE} (kind, name, revision) VALUES (:k, :n, :r) ON CONFLICT (kind, name) DO NOTHING"
         ),
         {"k": kind, "n": name, "r": revision},
     )
@@ -148,7 +150,6 @@ def owned(conn: Connection, kind: str, revision: str | None = None) -> list[str]
 
 def forget_owned(conn: Connection, kind: str, name: str) -> None:
     conn.execute(sa.text(f"DELETE FROM {OWNED_TABLE} WHERE kind = :k AND name = :n"), {"k": kind, "n": name})
-
 
 
 def ensure_roles(conn: Connection, roles: tuple[str, ...], revision: str) -> bool:

@@ -78,6 +78,7 @@ def resolve_url(explicit: str | None = None, environ: Mapping[str, str] | None =
 
 # -- reading what the user wrote ----------------------------------------------------------------------------
 
+
 def _parse_target(raw: str) -> tuple[dict[str, str], dict[str, object], str | None]:
     """``raw`` as libpq keywords, query parameters kept for the driver as they are, and the driver it names."""
     if SCHEME.match(raw):
@@ -94,11 +95,16 @@ def _url_params(raw: str) -> tuple[dict[str, str], dict[str, object], str | None
     named = parse_url(raw.strip()).drivername.partition("+")[2]  # a driver the URL names wins
     url = parse_url(normalize_url(raw.strip()))  # refuses what is not PostgreSQL with a supported driver
     params = {
-        key: str(value) for key, value in (
-            ("host", url.host), ("port", url.port), ("user", url.username), ("password", url.password),
+        key: str(value)
+        for key, value in (
+            ("host", url.host),
+            ("port", url.port),
+            ("user", url.username),
+            ("password", url.password),
             ("dbname", url.database),
-        ) if value not in (None, "")
-    }  # fmt: skip
+        )
+        if value not in (None, "")
+    }
     extra: dict[str, object] = {}
     for key, value in url.query.items():
         if key in LIBPQ_KEYWORDS and key != "dbname" and isinstance(value, str):  # as libpq: given
@@ -158,6 +164,7 @@ def parse_conninfo(raw: str) -> dict[str, str]:
 
 
 # -- what is left out: the service, then libpq's environment ------------------------------------------------
+
 
 def _add_defaults(params: dict[str, str], extra: Mapping[str, object], env: Mapping[str, str]) -> None:
     """Fill, in place, what ``params`` leaves out as libpq does: from the service, then from PG* variables
@@ -225,13 +232,16 @@ def _read_service(path: Path, name: str) -> dict[str, str] | None:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or key not in LIBPQ_KEYWORDS or key == "service":
-            raise ConfigError(f"syntax error in the service file {path}, line {number}: expected keyword=value "
-                              "with a libpq keyword (a service cannot name another service)")
+            raise ConfigError(
+                f"syntax error in the service file {path}, line {number}: expected keyword=value "
+                "with a libpq keyword (a service cannot name another service)"
+            )
         found.setdefault(key, value.strip())  # the first one counts
     return found
 
 
 # -- the URL for the driver ---------------------------------------------------------------------------------
+
 
 def _driver_from_env(env: Mapping[str, str]) -> str:
     chosen = env.get(DRIVER_ENV, "").strip().lower() or "psycopg"
@@ -263,8 +273,15 @@ def _psycopg_url(params: dict[str, str], query: dict[str, object]) -> URL:
         host = port = None
     user, password, dbname = params.pop("user", None), params.pop("password", None), params.pop("dbname", None)
     query.update(params)
-    return URL.create("postgresql+psycopg", username=user, password=password, host=host,
-                      port=_port(port) if port is not None else None, database=dbname, query=query)  # fmt: skip
+    return URL.create(
+        "postgresql+psycopg",
+        username=user,
+        password=password,
+        host=host,
+        port=_port(port) if port is not None else None,
+        database=dbname,
+        query=query,
+    )
 
 
 def _pg8000_url(params: dict[str, str], query: dict[str, object]) -> URL:
@@ -277,18 +294,24 @@ def _pg8000_url(params: dict[str, str], query: dict[str, object]) -> URL:
     port = params.pop("port", None)
     for value, what in ((host, "host"), (port, "port")):
         if value is not None and "," in value:
-            raise ConfigError(f"pg8000 connects to one server, and the {what} is a list ({value}); "
-                              "use psycopg (the default driver: unset TASKDB_DRIVER) for several hosts")
+            raise ConfigError(
+                f"pg8000 connects to one server, and the {what} is a list ({value}); "
+                "use psycopg (the default driver: unset TASKDB_DRIVER) for several hosts"
+            )
     if host is not None and host.startswith("/"):
         query["unix_sock"] = f"{host.rstrip('/')}/.s.PGSQL.{_port(port or '5432')}"
         host = port = None
     elif host is not None and host.startswith("@"):
-        raise ConfigError(f"pg8000 cannot connect to the abstract Unix socket {host}; use psycopg (the default "
-                          "driver: unset TASKDB_DRIVER)")
+        raise ConfigError(
+            f"pg8000 cannot connect to the abstract Unix socket {host}; use psycopg (the default "
+            "driver: unset TASKDB_DRIVER)"
+        )
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in PG8000_SSLMODES:
-        raise ConfigError(f"pg8000 cannot be given sslmode={sslmode} by taskdb (it would connect without TLS); "
-                          "use psycopg (the default driver: unset TASKDB_DRIVER)")
+        raise ConfigError(
+            f"pg8000 cannot be given sslmode={sslmode} by taskdb (it would connect without TLS); "
+            "use psycopg (the default driver: unset TASKDB_DRIVER)"
+        )
     if "connect_timeout" in params:
         query["timeout"] = params.pop("connect_timeout")
     if "application_name" in params:
@@ -298,10 +321,19 @@ def _pg8000_url(params: dict[str, str], query: dict[str, object]) -> URL:
         raise ConfigError("pg8000 takes the database from the URL's path only: put it there instead of ?dbname=")
     unknown = sorted(set(params) - PG8000_IGNORED)
     if unknown:
-        raise ConfigError(f"pg8000 cannot use the libpq option(s) {', '.join(unknown)}; use psycopg (the default "
-                          "driver: unset TASKDB_DRIVER and use postgresql://, not postgresql+pg8000://)")
-    return URL.create("postgresql+pg8000", username=user or getpass.getuser(), password=password, host=host,
-                      port=_port(port) if port is not None else None, database=dbname, query=query)  # fmt: skip
+        raise ConfigError(
+            f"pg8000 cannot use the libpq option(s) {', '.join(unknown)}; use psycopg (the default "
+            "driver: unset TASKDB_DRIVER and use postgresql://, not postgresql+pg8000://)"
+        )
+    return URL.create(
+        "postgresql+pg8000",
+        username=user or getpass.getuser(),
+        password=password,
+        host=host,
+        port=_port(port) if port is not None else None,
+        database=dbname,
+        query=query,
+    )
 
 
 def _port(value: str) -> int:
@@ -312,6 +344,7 @@ def _port(value: str) -> int:
 
 
 # -- URLs as they are ---------------------------------------------------------------------------------------
+
 
 def parse_url(raw: str) -> URL:
     try:
@@ -330,8 +363,7 @@ def normalize_url(raw: str) -> str:
         driver = "psycopg"  # psycopg 3 is the default driver; psycopg2 is not a dependency
     if driver not in SUPPORTED_DRIVERS:
         raise ConfigError(
-            f"unsupported driver {driver!r} in {redact(raw)!r}: use postgresql:// (psycopg 3) "
-            "or postgresql+pg8000://"
+            f"unsupported driver {driver!r} in {redact(raw)!r}: use postgresql:// (psycopg 3) or postgresql+pg8000://"
         )
     return url.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
 

@@ -111,9 +111,7 @@ def not_null_check_name(table: str, column: str) -> str:
     return f"{table}_{column}_not_null"
 
 
-def ensure_not_null(
-    conn: Connection, table: str, column: str, revision: str, policy: LockPolicy | None = None
-) -> bool:
+def ensure_not_null(conn: Connection, table: str, column: str, revision: str, policy: LockPolicy | None = None) -> bool:
     """Make ``column`` NOT NULL without a long ACCESS EXCLUSIVE scan. False (and a warning) if rows are NULL.
 
     A column that some rows leave NULL keeps accepting NULL: taskdb invents no values.
@@ -164,8 +162,11 @@ def drop_owned(conn: Connection, revision: str, policy: LockPolicy | None = None
     for qualified in owned(conn, "index", revision):
         table, name = qualified.split(".", 1)
         run_locked(
-            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, name)}"], relations=[table],
-            policy=policy, in_transaction=False,
+            conn,
+            [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, name)}"],
+            relations=[table],
+            policy=policy,
+            in_transaction=False,
         )
         with transaction(conn):
             forget_owned(conn, "index", qualified)
@@ -187,8 +188,11 @@ def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPoli
     if index_is_valid(conn, index.name) is False:
         log.warning("index %s is INVALID (an earlier build was interrupted): rebuilding it", index.name)
         run_locked(
-            conn, [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, index.name)}"], relations=[index.table],
-            policy=policy, in_transaction=False,
+            conn,
+            [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, index.name)}"],
+            relations=[index.table],
+            policy=policy,
+            in_transaction=False,
         )
     if index_is_valid(conn, index.name) is None:
         # recorded as taskdb's before the build, so that an INVALID leftover is known to be ours
@@ -196,8 +200,10 @@ def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPoli
             record_owned(conn, "index", f"{index.table}.{index.name}", revision)
         failpoint("index.before_create_concurrently")
         # outside a transaction: the statement names the schema itself (db.schema_qualified)
-        create = (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {schema_qualified(conn, index.table)} "
-                  f"{in_schema(conn, index.definition)}")
+        create = (
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {schema_qualified(conn, index.table)} "
+            f"{in_schema(conn, index.definition)}"
+        )
 
         def build(c: Connection) -> None:
             # A lock_timeout in one of the build's waits (for writers, for old snapshots) leaves the index
@@ -218,6 +224,7 @@ def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPoli
 
 # -- the write guard: no moment in which a legacy row cannot be updated --------------------------------------
 
+
 @dataclass(frozen=True)
 class WriteGuard:
     """A temporary BEFORE INSERT OR UPDATE trigger that enforces ``checks`` on *new* row versions only.
@@ -237,9 +244,7 @@ class WriteGuard:
 
 def _broken_check(guard: WriteGuard, row: str) -> str:
     """A query over ``row`` (NEW or OLD) yielding the names of the checks it breaks (a CHECK passes NULL)."""
-    rules = ",\n                ".join(
-        f"('{c.name}', ({c.expression}) IS NOT FALSE)" for c in guard.checks
-    )
+    rules = ",\n                ".join(f"('{c.name}', ({c.expression}) IS NOT FALSE)" for c in guard.checks)
     return (
         f"SELECT r.name FROM (SELECT {row}.*) AS t\n"
         f"        CROSS JOIN LATERAL (VALUES\n                {rules}) AS r(name, ok)\n"
@@ -289,12 +294,22 @@ def drop_write_guard_sql(guard: WriteGuard) -> str:
 
 def install_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
     """Create (or replace) the guard: CREATE TRIGGER takes SHARE ROW EXCLUSIVE for a moment."""
-    run_locked(conn, lambda c: execute_script(c, write_guard_sql(guard)), relations=[guard.table], policy=policy,
-               label=f"CREATE TRIGGER {guard.trigger}")
+    run_locked(
+        conn,
+        lambda c: execute_script(c, write_guard_sql(guard)),
+        relations=[guard.table],
+        policy=policy,
+        label=f"CREATE TRIGGER {guard.trigger}",
+    )
 
 
 def drop_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
     """Drop the guard (also a leftover of an interrupted run); nothing to do when it is gone."""
     if scalar(conn, "SELECT to_regprocedure(:f) IS NOT NULL", {"f": f"{guard.function}()"}):
-        run_locked(conn, lambda c: execute_script(c, drop_write_guard_sql(guard)), relations=[guard.table],
-                   policy=policy, label=f"DROP TRIGGER {guard.trigger}")
+        run_locked(
+            conn,
+            lambda c: execute_script(c, drop_write_guard_sql(guard)),
+            relations=[guard.table],
+            policy=policy,
+            label=f"DROP TRIGGER {guard.trigger}",
+        )

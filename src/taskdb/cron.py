@@ -125,6 +125,7 @@ class CronJobConflict(TaskdbError):
 
 # -- configuration ----------------------------------------------------------------------------------------
 
+
 def cron_mode(environ: Mapping[str, str] | None = None) -> str:
     """``TASKDB_CRON``: auto (default), require or skip; anything else is a configuration error."""
     env = os.environ if environ is None else environ
@@ -211,6 +212,7 @@ def purge_job(cron_database: str, jobname: str = PURGE_JOB) -> CronJobConfig:
 
 # -- readiness --------------------------------------------------------------------------------------------
 
+
 def parse_version(text: str | None) -> tuple[int, int] | None:
     """``'1.4-1'`` -> (1, 4); None for None or nonsense."""
     match = re.match(r"^(\d+)\.(\d+)", text or "")
@@ -261,8 +263,10 @@ class CronReadiness:
         """Lines for ``taskdb plan``."""
         if self.ready:
             where = "this database" if self.same_database else f"database {self.cron_database!r} (cron.database_name)"
-            state = f"pg_cron {self.extension_version} installed" if self.extension_version else (
-                f"pg_cron {self.available_version} will be created"
+            state = (
+                f"pg_cron {self.extension_version} installed"
+                if self.extension_version
+                else (f"pg_cron {self.available_version} will be created")
             )
             lines = [f"pg_cron: ready; {state} in {where}; jobs {CLEANUP_JOB}, {PURGE_JOB}"]
         else:
@@ -307,13 +311,23 @@ def detect(conn: Connection) -> CronReadiness:
         sa.text("SELECT current_database(), current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
     ).one()
     libraries, denied = _try(conn, "SELECT current_setting('shared_preload_libraries')")
-    loaded = None if denied else "pg_cron" in [
-        lib.strip().strip('"').rsplit("/", 1)[-1] for lib in str(libraries or "").split(",")
-    ]
+    loaded = (
+        None
+        if denied
+        else "pg_cron" in [lib.strip().strip('"').rsplit("/", 1)[-1] for lib in str(libraries or "").split(",")]
+    )
     available = scalar(conn, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_cron'")
-    base = {"current_database": current, "user": user, "superuser": bool(superuser), "library_loaded": loaded,
-            "cron_database": None, "extension_version": None, "available_version": available,
-            "can_create_extension": None, "timezone": None}  # fmt: skip
+    base = {
+        "current_database": current,
+        "user": user,
+        "superuser": bool(superuser),
+        "library_loaded": loaded,
+        "cron_database": None,
+        "extension_version": None,
+        "available_version": available,
+        "can_create_extension": None,
+        "timezone": None,
+    }
 
     if loaded is False:
         why = "the pg_cron library is not loaded (shared_preload_libraries does not list it)"
@@ -324,31 +338,43 @@ def detect(conn: Connection) -> CronReadiness:
     if loaded is None:
         # This role may not read settings: the cron schema in this database still proves pg_cron works here.
         if scalar(conn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'") is None:
-            return CronReadiness(**base, problem=(
-                f"role {user} may not read shared_preload_libraries / cron.database_name ({denied}), so taskdb "
-                f"cannot tell whether or where pg_cron runs: GRANT pg_read_all_settings TO {user}"
-            ))
+            return CronReadiness(
+                **base,
+                problem=(
+                    f"role {user} may not read shared_preload_libraries / cron.database_name ({denied}), so taskdb "
+                    f"cannot tell whether or where pg_cron runs: GRANT pg_read_all_settings TO {user}"
+                ),
+            )
         cron_db = current
     base["library_loaded"] = True
     if not cron_db:
-        return CronReadiness(**base, problem=(
-            f"cron.database_name cannot be read ({denied_db})" if denied_db else "cron.database_name is not set"
-        ))
+        return CronReadiness(
+            **base,
+            problem=(
+                f"cron.database_name cannot be read ({denied_db})" if denied_db else "cron.database_name is not set"
+            ),
+        )
     base["cron_database"] = cron_db
     base["timezone"] = _try(conn, "SELECT current_setting('cron.timezone', true)")[0]
     if not scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = :d)", {"d": cron_db}):
-        return CronReadiness(**base, problem=(
-            f"cron.database_name = {cron_db!r} names no database: CREATE DATABASE {cron_db} (pg_cron's scheduler "
-            "waits for it), or point cron.database_name at an existing database and restart"
-        ))
+        return CronReadiness(
+            **base,
+            problem=(
+                f"cron.database_name = {cron_db!r} names no database: CREATE DATABASE {cron_db} (pg_cron's scheduler "
+                "waits for it), or point cron.database_name at an existing database and restart"
+            ),
+        )
     try:
         with cron_connection(conn, cron_db) as cconn:
             return _detect_in_cron_database(cconn, base)
     except TaskdbError as exc:  # cannot connect to the cron database
-        return CronReadiness(**base, problem=(
-            f"{exc}: taskdb connects to the cron database {cron_db!r} with the same URL; let {user} connect "
-            f"there (GRANT CONNECT ON DATABASE {cron_db} TO {user}), or set {MODE_ENV}=skip"
-        ))
+        return CronReadiness(
+            **base,
+            problem=(
+                f"{exc}: taskdb connects to the cron database {cron_db!r} with the same URL; let {user} connect "
+                f"there (GRANT CONNECT ON DATABASE {cron_db} TO {user}), or set {MODE_ENV}=skip"
+            ),
+        )
 
 
 def _detect_in_cron_database(cconn: Connection, base: dict[str, Any]) -> CronReadiness:
@@ -361,10 +387,14 @@ def _detect_in_cron_database(cconn: Connection, base: dict[str, Any]) -> CronRea
         notes.append(f"cron.timezone is {base['timezone']}: schedules are read in that time zone, not UTC")
     if installed is None:
         if base["available_version"] is None:
-            return CronReadiness(**base, missing=True, problem=(
-                "the pg_cron library is loaded but the extension's files are missing "
-                "(install the pg_cron package matching the server, e.g. postgresql-<major>-cron)"
-            ))
+            return CronReadiness(
+                **base,
+                missing=True,
+                problem=(
+                    "the pg_cron library is loaded but the extension's files are missing "
+                    "(install the pg_cron package matching the server, e.g. postgresql-<major>-cron)"
+                ),
+            )
         trusted = scalar(
             cconn,
             "SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = 'pg_cron' AND version = :v",
@@ -377,26 +407,42 @@ def _detect_in_cron_database(cconn: Connection, base: dict[str, Any]) -> CronRea
             # Some managed services let a non-superuser admin role create it: the upgrade tries.
             notes.append(f"role {user} is not a superuser: creating the extension in {cron_db!r} may be refused")
     if version is None or version < NAMED_JOBS_SINCE:
-        return CronReadiness(**base, notes=tuple(notes), problem=(
-            f"pg_cron {installed or base['available_version']} is too old (named jobs need 1.3): "
-            f"ALTER EXTENSION pg_cron UPDATE in database {cron_db!r}"
-        ))
+        return CronReadiness(
+            **base,
+            notes=tuple(notes),
+            problem=(
+                f"pg_cron {installed or base['available_version']} is too old (named jobs need 1.3): "
+                f"ALTER EXTENSION pg_cron UPDATE in database {cron_db!r}"
+            ),
+        )
     other = cron_db != current
     if other and version < SCHEDULE_IN_DATABASE_SINCE:
-        return CronReadiness(**base, notes=tuple(notes), problem=(
-            f"pg_cron {installed} has no cron.schedule_in_database (1.4+), needed because cron.database_name is "
-            f"{cron_db!r}, not {current!r}: ALTER EXTENSION pg_cron UPDATE in database {cron_db!r}"
-        ))
+        return CronReadiness(
+            **base,
+            notes=tuple(notes),
+            problem=(
+                f"pg_cron {installed} has no cron.schedule_in_database (1.4+), needed because cron.database_name is "
+                f"{cron_db!r}, not {current!r}: ALTER EXTENSION pg_cron UPDATE in database {cron_db!r}"
+            ),
+        )
     if installed is not None and not base["superuser"]:
         if not scalar(cconn, "SELECT has_schema_privilege('cron', 'USAGE')"):
-            return CronReadiness(**base, notes=tuple(notes), problem=(
-                f"role {user} may not use the cron schema: GRANT USAGE ON SCHEMA cron TO {user} (in {cron_db!r})"
-            ))
+            return CronReadiness(
+                **base,
+                notes=tuple(notes),
+                problem=(
+                    f"role {user} may not use the cron schema: GRANT USAGE ON SCHEMA cron TO {user} (in {cron_db!r})"
+                ),
+            )
         if other and not scalar(cconn, "SELECT has_function_privilege(:f, 'EXECUTE')", {"f": SCHEDULE_IN_DATABASE}):
-            return CronReadiness(**base, notes=tuple(notes), problem=(
-                f"role {user} may not call cron.schedule_in_database: "
-                f"GRANT EXECUTE ON FUNCTION {SCHEDULE_IN_DATABASE} TO {user} (in {cron_db!r})"
-            ))
+            return CronReadiness(
+                **base,
+                notes=tuple(notes),
+                problem=(
+                    f"role {user} may not call cron.schedule_in_database: "
+                    f"GRANT EXECUTE ON FUNCTION {SCHEDULE_IN_DATABASE} TO {user} (in {cron_db!r})"
+                ),
+            )
     return CronReadiness(**base, notes=tuple(notes))
 
 
@@ -420,6 +466,7 @@ def _unavailable(requested_by: str | None, message: str) -> CronUnavailable:
 
 
 # -- install ----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CronPlan:
@@ -500,7 +547,9 @@ def warn_if_missing(plan: CronPlan, installation: Installation) -> None:
         return
     log.warning(
         "upgrading without the pg_cron job %s (queue_health.cron_job_installed is false; stale Queued tasks are "
-        "cancelled only when something calls taskdb_cancel_stale_queued_all). %s", CLEANUP_JOB, message,
+        "cancelled only when something calls taskdb_cancel_stale_queued_all). %s",
+        CLEANUP_JOB,
+        message,
     )
 
 
@@ -627,8 +676,9 @@ def _schedule_jobs(
     failpoint("cron.after_schedule")  # committed in the cron database, not yet recorded in the target
     for job in jobs:
         if job.changed:
-            log.info("pg_cron job %s scheduled (%s) in %s, runs in %s", job.jobname, job.schedule, cron_db,
-                     job.run_database)  # fmt: skip
+            log.info(
+                "pg_cron job %s scheduled (%s) in %s, runs in %s", job.jobname, job.schedule, cron_db, job.run_database
+            )
     return Installation(jobs, created)
 
 
@@ -717,10 +767,17 @@ def install(
     if new_schedule:
         log.info(
             "%s changed from %r to %r by %s (role %s); taskdb_cron_jobs.installed_at records when the job took it",
-            SCHEDULE_SETTING, before, plan.schedule, actor or requested_by, plan.readiness.user,
+            SCHEDULE_SETTING,
+            before,
+            plan.schedule,
+            actor or requested_by,
+            plan.readiness.user,
         )
     return InstallResult(
-        plan.readiness.current_database, plan.schedule, installation.jobs, installation.created_extension,
+        plan.readiness.current_database,
+        plan.schedule,
+        installation.jobs,
+        installation.created_extension,
         before if new_schedule else None,
     )
 
@@ -745,6 +802,7 @@ def sync(conn: Connection, *, actor: str | None = None, requested_by: str = "tas
 
 
 # -- remove -----------------------------------------------------------------------------------------------
+
 
 def recorded_jobs(conn: Connection) -> list[dict[str, Any]]:
     if not table_exists(conn, RECORD_TABLE):
@@ -794,8 +852,9 @@ def unschedule_jobs(
                     f"{who}: cannot remove taskdb's pg_cron jobs in {cron_db!r} ({reason}); "
                     f"nothing was changed. Fix access to that database, or remove them by hand ({todo}) and rerun"
                 ) from None
-            log.warning("cannot remove taskdb's pg_cron jobs in %s (%s); remove them by hand: %s", cron_db, reason,
-                        todo)  # fmt: skip
+            log.warning(
+                "cannot remove taskdb's pg_cron jobs in %s (%s); remove them by hand: %s", cron_db, reason, todo
+            )
             done += [{**job, "outcome": "unreachable"} for job in jobs]
     return done
 
@@ -889,19 +948,20 @@ def remove(conn: Connection, *, requested_by: str = "taskdb cron remove", revisi
         return Removal(database, [], 0)
     jobs = unschedule_jobs(conn, revision, "require", requested_by=requested_by)
     with transaction(conn):
-        cleared = len(rows(
-            conn,
-            f"DELETE FROM {RECORD_TABLE} WHERE job = ANY(CAST(:jobs AS text[])) RETURNING job",
-            {"jobs": [job["job"] for job in jobs if job["outcome"] != "unreachable"]},
-        ))
+        cleared = len(
+            rows(
+                conn,
+                f"DELETE FROM {RECORD_TABLE} WHERE job = ANY(CAST(:jobs AS text[])) RETURNING job",
+                {"jobs": [job["job"] for job in jobs if job["outcome"] != "unreachable"]},
+            )
+        )
     return Removal(database, jobs, cleared)
 
 
 # -- status -----------------------------------------------------------------------------------------------
 
 JOB_STATE_SQL = (
-    "SELECT jobid, schedule, command, active FROM cron.job "
-    "WHERE jobname::text = :jobname AND database = :database"
+    "SELECT jobid, schedule, command, active FROM cron.job WHERE jobname::text = :jobname AND database = :database"
 )
 LAST_RUNS_SQL = (
     "SELECT runid, status, start_time, end_time, "
@@ -929,12 +989,19 @@ def _read_job_states(conn: Connection, jobs: list[dict[str, Any]]) -> None:
                 has_job = scalar(cconn, "SELECT to_regclass('cron.job') IS NOT NULL")
                 has_runs = scalar(cconn, "SELECT to_regclass('cron.job_run_details') IS NOT NULL")
                 for job in group:
-                    found = rows(cconn, JOB_STATE_SQL, {"jobname": job["jobname"], "database": job["run_database"]}) \
-                        if has_job else []  # fmt: skip
+                    found = (
+                        rows(cconn, JOB_STATE_SQL, {"jobname": job["jobname"], "database": job["run_database"]})
+                        if has_job
+                        else []
+                    )
                     job["in_cron_job"] = bool(found)
                     if found:
-                        job.update(jobid=found[0]["jobid"], schedule=found[0]["schedule"],
-                                   command=found[0]["command"], active=found[0]["active"])  # fmt: skip
+                        job.update(
+                            jobid=found[0]["jobid"],
+                            schedule=found[0]["schedule"],
+                            command=found[0]["command"],
+                            active=found[0]["active"],
+                        )
                         if has_runs:
                             job["last_runs"] = rows(cconn, LAST_RUNS_SQL, {"jobid": found[0]["jobid"]})
         except (TaskdbError, DBAPIError) as exc:
@@ -953,56 +1020,86 @@ def status(conn: Connection) -> dict[str, Any]:
     jobs = [dict(job) for job in recorded_jobs(conn)]
     _read_job_states(conn, jobs)
     health = (
-        rows(conn, "SELECT cron_job_installed, cron_job_active, last_cleanup_at, cleanup_lag::text AS cleanup_lag "
-                   "FROM queue_health")[0]
-        if table_exists(conn, "queue_health") else {}
-    )  # fmt: skip
+        rows(
+            conn,
+            "SELECT cron_job_installed, cron_job_active, last_cleanup_at, cleanup_lag::text AS cleanup_lag "
+            "FROM queue_health",
+        )[0]
+        if table_exists(conn, "queue_health")
+        else {}
+    )
     cleanup = next((job for job in jobs if job["job"] == CLEANUP_JOB), None)
-    installed = None if cleanup is not None and cleanup["in_cron_job"] is None else bool(
-        cleanup is not None and cleanup["in_cron_job"]
+    installed = (
+        None
+        if cleanup is not None and cleanup["in_cron_job"] is None
+        else bool(cleanup is not None and cleanup["in_cron_job"])
     )
     in_sync = None if not (cleanup and cleanup["in_cron_job"]) else cleanup["schedule"] == schedule
     notes = _status_notes(readiness, upgraded, schedule, cleanup, in_sync, jobs)
     return {
-        "database": database, "installed": installed, "cleanup_schedule": schedule, "in_sync": in_sync,
-        "jobs": jobs, "readiness": readiness.as_dict(), "health": health, "notes": notes,
-    }  # fmt: skip
+        "database": database,
+        "installed": installed,
+        "cleanup_schedule": schedule,
+        "in_sync": in_sync,
+        "jobs": jobs,
+        "readiness": readiness.as_dict(),
+        "health": health,
+        "notes": notes,
+    }
 
 
 def _status_notes(
-    readiness: CronReadiness, upgraded: bool, schedule: str | None, cleanup: dict[str, Any] | None,
-    in_sync: bool | None, jobs: list[dict[str, Any]],
-) -> list[str]:  # fmt: skip
+    readiness: CronReadiness,
+    upgraded: bool,
+    schedule: str | None,
+    cleanup: dict[str, Any] | None,
+    in_sync: bool | None,
+    jobs: list[dict[str, Any]],
+) -> list[str]:
     """Doctor-style lines: what is wrong, then what to do."""
     database = readiness.current_database
     if not upgraded:
-        return [f"no taskdb pg_cron job is installed: database {database} has not had revision {CRON_REVISION}; "
-                "`taskdb upgrade` installs the jobs where pg_cron is available"]  # fmt: skip
+        return [
+            f"no taskdb pg_cron job is installed: database {database} has not had revision {CRON_REVISION}; "
+            "`taskdb upgrade` installs the jobs where pg_cron is available"
+        ]
     if cleanup is None:
-        notes = [f"no taskdb pg_cron job is installed for database {database}: nothing cancels stale Queued tasks "
-                 f"on a schedule. `taskdb cron install` installs it ({SCHEDULE_SETTING} {schedule!r}); {MEANWHILE}"]
+        notes = [
+            f"no taskdb pg_cron job is installed for database {database}: nothing cancels stale Queued tasks "
+            f"on a schedule. `taskdb cron install` installs it ({SCHEDULE_SETTING} {schedule!r}); {MEANWHILE}"
+        ]
         if not readiness.ready:
             notes.append(how_to_enable(str(readiness.problem), readiness.missing, "taskdb cron install"))
         return notes
     notes = []
-    visible = "" if readiness.superuser else (
-        f" (as role {readiness.user} sees it: pg_cron shows each role only its own jobs)"
+    visible = (
+        ""
+        if readiness.superuser
+        else (f" (as role {readiness.user} sees it: pg_cron shows each role only its own jobs)")
     )
     for job in jobs:
         where = f"in database {job['cron_database']}"
         if job["unreadable"]:
-            notes.append(f"cron.job {where} could not be read ({job['unreadable']}): the job's state and runs are "
-                         "unknown; taskdb_cron_jobs says it was installed")  # fmt: skip
+            notes.append(
+                f"cron.job {where} could not be read ({job['unreadable']}): the job's state and runs are "
+                "unknown; taskdb_cron_jobs says it was installed"
+            )
         elif not job["in_cron_job"]:
-            notes.append(f"pg_cron job {job['jobname']} is recorded but missing from cron.job {where}{visible}: "
-                         f"`taskdb cron install` schedules it again; {MEANWHILE}")  # fmt: skip
+            notes.append(
+                f"pg_cron job {job['jobname']} is recorded but missing from cron.job {where}{visible}: "
+                f"`taskdb cron install` schedules it again; {MEANWHILE}"
+            )
         elif not job["active"]:
-            notes.append(f"pg_cron job {job['jobname']} (jobid {job['jobid']}) is inactive {where}: "
-                         f"SELECT cron.alter_job({job['jobid']}, active => true) there to resume it")  # fmt: skip
+            notes.append(
+                f"pg_cron job {job['jobname']} (jobid {job['jobid']}) is inactive {where}: "
+                f"SELECT cron.alter_job({job['jobid']}, active => true) there to resume it"
+            )
         elif job["last_runs"] and job["last_runs"][0]["status"] == "failed":
             message = " ".join(str(job["last_runs"][0]["return_message"] or "").split())[:200]
             notes.append(f"the last run of pg_cron job {job['jobname']} failed: {message}")
     if in_sync is False:
-        notes.append(f"{SCHEDULE_SETTING} is {schedule!r} but pg_cron job {cleanup['jobname']} runs on "
-                     f"{cleanup['schedule']!r}: `taskdb cron sync` applies the setting")  # fmt: skip
+        notes.append(
+            f"{SCHEDULE_SETTING} is {schedule!r} but pg_cron job {cleanup['jobname']} runs on "
+            f"{cleanup['schedule']!r}: `taskdb cron sync` applies the setting"
+        )
     return notes

@@ -16,17 +16,27 @@ SECONDS_SINCE = (1, 5)
 
 # the macros pg_cron takes, and the longest wait between runs of each (None: @reboot has no period)
 MACRO_SECONDS: dict[str, int | None] = {
-    "@hourly": 3600, "@daily": 86400, "@midnight": 86400, "@weekly": 7 * 86400,
-    "@monthly": 31 * 86400, "@yearly": 366 * 86400, "@annually": 366 * 86400, "@reboot": None,
+    "@hourly": 3600,
+    "@daily": 86400,
+    "@midnight": 86400,
+    "@weekly": 7 * 86400,
+    "@monthly": 31 * 86400,
+    "@yearly": 366 * 86400,
+    "@annually": 366 * 86400,
+    "@reboot": None,
 }
 _SECONDS = re.compile(r"^([1-9]|[1-5][0-9]) seconds?$")
 _FIELD = re.compile(r"^[0-9A-Za-z*,/$-]+$")
 # minute, hour, day of month, month, day of week (0 and 7: Sunday), as pg_cron's parser takes them
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 _NAMES: tuple[dict[str, int], ...] = (
-    {}, {}, {},
-    {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun",
-                                     "jul", "aug", "sep", "oct", "nov", "dec"))},
+    {},
+    {},
+    {},
+    {
+        m: i + 1
+        for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
+    },
     {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
 )
 _LAST_DAY = 31  # '$' in the day of month: at most 31 (only an upper bound is needed of it)

@@ -174,8 +174,11 @@ def _wrap_standalone(
 ) -> None:
     _end_failed_wrap(conn)
     schema = pinned_schema(conn)
-    if schema is not None and is_autocommit(conn) and not in_server_transaction(conn) and not (
-        _OUTSIDE_TRANSACTION.match(_without_comments(statement))
+    if (
+        schema is not None
+        and is_autocommit(conn)
+        and not in_server_transaction(conn)
+        and not (_OUTSIDE_TRANSACTION.match(_without_comments(statement)))
     ):
         _raw(conn, "BEGIN")
         _WRAPPED.add(conn)

@@ -75,9 +75,11 @@ def _legacy_note(group: dict[str, Any]) -> str:
 
 
 def _print_old_count(out: TextIO, counted: dict[str, int], *, after: bool) -> None:
-    what = ("rows the old count's query (the same SQL as before) answers now: the Queued rows left"
-            if after else "tasks the old count answered: every row with status 'Queued', whoever owns it, "
-            "whatever it runs on")
+    what = (
+        "rows the old count's query (the same SQL as before) answers now: the Queued rows left"
+        if after
+        else "tasks the old count answered: every row with status 'Queued', whoever owns it, whatever it runs on"
+    )
     _figure(out, counted["queued"], what)
     _figure(out, counted["legacy"], "of them legacy rows: written before user_id and run_type existed, both NULL", 1)
     _figure(out, counted["older_than_24h"], "of them Queued for more than 24 hours", 1)
@@ -86,27 +88,41 @@ def _print_old_count(out: TextIO, counted: dict[str, int], *, after: bool) -> No
 
 def print_before(out: TextIO, counted: dict[str, int]) -> None:
     print(f'\n== the autoscaler\'s question: "{QUESTION}" ==', file=out)
-    _figure(out, MAX_ACTIVE_GPUS, "MAX_ACTIVE_GPUS, the most GPU workers the autoscaler runs at once (assumed: the "
-            "report's autoscaler peaked at that many), starting one per task it is told of")
+    _figure(
+        out,
+        MAX_ACTIVE_GPUS,
+        "MAX_ACTIVE_GPUS, the most GPU workers the autoscaler runs at once (assumed: the "
+        "report's autoscaler peaked at that many), starting one per task it is told of",
+    )
     print(f"\n== before: the incident database, asked through {OLD_COUNT_SOURCE} ==", file=out)
     _print_old_count(out, counted, after=False)
-    _figure(out, workers(counted["queued"]), "GPU workers the autoscaler would start: one per task it was told "
-            "of, at most MAX_ACTIVE_GPUS")
+    _figure(
+        out,
+        workers(counted["queued"]),
+        "GPU workers the autoscaler would start: one per task it was told of, at most MAX_ACTIVE_GPUS",
+    )
 
 
 def print_after(out: TextIO, claimable: int, counted: dict[str, int]) -> None:
     print(f"\n== after: the autoscaler calls claimable_task_count('{RUN_TYPE}') ==", file=out)
-    _figure(out, claimable, "tasks it answers: Queued, not flagged, run_type cloud, younger than queued_ttl, "
-            "dependency Complete, owner with credits, within each user's concurrency limit")
-    _figure(out, workers(claimable), "GPU workers the autoscaler would start: one per claimable task, at most "
-            "MAX_ACTIVE_GPUS; each has a task it can claim")
+    _figure(
+        out,
+        claimable,
+        "tasks it answers: Queued, not flagged, run_type cloud, younger than queued_ttl, "
+        "dependency Complete, owner with credits, within each user's concurrency limit",
+    )
+    _figure(
+        out,
+        workers(claimable),
+        "GPU workers the autoscaler would start: one per claimable task, at most "
+        "MAX_ACTIVE_GPUS; each has a task it can claim",
+    )
     _print_old_count(out, counted, after=True)
 
 
 def print_fates(out: TextIO, fates: list[dict[str, Any]], old_total: int, queued_ttl: str) -> int:
     """What became of the rows the old count counted, group by group, and their sum (returned)."""
-    print("\n== what became of every row the old count counted (read from tasks and task_hygiene_log) ==",
-          file=out)
+    print("\n== what became of every row the old count counted (read from tasks and task_hygiene_log) ==", file=out)
     subtotals = []
     for fate, label in FATES.items():
         groups = [g for g in fates if g["fate"] == fate]
@@ -133,8 +149,10 @@ def print_guards(out: TextIO, guarded: dict[str, Any]) -> None:
     _figure(out, guarded["constraints"], f"CHECK and foreign-key constraints on tasks: {guarded['names']}")
     _figure(out, guarded["validated"], "of them validated (every existing row checked, not only new ones)", 1)
     scheduled = "scheduled in pg_cron" if guarded["cleanup_scheduled"] else "NOT scheduled (no pg_cron)"
-    print(f"  the daily cleanup (cancel_stale_queued_tasks, cron '{guarded['cleanup_schedule']}' UTC) is {scheduled}",
-          file=out)
+    print(
+        f"  the daily cleanup (cancel_stale_queued_tasks, cron '{guarded['cleanup_schedule']}' UTC) is {scheduled}",
+        file=out,
+    )
 
 
 def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, Any]:
@@ -168,8 +186,12 @@ def run_demo(backend: str | None = None, out: TextIO = sys.stdout) -> dict[str, 
             print_after(out, claimable, after)
             total = print_fates(out, fates, before["queued"], guarded["queued_ttl"])
             if newly:
-                _figure(out, newly, "more ready for a GPU worker that the old count never saw: written with a status "
-                        "spelled otherwise ('queued'), Queued since the backfill normalised it")
+                _figure(
+                    out,
+                    newly,
+                    "more ready for a GPU worker that the old count never saw: written with a status "
+                    "spelled otherwise ('queued'), Queued since the backfill normalised it",
+                )
             print_guards(out, guarded)
         finally:
             engine.dispose()

@@ -41,8 +41,12 @@ CRON_REVISION = "0006_cron"  # schedules the cleanup job and records it in taskd
 
 # The constraints DESIGN.md makes public; a missing one lets the bad rows they forbid back in.
 CONSTRAINTS = (
-    "tasks_status_valid", "tasks_attempts_nonnegative", "tasks_legacy_reason_known",
-    "tasks_healthy_has_owner_and_run_type", "tasks_flagged_not_queued", "tasks_user_id_fkey",
+    "tasks_status_valid",
+    "tasks_attempts_nonnegative",
+    "tasks_legacy_reason_known",
+    "tasks_healthy_has_owner_and_run_type",
+    "tasks_flagged_not_queued",
+    "tasks_user_id_fkey",
 )
 
 # A seconds schedule ('5 seconds') doubled would call a job late after a few seconds of scheduler jitter.
@@ -109,8 +113,14 @@ def cannot_connect(reason: str) -> Report:
     """The report when there is no database to look at (no URL, unreachable): status error, exit 2.
     ``reason`` must already be redacted."""
     return Report(
-        findings=[Finding(CHECK_CONNECTION, ERROR, f"cannot check: {reason}",
-                          "pass --url or set TASKDB_DATABASE_URL / DATABASE_URL to a reachable database")],
+        findings=[
+            Finding(
+                CHECK_CONNECTION,
+                ERROR,
+                f"cannot check: {reason}",
+                "pass --url or set TASKDB_DATABASE_URL / DATABASE_URL to a reachable database",
+            )
+        ],
         checked=[CHECK_CONNECTION],
     )
 
@@ -159,9 +169,15 @@ class _Checks:
                 found = check()
         except DBAPIError as exc:  # e.g. a role without SELECT on a view: this check cannot vouch for anything
             reason = redact(str(exc.orig or exc).strip().splitlines()[0], self.url)
-            found = [Finding(name, ERROR, f"cannot run the {name} check: {reason}",
-                             "run doctor as a role that may read taskdb's objects (e.g. one granted "
-                             "taskdb_monitor), or fix the error above")]
+            found = [
+                Finding(
+                    name,
+                    ERROR,
+                    f"cannot run the {name} check: {reason}",
+                    "run doctor as a role that may read taskdb's objects (e.g. one granted "
+                    "taskdb_monitor), or fix the error above",
+                )
+            ]
         self.report.findings.extend(found)
         return not any(f.severity == ERROR for f in found)
 
@@ -175,20 +191,34 @@ class _Checks:
         self.objects = rows(self.conn, self.sql("objects"))[0]
         self.report.database = self.objects["database"]
         if not self.objects["has_tasks"] and not self.objects["has_version_table"]:
-            return [Finding(CHECK_SCHEMA, ERROR,
-                            f"cannot check: database {self.objects['database']} has no taskdb objects "
-                            f"(no tasks table, no {self.versions})",
-                            "point --url at the application's database, or install taskdb there with "
-                            "`taskdb upgrade`")]
+            return [
+                Finding(
+                    CHECK_SCHEMA,
+                    ERROR,
+                    f"cannot check: database {self.objects['database']} has no taskdb objects "
+                    f"(no tasks table, no {self.versions})",
+                    "point --url at the application's database, or install taskdb there with `taskdb upgrade`",
+                )
+            ]
         if not self.objects["has_version_table"]:
-            return [Finding(CHECK_SCHEMA, ERROR,
-                            "cannot check: tasks exists but taskdb has never upgraded this database",
-                            "`taskdb plan` to see what the upgrade will do, then `taskdb upgrade`")]
+            return [
+                Finding(
+                    CHECK_SCHEMA,
+                    ERROR,
+                    "cannot check: tasks exists but taskdb has never upgraded this database",
+                    "`taskdb plan` to see what the upgrade will do, then `taskdb upgrade`",
+                )
+            ]
         if not (self.objects["has_queue_health"] and self.objects["has_settings"]):
-            return [Finding(CHECK_SCHEMA, ERROR,
-                            f"cannot check the queue: the database is not upgraded to {HYGIENE_REVISION} "
-                            "(no queue_health / task_hygiene_settings)",
-                            "`taskdb plan`, then `taskdb upgrade`")]
+            return [
+                Finding(
+                    CHECK_SCHEMA,
+                    ERROR,
+                    f"cannot check the queue: the database is not upgraded to {HYGIENE_REVISION} "
+                    "(no queue_health / task_hygiene_settings)",
+                    "`taskdb plan`, then `taskdb upgrade`",
+                )
+            ]
         return []
 
     def revision(self) -> list[Finding]:
@@ -200,51 +230,77 @@ class _Checks:
         if versions == [head]:
             return []
         if len(versions) != 1:
-            return [Finding(CHECK_REVISION, WARNING,
-                            f"{self.versions} holds {len(versions)} revisions "
-                            f"({self.report.revision or 'none'}), expected one; head is {head}",
-                            f"inspect {self.versions} by hand (`taskdb current`), then `taskdb upgrade`")]
+            return [
+                Finding(
+                    CHECK_REVISION,
+                    WARNING,
+                    f"{self.versions} holds {len(versions)} revisions "
+                    f"({self.report.revision or 'none'}), expected one; head is {head}",
+                    f"inspect {self.versions} by hand (`taskdb current`), then `taskdb upgrade`",
+                )
+            ]
         try:
             known = script.get_revision(versions[0]) is not None
         except CommandError:
             known = False
         if not known:
-            return [Finding(CHECK_REVISION, WARNING,
-                            f"database revision {versions[0]} is unknown to this taskdb (head {head}): a newer "
-                            f"taskdb, or another Alembic project, wrote {self.versions}",
-                            "run doctor from the taskdb version that upgraded this database")]
+            return [
+                Finding(
+                    CHECK_REVISION,
+                    WARNING,
+                    f"database revision {versions[0]} is unknown to this taskdb (head {head}): a newer "
+                    f"taskdb, or another Alembic project, wrote {self.versions}",
+                    "run doctor from the taskdb version that upgraded this database",
+                )
+            ]
         behind = len(list(script.iterate_revisions(head, versions[0])))
-        return [Finding(CHECK_REVISION, WARNING,
-                        f"database revision {versions[0]} is {behind} behind head {head}",
-                        "`taskdb plan` to review, then `taskdb upgrade`")]
+        return [
+            Finding(
+                CHECK_REVISION,
+                WARNING,
+                f"database revision {versions[0]} is {behind} behind head {head}",
+                "`taskdb plan` to review, then `taskdb upgrade`",
+            )
+        ]
 
     # -- the catalog of tasks --------------------------------------------------------------------------
 
     def constraints(self) -> list[Finding]:
         found = {r["name"]: r["validated"] for r in rows(self.conn, SQL["constraints"])}
         out = [
-            Finding(CHECK_CONSTRAINTS, WARNING,
-                    f"constraint {name} on tasks is NOT VALID: rows written before it was added are unchecked",
-                    f"ALTER TABLE tasks VALIDATE CONSTRAINT {name}; (SHARE UPDATE EXCLUSIVE: reads and writes go "
-                    "on; if it fails, fix or flag the rows it names)")
-            for name, validated in sorted(found.items()) if not validated
+            Finding(
+                CHECK_CONSTRAINTS,
+                WARNING,
+                f"constraint {name} on tasks is NOT VALID: rows written before it was added are unchecked",
+                f"ALTER TABLE tasks VALIDATE CONSTRAINT {name}; (SHARE UPDATE EXCLUSIVE: reads and writes go "
+                "on; if it fails, fix or flag the rows it names)",
+            )
+            for name, validated in sorted(found.items())
+            if not validated
         ]
         out += [
-            Finding(CHECK_CONSTRAINTS, WARNING,
-                    f"constraint {name} on tasks is missing: the rows it forbids can be written again",
-                    f"re-add it as in migrations/versions/0004_constraints.py: ALTER TABLE tasks ADD CONSTRAINT {name} "
-                    "... NOT VALID, then VALIDATE CONSTRAINT")
-            for name in CONSTRAINTS if name not in found
+            Finding(
+                CHECK_CONSTRAINTS,
+                WARNING,
+                f"constraint {name} on tasks is missing: the rows it forbids can be written again",
+                f"re-add it as in migrations/versions/0004_constraints.py: ALTER TABLE tasks ADD CONSTRAINT {name} "
+                "... NOT VALID, then VALIDATE CONSTRAINT",
+            )
+            for name in CONSTRAINTS
+            if name not in found
         ]
         return out
 
     def indexes(self) -> list[Finding]:
         return [
-            Finding(CHECK_INDEXES, WARNING,
-                    f"index {r['name']} on tasks is INVALID (a failed CREATE INDEX CONCURRENTLY or REINDEX): "
-                    "writes maintain it, queries cannot use it",
-                    f"REINDEX INDEX CONCURRENTLY {r['name']}; or DROP INDEX CONCURRENTLY {r['name']}; then "
-                    f"{_concurrently(r['definition'])}; (a UNIQUE index fails again until duplicates are gone)")
+            Finding(
+                CHECK_INDEXES,
+                WARNING,
+                f"index {r['name']} on tasks is INVALID (a failed CREATE INDEX CONCURRENTLY or REINDEX): "
+                "writes maintain it, queries cannot use it",
+                f"REINDEX INDEX CONCURRENTLY {r['name']}; or DROP INDEX CONCURRENTLY {r['name']}; then "
+                f"{_concurrently(r['definition'])}; (a UNIQUE index fails again until duplicates are gone)",
+            )
             for r in rows(self.conn, SQL["invalid_indexes"])
         ]
 
@@ -255,11 +311,16 @@ class _Checks:
         if not found["n"]:
             return []
         sample = ", ".join(found["sample_ids"] or [])
-        return [Finding(CHECK_FLAGGED_QUEUED, WARNING,
-                        f"{found['n']} flagged task(s) (legacy_reason set) are Queued, which tasks_flagged_not_queued "
-                        f"forbids (e.g. {sample}): the claim skips them, nothing will ever run them",
-                        "UPDATE tasks SET status = 'Cancelled' WHERE legacy_reason IS NOT NULL AND "
-                        "status = 'Queued'; then make sure constraint tasks_flagged_not_queued exists and is valid")]
+        return [
+            Finding(
+                CHECK_FLAGGED_QUEUED,
+                WARNING,
+                f"{found['n']} flagged task(s) (legacy_reason set) are Queued, which tasks_flagged_not_queued "
+                f"forbids (e.g. {sample}): the claim skips them, nothing will ever run them",
+                "UPDATE tasks SET status = 'Cancelled' WHERE legacy_reason IS NOT NULL AND "
+                "status = 'Queued'; then make sure constraint tasks_flagged_not_queued exists and is valid",
+            )
+        ]
 
     def stale_queued(self) -> list[Finding]:
         health = rows(self.conn, SQL["queue_health"])[0]["health"]
@@ -271,20 +332,30 @@ class _Checks:
             return []
         age = health.get("oldest_queued_age_seconds")
         waited = duration(float(age)) if age is not None else "since created_at -infinity"
-        return [Finding(CHECK_STALE_QUEUED, WARNING,
-                        f"{health.get('stale_count')} Queued task(s) older than stale_after "
-                        f"({settings['stale_after']}); the oldest has waited {waited}",
-                        "SELECT * FROM stale_queued_tasks shows them and when the cleanup cancels them (queued_ttl "
-                        f"{settings['queued_ttl']}); check the workers of their run type, and that the cleanup runs "
-                        "(`taskdb cleanup --dry-run`)")]
+        return [
+            Finding(
+                CHECK_STALE_QUEUED,
+                WARNING,
+                f"{health.get('stale_count')} Queued task(s) older than stale_after "
+                f"({settings['stale_after']}); the oldest has waited {waited}",
+                "SELECT * FROM stale_queued_tasks shows them and when the cleanup cancels them (queued_ttl "
+                f"{settings['queued_ttl']}); check the workers of their run type, and that the cleanup runs "
+                "(`taskdb cleanup --dry-run`)",
+            )
+        ]
 
     # -- the pg_cron cleanup job ---------------------------------------------------------------------------
 
     def cleanup_job(self) -> list[Finding]:
         if not self.objects.get("has_cron_record"):
-            return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                            f"the pg_cron cleanup job is not installed: the database has not had {CRON_REVISION}",
-                            "`taskdb upgrade` (it schedules the job where pg_cron is available)")]
+            return [
+                Finding(
+                    CHECK_CLEANUP_JOB,
+                    WARNING,
+                    f"the pg_cron cleanup job is not installed: the database has not had {CRON_REVISION}",
+                    "`taskdb upgrade` (it schedules the job where pg_cron is available)",
+                )
+            ]
         record = rows(self.conn, SQL["cleanup_record"])
         if not record:
             return self._no_job_recorded()
@@ -293,32 +364,54 @@ class _Checks:
         where = f"in database {job['cron_database']}"
         if state is None and unreadable is None:
             # pg_cron's row-level security shows a role only its own jobs: say whose view this is.
-            visible = "" if self.objects["superuser"] else (
-                f" (as role {self.objects['role']} sees it: pg_cron shows each role only its own jobs)")
-            return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                            f"the pg_cron job {job['jobname']} is missing from cron.job {where}{visible}: nothing "
-                            "cancels stale Queued tasks",
-                            "`taskdb cron install` schedules it again; meanwhile `taskdb cleanup`")]
+            visible = (
+                ""
+                if self.objects["superuser"]
+                else (f" (as role {self.objects['role']} sees it: pg_cron shows each role only its own jobs)")
+            )
+            return [
+                Finding(
+                    CHECK_CLEANUP_JOB,
+                    WARNING,
+                    f"the pg_cron job {job['jobname']} is missing from cron.job {where}{visible}: nothing "
+                    "cancels stale Queued tasks",
+                    "`taskdb cron install` schedules it again; meanwhile `taskdb cleanup`",
+                )
+            ]
         if state is not None and not state["active"]:
-            return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                            f"the pg_cron job {job['jobname']} (jobid {state['jobid']}) is inactive {where}: nothing "
-                            "cancels stale Queued tasks",
-                            f"{where}: SELECT cron.alter_job({state['jobid']}, active => true); meanwhile "
-                            "`taskdb cleanup`")]
+            return [
+                Finding(
+                    CHECK_CLEANUP_JOB,
+                    WARNING,
+                    f"the pg_cron job {job['jobname']} (jobid {state['jobid']}) is inactive {where}: nothing "
+                    "cancels stale Queued tasks",
+                    f"{where}: SELECT cron.alter_job({state['jobid']}, active => true); meanwhile `taskdb cleanup`",
+                )
+            ]
         return self._late(job, state, unreadable)
 
     def _no_job_recorded(self) -> list[Finding]:
         readiness = cron.detect(self.conn)
         if not readiness.ready:
             what = "not available" if readiness.missing else f"not usable by role {readiness.user}"
-            return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                            f"pg_cron is {what} ({readiness.problem}), so no job cancels stale Queued tasks",
-                            "run `taskdb cleanup` on a schedule of your own (system cron, a Kubernetes CronJob), or "
-                            "enable pg_cron (README: Enabling pg_cron) and then `taskdb cron install`")]
-        return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                        f"pg_cron is ready in database {readiness.cron_database} but the cleanup job is not "
-                        "installed (upgraded with TASKDB_CRON=skip, pg_cron came later, or `taskdb cron remove`)",
-                        "`taskdb cron install`, or run `taskdb cleanup` on a schedule of your own")]
+            return [
+                Finding(
+                    CHECK_CLEANUP_JOB,
+                    WARNING,
+                    f"pg_cron is {what} ({readiness.problem}), so no job cancels stale Queued tasks",
+                    "run `taskdb cleanup` on a schedule of your own (system cron, a Kubernetes CronJob), or "
+                    "enable pg_cron (README: Enabling pg_cron) and then `taskdb cron install`",
+                )
+            ]
+        return [
+            Finding(
+                CHECK_CLEANUP_JOB,
+                WARNING,
+                f"pg_cron is ready in database {readiness.cron_database} but the cleanup job is not "
+                "installed (upgraded with TASKDB_CRON=skip, pg_cron came later, or `taskdb cron remove`)",
+                "`taskdb cron install`, or run `taskdb cleanup` on a schedule of your own",
+            )
+        ]
 
     def _cron_job_state(self, job: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """(the job's cron.job row with its last runs, None) when the cron database can be read; (None, None)
@@ -343,19 +436,25 @@ class _Checks:
         # too (they exist even when cron.log_run is off). A (re)install restarts the clock.
         actor = f"pg_cron job {job['jobname']}"
         own = rows(self.conn, SQL["cleanup_runs"], {"actor": actor})[0]
-        agos = [a for a in ((state or {}).get("last_success_seconds_ago"), own["last_success_seconds_ago"])
-                if a is not None]
+        agos = [
+            a for a in ((state or {}).get("last_success_seconds_ago"), own["last_success_seconds_ago"]) if a is not None
+        ]
         last_success = min(agos) if agos else None
         installed_ago = float(job["installed_seconds_ago"])
         quiet_for = installed_ago if last_success is None else min(installed_ago, last_success)
         late_after = max(2 * every, MIN_LATE_AFTER_SECONDS)
         if unreadable:
-            self.report.notes.append(f"cron.job in database {job['cron_database']} not readable ({unreadable}); "
-                                     "the job's runs were read from task_hygiene_runs")
+            self.report.notes.append(
+                f"cron.job in database {job['cron_database']} not readable ({unreadable}); "
+                "the job's runs were read from task_hygiene_runs"
+            )
         if quiet_for <= late_after:
             return []
-        seen = (f"none since it was installed {duration(installed_ago)} ago" if quiet_for == installed_ago
-                else f"the last {duration(last_success or 0)} ago")
+        seen = (
+            f"none since it was installed {duration(installed_ago)} ago"
+            if quiet_for == installed_ago
+            else f"the last {duration(last_success or 0)} ago"
+        )
         last = ""
         if state and state.get("last_status") and state["last_status"] != "succeeded":
             message = " ".join(str(state.get("last_message") or "").split())[:200]
@@ -363,12 +462,17 @@ class _Checks:
         elif unreadable:
             last = f"; cron.job could not be read ({unreadable})"
         jobid = state["jobid"] if state else job["jobid"]
-        return [Finding(CHECK_CLEANUP_JOB, WARNING,
-                        f"the pg_cron job {job['jobname']} (schedule '{schedule}', every {duration(every)}) is late: "
-                        f"no successful run within {duration(late_after)} ({seen}){last}",
-                        f"in database {job['cron_database']}: SELECT status, return_message, start_time FROM "
-                        f"cron.job_run_details WHERE jobid = {jobid} ORDER BY runid DESC LIMIT 5; check that "
-                        "pg_cron's scheduler runs and can connect (cron.host, .pgpass); meanwhile `taskdb cleanup`")]
+        return [
+            Finding(
+                CHECK_CLEANUP_JOB,
+                WARNING,
+                f"the pg_cron job {job['jobname']} (schedule '{schedule}', every {duration(every)}) is late: "
+                f"no successful run within {duration(late_after)} ({seen}){last}",
+                f"in database {job['cron_database']}: SELECT status, return_message, start_time FROM "
+                f"cron.job_run_details WHERE jobid = {jobid} ORDER BY runid DESC LIMIT 5; check that "
+                "pg_cron's scheduler runs and can connect (cron.host, .pgpass); meanwhile `taskdb cleanup`",
+            )
+        ]
 
 
 def _concurrently(definition: str) -> str:
@@ -378,12 +482,17 @@ def _concurrently(definition: str) -> str:
 
 # -- schedules and durations ---------------------------------------------------------------------------------
 
+
 def duration(seconds: float) -> str:
     """61 -> '1m 1s', 93784 -> '1d 2h 3m': how long, for people."""
     whole = round(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else "",
-             f"{secs}s" if secs and not days else ""]
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs and not days else "",
+    ]
     return " ".join(p for p in parts if p) or "0s"

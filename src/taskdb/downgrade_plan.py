@@ -50,7 +50,8 @@ def downgrade_plan(conn: Connection, target_revision: str) -> dict[str, Any]:
         restorers = {actor(author) for rev in undone for author in getattr(rev.module, "RESTORES", ())}
         not_restored = (
             rows(conn, "SELECT actor, count(*) AS log_rows FROM task_hygiene_log GROUP BY actor ORDER BY actor")
-            if table_exists(conn, "task_hygiene_log") else []
+            if table_exists(conn, "task_hygiene_log")
+            else []
         )
         blockers = find_blockers(conn, ["tasks", "users", "projects"]) if undone else []
     has_log = table_exists(conn, "task_hygiene_log")
@@ -60,8 +61,14 @@ def downgrade_plan(conn: Connection, target_revision: str) -> dict[str, Any]:
         authors = [a for a in getattr(rev.module, "RESTORES", ()) if actor(a) not in restored] if has_log else []
         step["restores"] = []
         for a in authors:
-            step["restores"].append({"actor": actor(a), **restore_preview(
-                conn, actor=actor(a), lock_timeout_ms=policy.lock_timeout_ms, earlier=sorted(restored))})
+            step["restores"].append(
+                {
+                    "actor": actor(a),
+                    **restore_preview(
+                        conn, actor=actor(a), lock_timeout_ms=policy.lock_timeout_ms, earlier=sorted(restored)
+                    ),
+                }
+            )
             restored.add(actor(a))
     return {
         "table": table.describe(),
@@ -110,8 +117,10 @@ def catalog_part(conn: Connection, rev: Script) -> dict[str, Any]:
         else:
             drops.append({"kind": kind, "name": name})
     if rev.revision == cron.CRON_REVISION:
-        drops += [{"kind": "pg_cron job", "name": str(job["jobname"]), "cron_database": str(job["cron_database"])}
-                  for job in cron.recorded_jobs(conn)]
+        drops += [
+            {"kind": "pg_cron job", "name": str(job["jobname"]), "cron_database": str(job["cron_database"])}
+            for job in cron.recorded_jobs(conn)
+        ]
     frozen = getattr(rev.module, "SQL", {}).get("drop_objects", "")
     return {
         "revision": rev.revision,
@@ -131,17 +140,25 @@ def owned_by(conn: Connection, revision: str) -> list[tuple[str, str]]:
     """What ``revision`` recorded as created by it, newest first (the order a downgrade undoes it)."""
     if not table_exists(conn, OWNED_TABLE):
         return []
-    return [(r["kind"], r["name"]) for r in rows(
-        conn, f"SELECT kind, name FROM {OWNED_TABLE} WHERE revision = :r ORDER BY seq DESC", {"r": revision})]
+    return [
+        (r["kind"], r["name"])
+        for r in rows(
+            conn, f"SELECT kind, name FROM {OWNED_TABLE} WHERE revision = :r ORDER BY seq DESC", {"r": revision}
+        )
+    ]
 
 
 def column_values_estimate(conn: Connection, qualified: str) -> int | None:
     """Rows whose ``table.column`` holds a value, estimated from the planner's statistics (no scan of a big
     table); None before ANALYZE has seen the column."""
     table, column = qualified.split(".", 1)
-    return scalar(conn, """
+    return scalar(
+        conn,
+        """
         SELECT round(c.reltuples * (1 - s.null_frac))::bigint
         FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename
         JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
         WHERE s.schemaname = current_schema() AND s.tablename = :t AND s.attname = :c AND c.reltuples >= 0
-    """, {"t": table, "c": column})
+    """,
+        {"t": table, "c": column},
+    )

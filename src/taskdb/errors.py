@@ -42,11 +42,14 @@ class LockRetriesExhausted(TaskdbError):
 
     def __init__(self, statement: str, attempts: int, blockers: list[dict[str, object]]) -> None:
         self.statement, self.attempts, self.blockers = statement, attempts, blockers
-        who = "; ".join(
-            f"pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, "
-            f"transaction open {b['xact_age']}, holds {b['mode']} on {b['relation']})"
-            for b in blockers
-        ) or "no blocking session found any more"
+        who = (
+            "; ".join(
+                f"pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, "
+                f"transaction open {b['xact_age']}, holds {b['mode']} on {b['relation']})"
+                for b in blockers
+            )
+            or "no blocking session found any more"
+        )
         super().__init__(
             f"Failed after {attempts} attempts to take the lock for: {statement.strip().splitlines()[0]} "
             f"-- blocked by: {who}. Nothing half-done is left (an INVALID index an interrupted CREATE INDEX "
@@ -61,12 +64,16 @@ class StatementTimedOut(TaskdbError):
         self.statement, self.limit = statement, limit
         what = f"`{statement.strip().splitlines()[0][:160]}`"
         if ours:
-            fix = (f"{what} was cancelled by statement_timeout = {limit} (TASKDB_STATEMENT_TIMEOUT_MS). Raise it, or "
-                   "set 0 for no limit, then rerun: the upgrade resumes.")
+            fix = (
+                f"{what} was cancelled by statement_timeout = {limit} (TASKDB_STATEMENT_TIMEOUT_MS). Raise it, or "
+                "set 0 for no limit, then rerun: the upgrade resumes."
+            )
         else:
-            fix = (f"{what} was cancelled by statement_timeout = {limit}, a default of the role or database: it runs "
-                   "outside a transaction, where taskdb cannot set its own timeout. Lift it for the role that "
-                   "upgrades (ALTER ROLE ... SET statement_timeout = 0), then rerun: the upgrade resumes.")
+            fix = (
+                f"{what} was cancelled by statement_timeout = {limit}, a default of the role or database: it runs "
+                "outside a transaction, where taskdb cannot set its own timeout. Lift it for the role that "
+                "upgrades (ALTER ROLE ... SET statement_timeout = 0), then rerun: the upgrade resumes."
+            )
         super().__init__(fix)
 
 
@@ -111,11 +118,13 @@ class ConnectionLost(TaskdbError):
         self, reason: str, *, revision: str | None = None, step: str | None = None, statement: str | None = None
     ) -> None:
         self.reason, self.revision, self.step, self.statement = reason, revision, step, statement
-        where = "".join((
-            f" in revision {revision}" if revision else "",
-            f", step {step}" if step else "",
-            f" running `{statement}`" if statement else "",
-        ))
+        where = "".join(
+            (
+                f" in revision {revision}" if revision else "",
+                f", step {step}" if step else "",
+                f" running `{statement}`" if statement else "",
+            )
+        )
         super().__init__(
             f"the database connection was lost{where}: {reason}. The server ended the session "
             "(pg_terminate_backend by an administrator, a restart, a failover or a timeout): what had committed "
@@ -184,7 +193,8 @@ def _statement(exc: BaseException) -> str | None:
     """The one-line statement (DDL) that was running; None for a long query such as a backfill batch, and
     for the session bookkeeping (SET, COMMIT...) that merely found the session gone."""
     lines = [
-        line.strip() for line in str(getattr(exc, "statement", None) or "").splitlines()
+        line.strip()
+        for line in str(getattr(exc, "statement", None) or "").splitlines()
         if line.strip() and not line.strip().startswith(("--", "/*"))  # comments (the lock watchdog's tag)
     ]
     if len(lines) != 1 or lines[0].split()[0].upper() in ("SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK", "SELECT"):

@@ -149,9 +149,9 @@ def run_locked(
     """
     policy = policy or LockPolicy.from_env()
     explicit = label
-    label = label or (statements[0] if isinstance(statements, Sequence) and statements else getattr(
-        statements, "__name__", "DDL"
-    ))
+    label = label or (
+        statements[0] if isinstance(statements, Sequence) and statements else getattr(statements, "__name__", "DDL")
+    )
     for attempt in range(1, policy.attempts + 1):
         attempt_started = time.monotonic()
         watch = None
@@ -179,7 +179,9 @@ def run_locked(
             if not explicit and waited and "\n" not in waited:
                 label = waited
             blockers = find_blockers(
-                conn, relations, waited_s=time.monotonic() - attempt_started,
+                conn,
+                relations,
+                waited_s=time.monotonic() - attempt_started,
                 snapshots="CONCURRENTLY" in str(label).upper(),
             )
             if attempt == policy.attempts:
@@ -187,8 +189,11 @@ def run_locked(
             pause = policy.backoff(attempt)
             log.warning(
                 "lock not available for %r (attempt %d/%d), held by pids %s; retrying in %.1fs",
-                str(label).strip().splitlines()[0], attempt, policy.attempts,
-                [b["pid"] for b in blockers], pause,
+                str(label).strip().splitlines()[0],
+                attempt,
+                policy.attempts,
+                [b["pid"] for b in blockers],
+                pause,
             )
             time.sleep(pause)
 

@@ -134,7 +134,8 @@ def restore_statement() -> tuple[str, str]:
     """restore_batch of sql/backfill.sql exactly as the online restore renders it, with ``${status_type}`` left
     for the procedure and the ``:name`` binds as ``$1..$3``; and the procedure's USING list in their order."""
     compiled = sa.text(render("restore_batch", status_type="${status_type}")).compile(
-        dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+        dialect=psycopg.dialect(paramstyle="numeric_dollar")
+    )
     order = tuple(compiled.positiontup or ())
     if sorted(order) != sorted(RESTORE_BINDS):
         raise RuntimeError(f"restore_batch binds {order} are not {sorted(RESTORE_BINDS)}")
@@ -232,22 +233,30 @@ class OfflineScript:
         for statement in _captured(ensure_owned_table):
             self.emit(statement)
         for spec in specs:
-            self.emit(template(
-                "create_table",
-                table_literal=literal(spec.name),
-                create_sql=textwrap.indent(spec.create_sql.strip(), " " * 8).lstrip(),
-                record_owned=record_owned_sql("table", spec.name, self.revision),
-            ))
+            self.emit(
+                template(
+                    "create_table",
+                    table_literal=literal(spec.name),
+                    create_sql=textwrap.indent(spec.create_sql.strip(), " " * 8).lstrip(),
+                    record_owned=record_owned_sql("table", spec.name, self.revision),
+                )
+            )
 
     # -- 0002: columns and enum labels -------------------------------------------------------------------
 
     def add_missing_columns(self, table: str, wanted: Mapping[str, str]) -> None:
         for column, ddl_type in wanted.items():
-            self.emit(template(
-                "add_column", table=table, table_literal=literal(table), column=column,
-                column_literal=literal(column), type=ddl_type,
-                record_owned=record_owned_sql("column", f"{table}.{column}", self.revision),
-            ))
+            self.emit(
+                template(
+                    "add_column",
+                    table=table,
+                    table_literal=literal(table),
+                    column=column,
+                    column_literal=literal(column),
+                    type=ddl_type,
+                    record_owned=record_owned_sql("column", f"{table}.{column}", self.revision),
+                )
+            )
 
     def ensure_enum_labels(self, labels: Sequence[str]) -> None:
         self.emit(template("enum_labels", labels=text_array(labels), revision=literal(self.revision)))
@@ -263,13 +272,21 @@ class OfflineScript:
 
     def call_backfill(self, job: str, actor: str) -> None:
         config, policy = self.backfill_config, self.policy
-        self.emit(template(
-            "backfill_call", lock_timeout=self.lock_timeout, job=literal(job), actor=literal(actor),
-            batch_size=str(config.batch_size), target_batch_ms=repr(float(config.target_batch_ms)),
-            min_batch_size=str(config.min_batch_size), max_batch_size=str(config.max_batch_size),
-            batch_delay=_interval_ms(config.batch_delay_s), max_sweeps=str(config.max_sweeps),
-            lock_attempts=str(policy.attempts),
-        ))
+        self.emit(
+            template(
+                "backfill_call",
+                lock_timeout=self.lock_timeout,
+                job=literal(job),
+                actor=literal(actor),
+                batch_size=str(config.batch_size),
+                target_batch_ms=repr(float(config.target_batch_ms)),
+                min_batch_size=str(config.min_batch_size),
+                max_batch_size=str(config.max_batch_size),
+                batch_delay=_interval_ms(config.batch_delay_s),
+                max_sweeps=str(config.max_sweeps),
+                lock_attempts=str(policy.attempts),
+            )
+        )
 
     def backfill(self, job: str, actor: str) -> None:
         """The batched backfill: the procedure in a transaction, then its CALL outside any."""
@@ -297,11 +314,17 @@ class OfflineScript:
                     f" AND attname = {literal(only_if_nullable)} AND NOT attnotnull)"
                 )
             record = record_owned_sql("constraint", f"{item.table}.{item.name}", self.revision) if owned else "NULL"
-            self.emit(template(
-                "add_constraint", table_literal=literal(item.table), name_literal=literal(item.name),
-                also=extra, add_sql=_add_sql(item), comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
-                record_owned=record,
-            ))
+            self.emit(
+                template(
+                    "add_constraint",
+                    table_literal=literal(item.table),
+                    name_literal=literal(item.name),
+                    also=extra,
+                    add_sql=_add_sql(item),
+                    comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
+                    record_owned=record,
+                )
+            )
 
     def validate(self, item: Check | ForeignKey) -> None:
         """Its own transaction; SHARE UPDATE EXCLUSIVE: writers go on while it scans (no statement_timeout)."""
@@ -313,22 +336,37 @@ class OfflineScript:
         name = not_null_check_name(table, column)
         check = Check(name, table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
         self.add_not_valid(check, owned=False, only_if_nullable=column)
-        values = {"table": table, "table_literal": literal(table), "column": column,
-                  "column_literal": literal(column), "name": name, "name_literal": literal(name)}
+        values = {
+            "table": table,
+            "table_literal": literal(table),
+            "column": column,
+            "column_literal": literal(column),
+            "name": name,
+            "name_literal": literal(name),
+        }
         with self.transaction(statement_timeout="0"):
             self.emit(template("not_null_validate", **values))
         with self.transaction():
-            self.emit(template(
-                "not_null_set", **values, record_owned=record_owned_sql("not_null", f"{table}.{column}", self.revision)
-            ))
+            self.emit(
+                template(
+                    "not_null_set",
+                    **values,
+                    record_owned=record_owned_sql("not_null", f"{table}.{column}", self.revision),
+                )
+            )
 
     def ensure_index(self, index: Index) -> None:
         owned_name = literal(f"{index.table}.{index.name}")
         with self.transaction():
             self.emit(template("index_check", name_literal=literal(index.name)))
-            self.emit(template(
-                "index_record", owned_name=owned_name, revision=literal(self.revision), name_literal=literal(index.name)
-            ))
+            self.emit(
+                template(
+                    "index_record",
+                    owned_name=owned_name,
+                    revision=literal(self.revision),
+                    name_literal=literal(index.name),
+                )
+            )
         with self.outside_transaction():
             self.emit(f"SET lock_timeout = {self.lock_timeout}")
             self.emit("SET statement_timeout = 0")
@@ -336,18 +374,26 @@ class OfflineScript:
             self.emit("RESET statement_timeout")
             self.emit("RESET lock_timeout")
         with self.transaction():
-            self.emit(template(
-                "index_comment", owned_name=owned_name, name=index.name,
-                comment=literal(index.why),
-            ))
+            self.emit(
+                template(
+                    "index_comment",
+                    owned_name=owned_name,
+                    name=index.name,
+                    comment=literal(index.why),
+                )
+            )
 
     # -- 0005/0006: roles, grants, pg_cron ---------------------------------------------------------------
 
     def roles_and_grants(self, roles: Sequence[str], grants_sql: str) -> None:
-        self.emit(template(
-            "roles_and_grants", roles=text_array(roles), revision=literal(self.revision),
-            grants=_indented_statements(grants_sql, 4),
-        ))
+        self.emit(
+            template(
+                "roles_and_grants",
+                roles=text_array(roles),
+                revision=literal(self.revision),
+                grants=_indented_statements(grants_sql, 4),
+            )
+        )
 
     def grants_if_role(self, role: str, grants_sql: str) -> None:
         self.emit(template("grants_if_role", role=literal(role), grants=_indented_statements(grants_sql, 8)))
@@ -355,13 +401,16 @@ class OfflineScript:
     def schedule_cron_jobs(self, mode: str) -> None:
         jobs = [
             {"job": cron.CLEANUP_JOB, "base": cron.CLEANUP_JOB, "schedule": None, "command": None},
-            {"job": cron.PURGE_JOB, "base": cron.PURGE_JOB, "schedule": cron.PURGE_SCHEDULE,
-             "command": cron.PURGE_COMMAND},
+            {
+                "job": cron.PURGE_JOB,
+                "base": cron.PURGE_JOB,
+                "schedule": cron.PURGE_SCHEDULE,
+                "command": cron.PURGE_COMMAND,
+            },
         ]
-        self.emit(template(
-            "cron_schedule", mode=literal(mode), names_lock_key=str(cron.NAMES_LOCK_KEY), jobs=jsonb(jobs)
-        ))
-
+        self.emit(
+            template("cron_schedule", mode=literal(mode), names_lock_key=str(cron.NAMES_LOCK_KEY), jobs=jsonb(jobs))
+        )
 
     # -- downgrades --------------------------------------------------------------------------------------
 
@@ -369,20 +418,32 @@ class OfflineScript:
         """Put back what ``actors`` logged (taskdb.backfill.restore): the procedure, then a CALL per actor."""
         with self.transaction():
             statement, using = restore_statement()
-            self.emit(template("restore_procedure", restore_batch=dollar_quote(statement, "taskdb_batch"),
-                               restore_using=using))
+            self.emit(
+                template(
+                    "restore_procedure", restore_batch=dollar_quote(statement, "taskdb_batch"), restore_using=using
+                )
+            )
         with self.outside_transaction():
             for actor in actors:
-                self.emit(template("restore_call", lock_timeout=self.lock_timeout, actor=literal(actor),
-                                   batch_size=str(RESTORE_BATCH_SIZE)))
+                self.emit(
+                    template(
+                        "restore_call",
+                        lock_timeout=self.lock_timeout,
+                        actor=literal(actor),
+                        batch_size=str(RESTORE_BATCH_SIZE),
+                    )
+                )
 
     def drop_indexes(self, revision: str, indexes: Sequence[Index]) -> None:
         """The indexes ``revision`` created (never one it adopted), each DROP INDEX CONCURRENTLY: marked by a
         rename in a short transaction first, so that the plain statement drops only what is taskdb's."""
         for index in indexes:
             dropping = f"taskdb_dropping_{index.name}"[:63]
-            values = {"name_literal": literal(index.name), "owned_name": literal(f"{index.table}.{index.name}"),
-                      "revision": literal(revision)}
+            values = {
+                "name_literal": literal(index.name),
+                "owned_name": literal(f"{index.table}.{index.name}"),
+                "revision": literal(revision),
+            }
             with self.transaction():
                 self.emit(template("index_mark", **values, name=index.name, dropping=dropping))
             with self.outside_transaction():
@@ -407,10 +468,15 @@ class OfflineScript:
 
     def unschedule_cron_jobs(self, revision: str) -> None:
         with self.transaction():
-            self.emit(template(
-                "cron_unschedule", names_lock_key=str(cron.NAMES_LOCK_KEY), purge_job=literal(cron.PURGE_JOB),
-                cleanup_jobs=cron.CLEANUP_JOBS_SQL, revision=literal(revision),
-            ))
+            self.emit(
+                template(
+                    "cron_unschedule",
+                    names_lock_key=str(cron.NAMES_LOCK_KEY),
+                    purge_job=literal(cron.PURGE_JOB),
+                    cleanup_jobs=cron.CLEANUP_JOBS_SQL,
+                    revision=literal(revision),
+                )
+            )
 
 
 def _indented_statements(sql: str, spaces: int) -> str:
@@ -418,6 +484,7 @@ def _indented_statements(sql: str, spaces: int) -> str:
 
 
 # -- the script around the revisions (migrations/env.py, offline mode) ------------------------------------
+
 
 class VersionStatements:
     """The output buffer of --sql mode: makes Alembic's version-table statements idempotent, so that the script
@@ -440,8 +507,10 @@ class VersionStatements:
             match = self._insert.match(stripped)
             if match is None:
                 raise CommandError(f"taskdb cannot make this version statement idempotent: {stripped}")
-            text = (f"INSERT INTO {table} (version_num) SELECT {literal(match.group(1))}\n"
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {table});\n\n")
+            text = (
+                f"INSERT INTO {table} (version_num) SELECT {literal(match.group(1))}\n"
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table});\n\n"
+            )
         elif stripped.startswith(f"DROP TABLE {table}"):
             # Alembic's --sql drops the version table after a downgrade to base; online it stays (empty): so here
             return 0
@@ -480,13 +549,16 @@ def begin_script(
         except Exception:  # Alembic's ResolutionError and friends: not a revision of this chain
             known = False
         if not known:
-            raise CommandError(f"unknown revision {name!r} in the range {start}:{dest}; `taskdb history` lists "
-                               "the chain's revisions (e.g. taskdb sql base:head, taskdb sql 0003_backfill:head, "
-                               "taskdb sql --downgrade head:0004_constraints)")
+            raise CommandError(
+                f"unknown revision {name!r} in the range {start}:{dest}; `taskdb history` lists "
+                "the chain's revisions (e.g. taskdb sql base:head, taskdb sql 0003_backfill:head, "
+                "taskdb sql --downgrade head:0004_constraints)"
+            )
     downgrade, revisions = script_range(script, start, dest)
     if downgrade and command == "upgrade":
-        raise CommandError(f"{start}:{dest} goes down the chain: for a downgrade script use "
-                           f"`taskdb sql --downgrade {start}:{dest}`")
+        raise CommandError(
+            f"{start}:{dest} goes down the chain: for a downgrade script use `taskdb sql --downgrade {start}:{dest}`"
+        )
     if not downgrade and command == "downgrade":
         if revisions:
             raise CommandError(f"{start}:{dest} goes up the chain: for an upgrade script leave out --downgrade")
@@ -494,7 +566,8 @@ def begin_script(
     policy = LockPolicy.from_env()
     out = context.impl.static_output
     if downgrade:
-        out(textwrap.dedent(f"""\
+        out(
+            textwrap.dedent(f"""\
             -- taskdb offline downgrade: {start} -> {dest} (generated by `taskdb sql --downgrade {start}:{dest}`)
             --
             -- What it restores and drops: `taskdb downgrade {dest} --plan` on the database (read-only).
@@ -505,10 +578,12 @@ def begin_script(
             -- (taskdb_owned_objects: never an adopted table, column, constraint or index; a table holding rows is
             -- kept). DDL in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
             -- rerun); indexes DROP INDEX CONCURRENTLY. pg_cron jobs are removed only where pg_cron keeps them in this
-            -- database (cron.database_name); elsewhere a NOTICE says what to run there."""))
+            -- database (cron.database_name); elsewhere a NOTICE says what to run there.""")
+        )
     else:
         head = revisions[-1] if revisions else start
-        out(textwrap.dedent(f"""\
+        out(
+            textwrap.dedent(f"""\
             -- taskdb offline upgrade: {start} -> {head} (generated by `taskdb sql {start}:{dest}`)
             --
             -- Review, then apply with:  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql  (as the role that owns the tables)
@@ -518,34 +593,61 @@ def begin_script(
             -- DDL runs in short transactions under SET LOCAL lock_timeout = '{policy.lock_timeout_ms}ms' (no retries:
             -- a lock timeout stops the script; rerun it); CREATE INDEX CONCURRENTLY, the backfill and the cleanup
             -- run outside transaction blocks. Generated with TASKDB_LOCK_TIMEOUT_MS / TASKDB_BACKFILL_BATCH_SIZE /
-            -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON / TASKDB_SCHEMA from the environment."""))
+            -- TASKDB_BACKFILL_DELAY_MS / TASKDB_LOCK_ATTEMPTS / TASKDB_CRON / TASKDB_SCHEMA from the environment.""")
+        )
     schema = quote_ident(script_schema(context))
-    out(textwrap.dedent(f"""\
+    out(
+        textwrap.dedent(f"""\
         -- The queue is tasks in schema {schema}: every name below resolves there, and every object is created
         -- there. For this session only (like the upgrade lock, the script needs one session); RESET at the end.
-        SET search_path = {schema}, pg_temp;"""))
+        SET search_path = {schema}, pg_temp;""")
+    )
     named = context.opts.get("taskdb_schema") is not None
-    out(template("schema_guard", schema=literal(script_schema(context)), schema_ident=literal(schema),
-                 named="true" if named else "false").strip())
+    out(
+        template(
+            "schema_guard",
+            schema=literal(script_schema(context)),
+            schema_ident=literal(schema),
+            named="true" if named else "false",
+        ).strip()
+    )
     out(template("upgrade_lock", lock_key=_upgrade_lock_key()).strip())
     versions = script_version_table(context)
-    out(template(
-        "adopt_version", ours=text_array(taskdb_revisions(script)), create=create_sql(versions),
-        version_table=versions, version_table_literal=literal(versions),
-    ).strip())
+    out(
+        template(
+            "adopt_version",
+            ours=text_array(taskdb_revisions(script)),
+            create=create_sql(versions),
+            version_table=versions,
+            version_table_literal=literal(versions),
+        ).strip()
+    )
     if downgrade:
         allowed = revisions + ([] if dest == "base" else [dest])
-        out(template(
-            "downgrade_guard", allowed=text_array(allowed), to_base="true" if dest == "base" else "false",
-            start=literal(revisions[0] if revisions else start), dest=literal(dest), version_table=versions,
-            version_table_literal=literal(versions),
-        ).strip())
+        out(
+            template(
+                "downgrade_guard",
+                allowed=text_array(allowed),
+                to_base="true" if dest == "base" else "false",
+                start=literal(revisions[0] if revisions else start),
+                dest=literal(dest),
+                version_table=versions,
+                version_table_literal=literal(versions),
+            ).strip()
+        )
         return
     allowed = ([] if start == "base" else [start]) + revisions
-    out(template(
-        "version_guard", allowed=text_array(allowed), from_base="true" if start == "base" else "false",
-        start=literal(start), dest=literal(head), version_table=versions, version_table_literal=literal(versions),
-    ).strip())
+    out(
+        template(
+            "version_guard",
+            allowed=text_array(allowed),
+            from_base="true" if start == "base" else "false",
+            start=literal(start),
+            dest=literal(head),
+            version_table=versions,
+            version_table_literal=literal(versions),
+        ).strip()
+    )
 
 
 def script_range(script: ScriptDirectory, start: str, dest: str) -> tuple[bool, list[str]]:

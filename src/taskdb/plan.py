@@ -37,41 +37,64 @@ class Step:
 # (The revision docstrings say why; tests/integration/test_plan.py checks every revision has its steps.)
 STEPS: dict[str, tuple[Step, ...]] = {
     "0001_baseline": (
-        Step("check the shape of users, projects, tasks; create the absent ones (legacy shape)",
-             "none on existing tables; ACCESS EXCLUSIVE on tables it creates (new, empty)", False),
+        Step(
+            "check the shape of users, projects, tasks; create the absent ones (legacy shape)",
+            "none on existing tables; ACCESS EXCLUSIVE on tables it creates (new, empty)",
+            False,
+        ),
     ),
     "0002_columns": (
-        Step("ADD COLUMN for each missing column (nullable, no default: catalog only)",
-             "ACCESS EXCLUSIVE on tasks for milliseconds, lock_timeout + retries", False),
+        Step(
+            "ADD COLUMN for each missing column (nullable, no default: catalog only)",
+            "ACCESS EXCLUSIVE on tasks for milliseconds, lock_timeout + retries",
+            False,
+        ),
         Step("ALTER TYPE ... ADD VALUE for missing status enum labels", "the enum type only", False),
     ),
     "0003_backfill": (
         Step("create task_hygiene_log, taskdb_backfill_progress, helper functions", "none on tasks", False),
-        Step("backfill / flag in keyset batches, one transaction per batch, resumable",
-             "row locks FOR NO KEY UPDATE SKIP LOCKED on one batch at a time", True),
+        Step(
+            "backfill / flag in keyset batches, one transaction per batch, resumable",
+            "row locks FOR NO KEY UPDATE SKIP LOCKED on one batch at a time",
+            True,
+        ),
     ),
     "0004_constraints": (
         Step("ADD 5 CHECK constraints NOT VALID", "ACCESS EXCLUSIVE on tasks for milliseconds each, retries", False),
-        Step("ADD FOREIGN KEY tasks_user_id_fkey NOT VALID",
-             "SHARE ROW EXCLUSIVE on tasks and users for milliseconds, retries", False),
+        Step(
+            "ADD FOREIGN KEY tasks_user_id_fkey NOT VALID",
+            "SHARE ROW EXCLUSIVE on tasks and users for milliseconds, retries",
+            False,
+        ),
         Step("catch-up backfill of rows written since 0003", "row locks, one batch at a time", True),
-        Step("VALIDATE CONSTRAINT, each in its own transaction",
-             "SHARE UPDATE EXCLUSIVE (reads and writes continue)", True),
-        Step("SET NOT NULL on task_type, params, status, attempts, created_at via a validated CHECK",
-             "ACCESS EXCLUSIVE for milliseconds (no scan: the CHECK proves it)", False),
+        Step(
+            "VALIDATE CONSTRAINT, each in its own transaction",
+            "SHARE UPDATE EXCLUSIVE (reads and writes continue)",
+            True,
+        ),
+        Step(
+            "SET NOT NULL on task_type, params, status, attempts, created_at via a validated CHECK",
+            "ACCESS EXCLUSIVE for milliseconds (no scan: the CHECK proves it)",
+            False,
+        ),
         Step("CREATE INDEX CONCURRENTLY tasks_user_id_idx", "SHARE UPDATE EXCLUSIVE (writes continue)", True),
     ),
     "0005_hygiene": (
-        Step("CREATE INDEX CONCURRENTLY x5 (partial: Queued, In Progress, flagged rows)",
-             "SHARE UPDATE EXCLUSIVE (writes continue)", True),
-        Step("create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
-             "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries", False),
-        Step("cancel Queued tasks older than queued_ttl, in batches", "row locks SKIP LOCKED, one batch at a time",
-             False),
+        Step(
+            "CREATE INDEX CONCURRENTLY x5 (partial: Queued, In Progress, flagged rows)",
+            "SHARE UPDATE EXCLUSIVE (writes continue)",
+            True,
+        ),
+        Step(
+            "create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
+            "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries",
+            False,
+        ),
+        Step(
+            "cancel Queued tasks older than queued_ttl, in batches", "row locks SKIP LOCKED, one batch at a time", False
+        ),
     ),
-    "0006_cron": (
-        Step("schedule the cleanup and purge jobs with pg_cron (where available)", "none on tasks", False),
-    ),
+    "0006_cron": (Step("schedule the cleanup and purge jobs with pg_cron (where available)", "none on tasks", False),),
 }
 
 _PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
@@ -148,7 +171,8 @@ def render(conn: Connection, query: str) -> str:
     users = "users" if table_exists(conn, "users") else no_users
     project_owner = (
         f"SELECT u.id FROM projects pr JOIN {users} u ON u.id = pr.user_id WHERE pr.id = s.project_id"
-        if table_exists(conn, "projects") else "SELECT NULL::uuid"
+        if table_exists(conn, "projects")
+        else "SELECT NULL::uuid"
     )
     values = {
         **{name: (f"t.{name}" if name in cols else f"NULL::{kind}") for name, kind in column_types.items()},

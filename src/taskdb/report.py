@@ -54,8 +54,11 @@ def revision(conn: Connection, versions: str | None = None) -> str | None:
 
 def log_high_water(conn: Connection) -> int:
     """The newest task_hygiene_log id: what an upgrade logs after this is its own."""
-    return int(scalar(conn, "SELECT coalesce(max(id), 0) FROM task_hygiene_log")) if table_exists(
-        conn, "task_hygiene_log") else 0
+    return (
+        int(scalar(conn, "SELECT coalesce(max(id), 0) FROM task_hygiene_log"))
+        if table_exists(conn, "task_hygiene_log")
+        else 0
+    )
 
 
 def upgrade_outcome(conn: Connection, *, since_log_id: int) -> dict[str, Any]:
@@ -77,13 +80,21 @@ def upgrade_outcome(conn: Connection, *, since_log_id: int) -> dict[str, Any]:
         )
         out["flagged_by_reason"] = {r["reason"]: r["n"] for r in reasons}
     if table_exists(conn, "tasks"):
-        out["constraints_not_valid"] = [r["conname"] for r in rows(
-            conn, "SELECT conname FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND NOT convalidated "
-                  "ORDER BY 1")]
-        out["invalid_indexes"] = [r["name"] for r in rows(
-            conn, "SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'tasks'::regclass "
-                  "AND NOT indisvalid ORDER BY 1")]
+        out["constraints_not_valid"] = [
+            r["conname"]
+            for r in rows(
+                conn,
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND NOT convalidated ORDER BY 1",
+            )
+        ]
+        out["invalid_indexes"] = [
+            r["name"]
+            for r in rows(
+                conn,
+                "SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'tasks'::regclass "
+                "AND NOT indisvalid ORDER BY 1",
+            )
+        ]
     if table_exists(conn, "taskdb_cron_jobs"):
-        out["cron_jobs"] = rows(
-            conn, "SELECT job, jobname, cron_database, schedule FROM taskdb_cron_jobs ORDER BY job")
+        out["cron_jobs"] = rows(conn, "SELECT job, jobname, cron_database, schedule FROM taskdb_cron_jobs ORDER BY job")
     return out

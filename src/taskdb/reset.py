@@ -180,7 +180,7 @@ def check_target(target: Target, *, force: bool = False) -> None:
         )
     if target.database in PROTECTED_DATABASES:
         raise ResetRefused(
-            f"refusing to reset database \"{target.database}\" on host {target.host}: it is a maintenance "
+            f'refusing to reset database "{target.database}" on host {target.host}: it is a maintenance '
             "database of the server (--force does not change this); use a database of your own, e.g. taskdb_dev"
         )
     if target.remote and not force:
@@ -216,8 +216,9 @@ def reset(
     announce(f"about to drop and recreate {target.describe()}")
 
     with _maintenance(target) as admin:
-        existed = bool(scalar(admin, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = :d)",
-                              {"d": target.database}))
+        existed = bool(
+            scalar(admin, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = :d)", {"d": target.database})
+        )
         removed = _remove_cron_jobs(target) if existed else False
         _drop(admin, target.database)
         admin.exec_driver_sql(f"CREATE DATABASE {_quote(admin, target.database)}")
@@ -236,8 +237,10 @@ def reset(
     if upgrade:
         outcome = api.upgrade(target.url, raise_taskdb_errors=True)
         changes = ", ".join(f"{n} {action}" for action, n in outcome["changes"].items()) or "no row changed"
-        announce(f"upgraded {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "
-                 f"{outcome['seconds']:.1f}s; {changes}")
+        announce(
+            f"upgraded {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "
+            f"{outcome['seconds']:.1f}s; {changes}"
+        )
     if seed == "demo":
         with _session(target.url, transaction=True) as conn:
             seeds.load_demo(conn)
@@ -245,12 +248,24 @@ def reset(
 
     with _session(target.url) as conn:
         revision = version_table.revision(conn, versions)
-        counts = {r["status"]: int(r["n"]) for r in rows(
-            conn, "SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1"
-        )} if table_exists(conn, "tasks") else {}
+        counts = (
+            {
+                r["status"]: int(r["n"])
+                for r in rows(conn, "SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1")
+            }
+            if table_exists(conn, "tasks")
+            else {}
+        )
     return ResetResult(
-        database=target.database, host=target.host, url=target.redacted_url, seed=seed, existed=existed,
-        revision=revision, upgrade=outcome, tasks_by_status=counts, cron_jobs_removed=removed,
+        database=target.database,
+        host=target.host,
+        url=target.redacted_url,
+        seed=seed,
+        existed=existed,
+        revision=revision,
+        upgrade=outcome,
+        tasks_by_status=counts,
+        cron_jobs_removed=removed,
     )
 
 
@@ -323,8 +338,7 @@ def _drop(admin: Connection, database: str) -> None:
     for attempt in range(3):  # before 13: terminate, then drop; a session may slip in between, so retry
         admin.execute(
             sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :d AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
             ),
             {"d": database},
         )
@@ -334,4 +348,3 @@ def _drop(admin: Connection, database: str) -> None:
         except DBAPIError as exc:
             if sqlstate(exc) != OBJECT_IN_USE or attempt == 2:
                 raise
-

@@ -94,9 +94,7 @@ class UpgradeLock:
         while True:
             conn.exec_driver_sql("BEGIN")
             conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
-            got = conn.exec_driver_sql(
-                f"SELECT pg_try_advisory_xact_lock({UPGRADE_LOCK_KEY}), pg_backend_pid()"
-            ).one()
+            got = conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({UPGRADE_LOCK_KEY}), pg_backend_pid()").one()
             if got[0]:
                 self.backend_pid = int(got[1])
                 return  # the transaction stays open: it is the lock
@@ -111,8 +109,7 @@ class UpgradeLock:
                     "idempotent."
                 )
             if not announced:
-                log.warning("another taskdb upgrade holds the upgrade lock (%s): waiting up to %.0fs", who,
-                            self.wait_s)
+                log.warning("another taskdb upgrade holds the upgrade lock (%s): waiting up to %.0fs", who, self.wait_s)
                 announced = True
             time.sleep(min(random.uniform(pause / 2, pause), max(0.0, deadline - time.monotonic())))
             pause = min(POLL_MAX_S, pause * 2)

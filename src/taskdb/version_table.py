@@ -44,24 +44,35 @@ def taken() -> frozenset[str]:
     """The relation names taskdb's head schema declares in the queue's schema (sql/schema.sql): tables, views,
     indexes and constraints (a key's index has its name), so never a version table's name."""
     found = sql.declared_names(sql.load("schema"))
-    return frozenset(found["table"] | found["view"] | found["index"] | found["constraint"]
-                     | {n for names in sql.declared_inline_constraints(sql.load("schema")).values() for n in names})
+    return frozenset(
+        found["table"]
+        | found["view"]
+        | found["index"]
+        | found["constraint"]
+        | {n for names in sql.declared_inline_constraints(sql.load("schema")).values() for n in names}
+    )
 
 
 def validate(name: str, source: str) -> str:
     """``name`` if it is a plain lower-case identifier that SQL needs not quote, else :class:`ConfigError`."""
     if name == APPLICATION_TABLE:
-        raise ConfigError(f"{source} = {APPLICATION_TABLE!r} is refused: that is the application's own Alembic "
-                          f"table, and taskdb keeps its revision apart from it; leave it unset "
-                          f"({DEFAULT}) or name another table")
+        raise ConfigError(
+            f"{source} = {APPLICATION_TABLE!r} is refused: that is the application's own Alembic "
+            f"table, and taskdb keeps its revision apart from it; leave it unset "
+            f"({DEFAULT}) or name another table"
+        )
     if name in taken():
-        raise ConfigError(f"{source} = {name!r} is refused: taskdb's queue already has a relation of that name; "
-                          f"leave it unset ({DEFAULT}) or name another table")
+        raise ConfigError(
+            f"{source} = {name!r} is refused: taskdb's queue already has a relation of that name; "
+            f"leave it unset ({DEFAULT}) or name another table"
+        )
     quoted = psycopg.dialect().identifier_preparer.quote(name)  # quotes keywords and anything not plain
     if not _PLAIN.fullmatch(name) or len(name.encode()) > MAX_BYTES or quoted != name:
-        raise ConfigError(f"{source} = {name!r} is not a plain lower-case identifier (a-z, 0-9 and _, not "
-                          f"starting with a digit, not an SQL keyword, at most {MAX_BYTES} bytes): name the "
-                          f"table e.g. {DEFAULT}")
+        raise ConfigError(
+            f"{source} = {name!r} is not a plain lower-case identifier (a-z, 0-9 and _, not "
+            f"starting with a digit, not an SQL keyword, at most {MAX_BYTES} bytes): name the "
+            f"table e.g. {DEFAULT}"
+        )
     return name
 
 
@@ -69,8 +80,11 @@ def resolve(x_argument: str | None, environ: Mapping[str, str] | None = None, in
     """The version table's name: ``-x version_table=``, else ``TASKDB_VERSION_TABLE``, else alembic.ini's
     ``taskdb_version_table``, else ``taskdb_alembic_version``; validated (:func:`validate`)."""
     env = os.environ if environ is None else environ
-    for source, value in ((f"-x {X_ARGUMENT}", x_argument), (ENV_VAR, env.get(ENV_VAR)),
-                          (f"alembic.ini {INI_OPTION}", ini)):
+    for source, value in (
+        (f"-x {X_ARGUMENT}", x_argument),
+        (ENV_VAR, env.get(ENV_VAR)),
+        (f"alembic.ini {INI_OPTION}", ini),
+    ):
         if value:
             return validate(value, source)
     return DEFAULT
@@ -91,8 +105,7 @@ def configured(environ: Mapping[str, str] | None = None) -> str:
 
 def create_sql(table: str) -> str:
     """Alembic's own definition of a version table (MigrationContext._version), under ``table``."""
-    return (f"CREATE TABLE {table} (version_num varchar(32) NOT NULL, "
-            f"CONSTRAINT {table}_pkc PRIMARY KEY (version_num))")
+    return f"CREATE TABLE {table} (version_num varchar(32) NOT NULL, CONSTRAINT {table}_pkc PRIMARY KEY (version_num))"
 
 
 def revision(conn: Connection, table: str) -> str | None:
@@ -111,10 +124,14 @@ def legacy_revisions(conn: Connection, ours: Sequence[str]) -> list[str]:
     """taskdb's revisions still recorded in the application's ``alembic_version`` (only ours are looked at)."""
     if scalar(conn, f"SELECT to_regclass('{APPLICATION_TABLE}') IS NULL"):
         return []
-    return [str(r["version_num"]) for r in rows(
-        conn, f"SELECT version_num FROM {APPLICATION_TABLE} WHERE version_num = ANY (CAST(:ours AS text[]))",
-        {"ours": list(ours)},
-    )]
+    return [
+        str(r["version_num"])
+        for r in rows(
+            conn,
+            f"SELECT version_num FROM {APPLICATION_TABLE} WHERE version_num = ANY (CAST(:ours AS text[]))",
+            {"ours": list(ours)},
+        )
+    ]
 
 
 def adopt(conn: Connection, ours: Sequence[str], table: str) -> str | None:

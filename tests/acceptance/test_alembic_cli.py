@@ -20,8 +20,12 @@ URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 def alembic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
     return subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=base | (env or {}),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

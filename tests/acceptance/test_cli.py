@@ -20,8 +20,11 @@ URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 def taskdb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
     return subprocess.run(
-        [sys.executable, "-m", "taskdb.cli", *args], env=base | (env or {}),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "taskdb.cli", *args],
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -42,7 +45,8 @@ def test_upgrade_then_cleanup_then_cron_status(db: Db, driver: str) -> None:
     db.execute(
         "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
         "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '8 days', CAST(:u AS uuid), 'cloud')",
-        id=task_id("late"), u=user_id("alice"),
+        id=task_id("late"),
+        u=user_id("alice"),
     )
     dry = taskdb("--url", url, "cleanup", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
@@ -76,9 +80,7 @@ def test_exit_code_3_when_a_lock_cannot_be_had(db: Db) -> None:
     engine = sa.create_engine(with_driver(db.url, "psycopg"), poolclass=sa.NullPool)
     with engine.connect() as blocker:
         blocker.execute(sa.text("LOCK TABLE tasks IN ACCESS SHARE MODE"))
-        result = taskdb(
-            "--url", db.url, "upgrade", env={"TASKDB_LOCK_TIMEOUT_MS": "100", "TASKDB_LOCK_ATTEMPTS": "2"}
-        )
+        result = taskdb("--url", db.url, "upgrade", env={"TASKDB_LOCK_TIMEOUT_MS": "100", "TASKDB_LOCK_ATTEMPTS": "2"})
         blocker.rollback()
     engine.dispose()
     assert result.returncode == 3, result.stderr
@@ -138,10 +140,19 @@ def test_upgrade_on_a_terminal_draws_a_progress_bar(db: Db) -> None:
 
     db.load("half_migrated")
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS} | {
-        "TASKDB_BACKFILL_BATCH_SIZE": "10", "COLUMNS": "120", "TERM": "xterm"}
+        "TASKDB_BACKFILL_BATCH_SIZE": "10",
+        "COLUMNS": "120",
+        "TERM": "xterm",
+    }
     main, secondary = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "taskdb.cli", "--url", db.url, "upgrade"],
-                               stdin=secondary, stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskdb.cli", "--url", db.url, "upgrade"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+        close_fds=True,
+    )
     os.close(secondary)
     output = b""
     while True:

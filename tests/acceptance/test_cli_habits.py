@@ -60,8 +60,9 @@ def test_an_unknown_revision_is_named(revision_range: str) -> None:
 
 def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS}
-    proc = subprocess.Popen([sys.executable, "-m", "taskdb.cli", "sql"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskdb.cli", "sql"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # `| head -1` that is done before taskdb writes its first line (the script takes a moment)
     err = proc.stderr.read()
@@ -81,16 +82,26 @@ def test_text_output_has_no_python_words(db: Db) -> None:
 
 # -- where the database is, as psql users say it --------------------------------------------------------------
 
-PG_VARIABLES = ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "PGSERVICEFILE",
-                "PGSYSCONFDIR", "TASKDB_DRIVER")
+PG_VARIABLES = (
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "TASKDB_DRIVER",
+)
 
 
 def taskdb_with(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``taskdb`` with exactly ``env`` naming the database: no URL, PG* variable or driver of this machine's
     (libpq reads them too, and takes an empty one as set)."""
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS + PG_VARIABLES}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", *args], env=base | env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", *args], env=base | env, capture_output=True, text=True, timeout=300
+    )
 
 
 def libpq_quote(value: str) -> str:
@@ -102,15 +113,24 @@ def target_environment(way: str, url: str, server: PostgresServer, tmp_path: Pat
     u = make_url(url)
     assert u.password and u.host and u.port and u.database and u.username
     if way == "pg_variables":
-        return {"PGHOST": u.host, "PGPORT": str(u.port), "PGUSER": u.username, "PGPASSWORD": u.password,
-                "PGDATABASE": u.database}  # fmt: skip
+        return {
+            "PGHOST": u.host,
+            "PGPORT": str(u.port),
+            "PGUSER": u.username,
+            "PGPASSWORD": u.password,
+            "PGDATABASE": u.database,
+        }
     if way == "conninfo":
-        return {"TASKDB_DATABASE_URL": f"host={u.host} port={u.port} dbname={u.database} user={u.username} "
-                                       f"password={libpq_quote(u.password)}"}  # fmt: skip
+        return {
+            "TASKDB_DATABASE_URL": f"host={u.host} port={u.port} dbname={u.database} user={u.username} "
+            f"password={libpq_quote(u.password)}"
+        }
     if way == "service":
         services = tmp_path / "pg_service.conf"
-        services.write_text(f"# taskdb's tests\n[queue]\nhost={u.host}\nport={u.port}\ndbname={u.database}\n"
-                            f"user={u.username}\npassword={u.password}\n")  # fmt: skip
+        services.write_text(
+            f"# taskdb's tests\n[queue]\nhost={u.host}\nport={u.port}\ndbname={u.database}\n"
+            f"user={u.username}\npassword={u.password}\n"
+        )
         return {"PGSERVICE": "queue", "PGSERVICEFILE": str(services)}
     assert way == "unix_socket"
     socket_dir = getattr(server, "socket_dir", None)
@@ -148,6 +168,7 @@ def test_no_target_anywhere_names_the_pg_variables() -> None:
 
 
 # -- quiet unless -v ----------------------------------------------------------------------------------------
+
 
 def info_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("INFO")]
@@ -191,6 +212,7 @@ def test_history_v_still_shows_the_descriptions() -> None:
 
 # -- heads, show, stamp -------------------------------------------------------------------------------------
 
+
 def test_heads_and_show_need_no_database() -> None:
     env = {"PGHOST": "127.0.0.1", "PGPORT": "1"}  # nothing answers there: none is needed
     heads = taskdb_with(env, "heads")
@@ -205,8 +227,10 @@ def test_heads_and_show_need_no_database() -> None:
 
 
 APP_REVISION = "a1b2c3d4e5f6"
-OBJECTS = ("SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace) "
-           "+ (SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace)")
+OBJECTS = (
+    "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace) "
+    "+ (SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace)"
+)
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

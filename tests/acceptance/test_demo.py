@@ -58,13 +58,18 @@ def expected_figures(db: Db, more_rows: str | None = None) -> dict[str, Any]:
         seeds.load_incident(conn)
         if more_rows:
             execute_script(conn, more_rows)
-    before = {r["id"]: r for r in db.rows(
-        "SELECT id::text AS id, status::text AS status, user_id, run_type FROM tasks")}
+    before = {
+        r["id"]: r for r in db.rows("SELECT id::text AS id, status::text AS status, user_id, run_type FROM tasks")
+    }
     counted = {i: r for i, r in before.items() if r["status"] == "Queued"}
     db.upgrade()
-    after = {r["id"]: r for r in db.rows(
-        "SELECT id::text AS id, status::text AS status, user_id, run_type, legacy_reason, error_message, "
-        "id IN (SELECT id FROM taskdb_ready_tasks WHERE run_type = 'cloud') AS ready_gpu FROM tasks")}
+    after = {
+        r["id"]: r
+        for r in db.rows(
+            "SELECT id::text AS id, status::text AS status, user_id, run_type, legacy_reason, error_message, "
+            "id IN (SELECT id FROM taskdb_ready_tasks WHERE run_type = 'cloud') AS ready_gpu FROM tasks"
+        )
+    }
     fates: Counter[tuple[str, str | None, str | None]] = Counter()
     legacy: Counter[tuple[str, str | None, str | None]] = Counter()
     for task_id, was in counted.items():
@@ -81,8 +86,9 @@ def expected_figures(db: Db, more_rows: str | None = None) -> dict[str, Any]:
             key = ("moved_on", None, None)
         else:
             changed = (now["user_id"], now["run_type"]) != (was["user_id"], was["run_type"])
-            standing = ("claimable" if now["ready_gpu"] else "other_run_type" if now["run_type"] != "cloud"
-                        else "not_ready")
+            standing = (
+                "claimable" if now["ready_gpu"] else "other_run_type" if now["run_type"] != "cloud" else "not_ready"
+            )
             key = ("backfilled" if changed else "untouched", None, standing)
         fates[key] += 1
         legacy[key] += was["user_id"] is None and was["run_type"] is None
@@ -119,9 +125,15 @@ def check_text(text: str, expected: dict[str, Any]) -> None:
     assert f'"{QUESTION}"' in text and "/functions/v1/task-counts" in text
     parts = sections(text)
     order = [h.split(":")[0] for h in parts]
-    assert order == ["the autoscaler's question", "before", "taskdb plan", "taskdb upgrade head", "after",
-                     "what became of every row the old count counted (read from tasks and task_hygiene_log)",
-                     "what keeps it that way"], order
+    assert order == [
+        "the autoscaler's question",
+        "before",
+        "taskdb plan",
+        "taskdb upgrade head",
+        "after",
+        "what became of every row the old count counted (read from tasks and task_hygiene_log)",
+        "what keeps it that way",
+    ], order
     for heading, lines in parts.items():
         if heading == "taskdb plan":  # taskdb plan's own report, labelled its own way (test_plan)
             continue
@@ -172,8 +184,10 @@ def test_demo_cli_shows_the_question_before_and_after(db: Db) -> None:
     check_text(result.stdout, expected)
     assert "Pending revisions (6):" in sections(result.stdout)["taskdb plan"]
     # the incident's legacy rows are all flagged, none left Queued
-    assert expected["legacy"] > 0 and expected["fates"][("flagged", "missing_user_id,missing_run_type", None)][1] \
-        == expected["legacy"]
+    assert (
+        expected["legacy"] > 0
+        and expected["fates"][("flagged", "missing_user_id,missing_run_type", None)][1] == expected["legacy"]
+    )
     # the throwaway server's password never shows
     assert re.findall(r"://postgres:([^@]*)@", result.stdout) == ["***"]
 

@@ -49,7 +49,8 @@ def test_exit_0_then_1_on_the_incident_database(upgraded: Db, driver: str) -> No
     upgraded.execute(
         "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
         "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '3 days', CAST(:u AS uuid), 'cloud')",
-        id=str(uuid.uuid4()), u=user_id("bob"),
+        id=str(uuid.uuid4()),
+        u=user_id("bob"),
     )
     upgraded.execute("ALTER TABLE tasks ADD CONSTRAINT tasks_doctor_probe CHECK (attempts < 1000) NOT VALID")
     warned = taskdb("--url", url, "doctor")
@@ -63,7 +64,9 @@ def test_exit_0_then_1_on_the_incident_database(upgraded: Db, driver: str) -> No
     report = doctor_json(machine)
     assert report["status"] == "warning" and report["exit_code"] == 1
     assert [(f["check"], f["severity"]) for f in report["findings"]] == [
-        ("constraints", "warning"), ("stale_queued", "warning")]
+        ("constraints", "warning"),
+        ("stale_queued", "warning"),
+    ]
     assert all(f["message"] and f["fix"] for f in report["findings"])
     assert report["queue_health"]["stale_count"] == 1
     for result in (human, machine, warned):
@@ -107,7 +110,8 @@ def test_fail_on_error_prints_warnings_and_fails_only_on_errors(upgraded: Db, ot
     upgraded.execute(
         "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) "
         "VALUES (CAST(:id AS uuid), 't', 'Queued', now() - interval '3 days', CAST(:u AS uuid), 'cloud')",
-        id=str(uuid.uuid4()), u=user_id("bob"),
+        id=str(uuid.uuid4()),
+        u=user_id("bob"),
     )
     gate = taskdb("--url", upgraded.url, "doctor", "--fail-on", "error")
     assert gate.returncode == 0, gate.stdout + gate.stderr

@@ -34,9 +34,11 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def roles_exist(db: Db) -> None:
     """0005's group roles, created beforehand: roles are cluster-wide, so otherwise only the twin upgraded first
     records them as its own, keeps taskdb_owned_objects after a downgrade to base, and the twins differ."""
-    db.execute("DO $$ DECLARE r text; BEGIN FOREACH r IN ARRAY ARRAY['taskdb_autoscaler', 'taskdb_worker', "
-               "'taskdb_monitor'] LOOP IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN "
-               "EXECUTE format('CREATE ROLE %I NOLOGIN', r); END IF; END LOOP; END $$")
+    db.execute(
+        "DO $$ DECLARE r text; BEGIN FOREACH r IN ARRAY ARRAY['taskdb_autoscaler', 'taskdb_worker', "
+        "'taskdb_monitor'] LOOP IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN "
+        "EXECUTE format('CREATE ROLE %I NOLOGIN', r); END IF; END LOOP; END $$"
+    )
 
 
 def generate(tmp_path: Path, revision_range: str = "head:base") -> Path:
@@ -47,8 +49,14 @@ def generate(tmp_path: Path, revision_range: str = "head:base") -> Path:
 
 @pytest.mark.parametrize(
     ("shape", "status_enum", "target"),
-    [("half_migrated", False, "base"), ("half_migrated", True, "base"), ("legacy", False, "base"),
-     ("legacy", True, "0004_constraints"), ("half_migrated", False, "0002_columns"), (None, False, "base")],
+    [
+        ("half_migrated", False, "base"),
+        ("half_migrated", True, "base"),
+        ("legacy", False, "base"),
+        ("legacy", True, "0004_constraints"),
+        ("half_migrated", False, "0002_columns"),
+        (None, False, "base"),
+    ],
     ids=["incident", "incident-enum-status", "legacy", "legacy-enum-to-0004", "incident-to-0002", "empty"],
 )
 def test_script_does_what_the_online_downgrade_does(
@@ -61,8 +69,10 @@ def test_script_does_what_the_online_downgrade_does(
     # the application moved on since the upgrade: a later change must win on both sides
     if shape == "half_migrated":
         for side in (db, other_db):
-            side.execute("UPDATE tasks SET run_type = 'local' WHERE id = (SELECT task_id FROM task_hygiene_log "
-                         "WHERE applied ? 'run_type' ORDER BY task_id LIMIT 1)")
+            side.execute(
+                "UPDATE tasks SET run_type = 'local' WHERE id = (SELECT task_id FROM task_hygiene_log "
+                "WHERE applied ? 'run_type' ORDER BY task_id LIMIT 1)"
+            )
     script = generate(tmp_path, f"head:{target}")
     output = apply(db, script)
     other_db.downgrade(target)
@@ -116,8 +126,10 @@ def test_script_refuses_a_database_outside_its_range(db: Db, tmp_path: Path) -> 
     before = state(db)
     done = psql(db, generate(tmp_path, "0006_cron:0004_constraints"))
     assert done.returncode == 3, done.stderr
-    assert ("this script downgrades 0006_cron -> 0004_constraints, but the database is at revision 0003_backfill"
-            in done.stderr), done.stderr
+    assert (
+        "this script downgrades 0006_cron -> 0004_constraints, but the database is at revision 0003_backfill"
+        in done.stderr
+    ), done.stderr
     assert state(db) == before
     # the range it is in: from 0003 down, and the version moves down with it
     apply(db, generate(tmp_path, "0003_backfill:0001_baseline"))

@@ -40,8 +40,13 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # The script installs pg_cron jobs only where cron.database_name is the database itself (never so on the
     # shared test server): the online side installs none either, so both sides can be compared.
     monkeypatch.setenv("TASKDB_CRON", "skip")
-    for name in ("TASKDB_BACKFILL_BATCH_SIZE", "TASKDB_BACKFILL_TARGET_MS", "TASKDB_BACKFILL_DELAY_MS",
-                 "TASKDB_LOCK_TIMEOUT_MS", "TASKDB_LOCK_ATTEMPTS"):
+    for name in (
+        "TASKDB_BACKFILL_BATCH_SIZE",
+        "TASKDB_BACKFILL_TARGET_MS",
+        "TASKDB_BACKFILL_DELAY_MS",
+        "TASKDB_LOCK_TIMEOUT_MS",
+        "TASKDB_LOCK_ATTEMPTS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -54,15 +59,24 @@ def generate(tmp_path: Path, revision_range: str = "base:head", name: str = "upg
 def psql_env(db: Db) -> dict[str, str]:
     url = make_url(db.url)
     return {
-        **os.environ, "PGHOST": str(url.host), "PGPORT": str(url.port), "PGUSER": str(url.username),
-        "PGPASSWORD": str(url.password), "PGDATABASE": str(url.database), "PGAPPNAME": APPLICATION_NAME,
+        **os.environ,
+        "PGHOST": str(url.host),
+        "PGPORT": str(url.port),
+        "PGUSER": str(url.username),
+        "PGPASSWORD": str(url.password),
+        "PGDATABASE": str(url.database),
+        "PGAPPNAME": APPLICATION_NAME,
     }
 
 
 def psql(db: Db, script: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PSQL, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-f", str(script)],
-        env=psql_env(db), capture_output=True, text=True, timeout=300, check=False,
+        env=psql_env(db),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -97,22 +111,34 @@ def _mask(value: Any) -> Any:
 
 def state(db: Db) -> dict[str, Any]:
     has = lambda table: db.scalar("SELECT to_regclass(:t) IS NOT NULL", t=table)  # noqa: E731
-    tasks = {
-        task_id: {**row, "updated_at": "<time>" if row.get("updated_at") else None, "error_message":
-                  _mask(row.get("error_message"))}
-        for task_id, row in db.snapshot().items()
-    } if has("tasks") else None  # a downgrade to base drops a tasks table taskdb created
-    log = sorted(
-        json.dumps(_mask(r), sort_keys=True)
-        for r in db.rows("SELECT task_id::text, action, reason, previous, applied FROM task_hygiene_log")
-    ) if has("task_hygiene_log") else None
+    tasks = (
+        {
+            task_id: {
+                **row,
+                "updated_at": "<time>" if row.get("updated_at") else None,
+                "error_message": _mask(row.get("error_message")),
+            }
+            for task_id, row in db.snapshot().items()
+        }
+        if has("tasks")
+        else None
+    )  # a downgrade to base drops a tasks table taskdb created
+    log = (
+        sorted(
+            json.dumps(_mask(r), sort_keys=True)
+            for r in db.rows("SELECT task_id::text, action, reason, previous, applied FROM task_hygiene_log")
+        )
+        if has("task_hygiene_log")
+        else None
+    )
     return {
         "catalog": catalog(db),
         "tasks": tasks,
         "log": log,
         # roles are cluster-wide: whichever side runs first creates (and records) them
         "owned": db.rows("SELECT kind, name, revision FROM taskdb_owned_objects WHERE kind <> 'role' ORDER BY seq")
-        if has("taskdb_owned_objects") else None,
+        if has("taskdb_owned_objects")
+        else None,
         "version": db.rows("SELECT version_num FROM taskdb_alembic_version") if has("taskdb_alembic_version") else None,
     }
 
@@ -166,8 +192,9 @@ def test_a_script_generated_without_a_schema_refuses_a_database_with_tasks_in_tw
     assert done.returncode != 0
     assert "a tasks table exists in several schemas (app, public)" in done.stderr, done.stderr[-2000:]
     assert db.snapshot() == before
-    assert db.scalar("SELECT to_regclass('taskdb_owned_objects') IS NULL "
-                     "AND to_regclass('taskdb_alembic_version') IS NULL")
+    assert db.scalar(
+        "SELECT to_regclass('taskdb_owned_objects') IS NULL AND to_regclass('taskdb_alembic_version') IS NULL"
+    )
 
 
 def test_second_run_changes_nothing(db: Db, tmp_path: Path) -> None:
@@ -200,16 +227,17 @@ def test_script_for_another_starting_revision_refuses_to_run(db: Db, tmp_path: P
     assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
 
 
-def test_run_killed_mid_backfill_resumes(
-    db: Db, other_db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_run_killed_mid_backfill_resumes(db: Db, other_db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     twins(db, other_db, "half_migrated", False)
     monkeypatch.setenv("TASKDB_BACKFILL_BATCH_SIZE", "5")
     monkeypatch.setenv("TASKDB_BACKFILL_DELAY_MS", "40")
     script = generate(tmp_path)
     run = subprocess.Popen(
         [PSQL, "-v", "ON_ERROR_STOP=1", "-X", "-q", "-f", str(script)],
-        env=psql_env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=psql_env(db),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -332,15 +360,19 @@ def test_cli_writes_plain_sql_without_a_database_or_a_secret(
     assert "\\" not in _strip_quoted(script), "no psql meta-commands: the script is plain SQL"
     assert ":" not in re.sub(r"::|:=", "", _strip_quoted(script)), "no psql variables"
     for text in (
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_user_id_idx", "CALL pg_temp.taskdb_backfill(",
-        "CALL taskdb_cancel_stale_queued_all('taskdb revision 0005_hygiene')", "SET LOCAL lock_timeout = '2000ms'",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_user_id_idx",
+        "CALL pg_temp.taskdb_backfill(",
+        "CALL taskdb_cancel_stale_queued_all('taskdb revision 0005_hygiene')",
+        "SET LOCAL lock_timeout = '2000ms'",
     ):
         assert text in script
     # the backfill runs the online engine's own batch statement, not a copy
     assert batch_statement() in script
     assert main(["sql", "head:base"]) == 1
-    assert "0006_cron:base goes down the chain: for a downgrade script use `taskdb sql --downgrade 0006_cron:base`" \
+    assert (
+        "0006_cron:base goes down the chain: for a downgrade script use `taskdb sql --downgrade 0006_cron:base`"
         in capsys.readouterr().err
+    )
 
 
 CRON_DB = "taskdb_offline_cron"
@@ -365,7 +397,7 @@ def test_pg_cron_jobs_are_scheduled_where_the_cron_database_is_this_one(
             cleanup = by_name["taskdb_cancel_stale_queued"]
             assert (cleanup["schedule"], cleanup["command"], cleanup["database"]) == (
                 "15 3 * * *",
-                'CALL "public".taskdb_cancel_stale_queued_all(\'pg_cron job taskdb_cancel_stale_queued\')',
+                "CALL \"public\".taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')",
                 CRON_DB,
             )
             assert by_name["taskdb_purge_cron_history"]["command"] == PURGE_COMMAND
@@ -373,8 +405,13 @@ def test_pg_cron_jobs_are_scheduled_where_the_cron_database_is_this_one(
                 "SELECT job, jobname, jobid, cron_database, run_database FROM taskdb_cron_jobs ORDER BY job"
             )
             assert recorded == [
-                {"job": j["jobname"], "jobname": j["jobname"], "jobid": j["jobid"], "cron_database": CRON_DB,
-                 "run_database": CRON_DB}
+                {
+                    "job": j["jobname"],
+                    "jobname": j["jobname"],
+                    "jobid": j["jobid"],
+                    "cron_database": CRON_DB,
+                    "run_database": CRON_DB,
+                }
                 for j in sorted(jobs, key=lambda j: j["jobname"])
             ]
             assert db.rows("SELECT cron_job_installed, cron_job_active FROM queue_health") == [

@@ -27,8 +27,11 @@ MARKER = "marker_made_before_reset"
 def taskdb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
     return subprocess.run(
-        [sys.executable, "-m", "taskdb.cli", *args], env=base | (env or {}),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "taskdb.cli", *args],
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -100,14 +103,20 @@ def test_reset_incident_gives_the_repaired_incident(database: Database, driver: 
     )
     assert set(validated) >= CONSTRAINTS  # type: ignore[arg-type]
     # The incident's rows, repaired: the 51 ancient Queued tasks are flagged and no longer Queued.
-    assert database.value(
-        "SELECT count(*) FROM tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
-        "AND status = 'Cancelled'"
-    ) == 51
+    assert (
+        database.value(
+            "SELECT count(*) FROM tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
+            "AND status = 'Cancelled'"
+        )
+        == 51
+    )
     assert database.value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'") == 0
-    assert database.value(
-        f"SELECT user_id IS NOT NULL AND run_type = 'cloud' FROM tasks WHERE id = '{task_id('gpu-upper')}'"
-    ) is True
+    assert (
+        database.value(
+            f"SELECT user_id IS NOT NULL AND run_type = 'cloud' FROM tasks WHERE id = '{task_id('gpu-upper')}'"
+        )
+        is True
+    )
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -117,10 +126,13 @@ def test_reset_with_TASKDB_SCHEMA_puts_the_repaired_incident_in_that_schema(data
     assert f"-> {HEAD}" in result.stdout
     assert database.value("SELECT version_num FROM app.taskdb_alembic_version") == HEAD
     assert database.value("SELECT count(*) FROM app.tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'") == 0
-    assert database.value(
-        "SELECT count(*) FROM app.tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
-        "AND status = 'Cancelled'"
-    ) == 51
+    assert (
+        database.value(
+            "SELECT count(*) FROM app.tasks WHERE params ? 'orchestrator_run_id' AND legacy_reason IS NOT NULL "
+            "AND status = 'Cancelled'"
+        )
+        == 51
+    )
     assert database.value("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
 
 
@@ -132,10 +144,13 @@ def test_reset_incident_without_upgrade_leaves_it_half_migrated(database: Databa
     assert not database.has_table(MARKER)
     assert not database.has_table("taskdb_alembic_version")
     # user_id and run_type exist (nullable), legacy_reason not yet; the 60 Queued rows are all there.
-    assert database.value(
-        "SELECT string_agg(column_name::text, ',' ORDER BY column_name) FROM information_schema.columns "
-        "WHERE table_name = 'tasks' AND column_name IN ('user_id', 'run_type', 'legacy_reason')"
-    ) == "run_type,user_id"
+    assert (
+        database.value(
+            "SELECT string_agg(column_name::text, ',' ORDER BY column_name) FROM information_schema.columns "
+            "WHERE table_name = 'tasks' AND column_name IN ('user_id', 'run_type', 'legacy_reason')"
+        )
+        == "run_type,user_id"
+    )
     assert database.value("SELECT count(*) FROM tasks WHERE status = 'Queued' AND user_id IS NULL") == 52
     plan = taskdb("--url", database.url(driver), "plan", "--json")
     assert plan.returncode == 0, plan.stderr
@@ -240,8 +255,9 @@ def test_force_resets_a_host_that_is_not_local(database: Database) -> None:
 def test_refuses_pghost_that_is_not_local(database: Database) -> None:
     """A URL without a host: libpq takes PGHOST, so that is the host that must be local."""
     server = database.server
-    url = URL.create("postgresql", server.user, server.password, None, None, database.name,
-                     {"port": str(server.port)}).render_as_string(hide_password=False)
+    url = URL.create(
+        "postgresql", server.user, server.password, None, None, database.name, {"port": str(server.port)}
+    ).render_as_string(hide_password=False)
     assert "@/" in url
     result = taskdb("--url", url, "reset", env={"PGHOST": "db.example.com"})
     assert result.returncode == 2 and "db.example.com is not a local host" in result.stderr
@@ -269,13 +285,30 @@ def test_usage_errors_exit_2_with_one_line(database: Database) -> None:
     assert database.has_table(MARKER)
 
 
-@pytest.mark.parametrize(("host", "local"), [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("::ffff:127.0.0.1", True),
-    ("localhost", True), ("LOCALHOST.", True), ("app.localhost", True), ("", True), (None, True),
-    ("/var/run/postgresql", True), ("@abstract", True),
-    ("10.255.255.1", False), ("0.0.0.0", False), ("192.168.1.5", False), ("2001:db8::1", False),
-    ("db.example.com", False), ("localhost.example.com", False), ("mylocalhost", False),
-])
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("app.localhost", True),
+        ("", True),
+        (None, True),
+        ("/var/run/postgresql", True),
+        ("@abstract", True),
+        ("10.255.255.1", False),
+        ("0.0.0.0", False),
+        ("192.168.1.5", False),
+        ("2001:db8::1", False),
+        ("db.example.com", False),
+        ("localhost.example.com", False),
+        ("mylocalhost", False),
+    ],
+)
 def test_which_hosts_are_local(host: str | None, local: bool) -> None:
     assert is_local_host(host) is local
 

@@ -24,7 +24,10 @@ def test_squawk_finds_nothing_in_the_offline_sql(revision_range: str, tmp_path: 
     script.write_text(api.sql(revision_range), encoding="utf-8")
     done = subprocess.run(
         [squawk, "--config", str(ROOT / ".squawk.toml"), "--reporter", "gcc", str(script)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -36,7 +39,11 @@ def test_squawk_config_is_read(tmp_path: Path) -> None:
     script = tmp_path / "chain.sql"
     script.write_text(api.sql("base:head"), encoding="utf-8")
     bare = subprocess.run(
-        [squawk, "--reporter", "gcc", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [squawk, "--reporter", "gcc", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
     assert bare.returncode != 0 and "prefer-bigint-over-int" in bare.stdout

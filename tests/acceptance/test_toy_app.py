@@ -50,8 +50,12 @@ def run(*args: str, url: str, ini: Path = TOYAPP / "alembic.ini", **env: str) ->
     command = ["taskdb.cli", *args[1:]] if args[0] == "taskdb" else ["alembic", "-c", str(ini), *args]
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
     return subprocess.run(
-        [sys.executable, "-m", *command], cwd=ROOT, env=base | {"DATABASE_URL": url, "TASKDB_CRON": "skip"} | env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=base | {"DATABASE_URL": url, "TASKDB_CRON": "skip"} | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -64,8 +68,9 @@ def engine(url: str, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool, **kwargs)
 
 
-def app_database(url: str, revision: str = "toy_0002", app_url: str | None = None, *,
-                 engine_options: dict[str, Any] | None = None) -> None:
+def app_database(
+    url: str, revision: str = "toy_0002", app_url: str | None = None, *, engine_options: dict[str, Any] | None = None
+) -> None:
     """The application's database before the release: its revisions up to ``revision``, then its rows (the
     incident's on toy_0002, the old shape's on toy_0001)."""
     ok(run("upgrade", revision, url=app_url or with_driver(url, "psycopg")))
@@ -85,8 +90,9 @@ def rows(db: Db, settled_after: datetime | None = None) -> dict[str, list[str]]:
     deploy (cleanup's updated_at, the log's acted_at, ...) reads ``<deploy>``."""
     tables = [r["tablename"] for r in db.rows("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
     return {
-        table: sorted(settle(r["row"], settled_after)
-                      for r in db.rows(f'SELECT to_jsonb(t)::text AS row FROM "{table}" t'))
+        table: sorted(
+            settle(r["row"], settled_after) for r in db.rows(f'SELECT to_jsonb(t)::text AS row FROM "{table}" t')
+        )
         for table in sorted(tables)
     }
 
@@ -118,6 +124,7 @@ def state(db: Db) -> tuple[dict[str, Any], dict[str, list[str]]]:
 
 def versions(db: Db) -> tuple[list[str], list[str]]:
     """(the application's alembic_version, taskdb_alembic_version), as rows."""
+
     def read(table: str) -> list[str]:
         if db.scalar(f"SELECT to_regclass('{table}') IS NULL"):
             return []
@@ -146,8 +153,9 @@ def make_db(taskdb_pg_server: Any, taskdb_pg_database_factory: Callable[..., str
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_the_release_deploys_in_either_order_to_the_same_schema_and_rows(make_db: Callable[..., Db],
-                                                                         driver: str) -> None:
+def test_the_release_deploys_in_either_order_to_the_same_schema_and_rows(
+    make_db: Callable[..., Db], driver: str
+) -> None:
     app_first = make_db()
     app_database(app_first.url, app_url=with_driver(app_first.url, driver))
     taskdb_first = make_db(template=app_first)  # the same rows, created_at to the microsecond
@@ -216,8 +224,9 @@ def test_a_model_may_declare_what_taskdb_also_has(make_db: Callable[..., Db]) ->
             table.to_metadata(metadata)
         declare(metadata.tables["tasks"])
         with db.engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"include_object": include_object,
-                                                             "include_name": include_name})
+            context = MigrationContext.configure(
+                conn, opts={"include_object": include_object, "include_name": include_name}
+            )
             return compare_metadata(context, metadata)
 
     assert diffs(lambda tasks: None) == []
@@ -233,8 +242,9 @@ def test_a_model_may_declare_what_taskdb_also_has(make_db: Callable[..., Db]) ->
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_autogenerate_proposes_the_apps_new_column_and_nothing_of_taskdb(make_db: Callable[..., Db], driver: str,
-                                                                        tmp_path: Path) -> None:
+def test_autogenerate_proposes_the_apps_new_column_and_nothing_of_taskdb(
+    make_db: Callable[..., Db], driver: str, tmp_path: Path
+) -> None:
     # The developer's checkout before the release revision exists: the model already has priority.
     app = tmp_path / "toyapp"
     shutil.copytree(TOYAPP, app, ignore=shutil.ignore_patterns("__pycache__"))
@@ -244,13 +254,25 @@ def test_autogenerate_proposes_the_apps_new_column_and_nothing_of_taskdb(make_db
     app_database(db.url, app_url=url)
     ok(run("taskdb", "upgrade", url=url))
 
-    ok(run("revision", "--autogenerate", "-m", "tasks priority", "--rev-id", "toy_0003_new", url=url,
-           ini=app / "alembic.ini"))
+    ok(
+        run(
+            "revision",
+            "--autogenerate",
+            "-m",
+            "tasks priority",
+            "--rev-id",
+            "toy_0003_new",
+            url=url,
+            ini=app / "alembic.ini",
+        )
+    )
     generated = ast.parse((app / "versions" / "toy_0003_new.py").read_text())
     operations = {  # each function's statements, its docstring left out
-        node.name: [ast.unparse(s) for s in node.body
-                    if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-        for node in generated.body if isinstance(node, ast.FunctionDef)
+        node.name: [
+            ast.unparse(s) for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+        ]
+        for node in generated.body
+        if isinstance(node, ast.FunctionDef)
     }
     assert operations["upgrade"] == [
         "op.add_column('tasks', sa.Column('priority', sa.Integer(), server_default='0', nullable=False))"
@@ -315,8 +337,9 @@ def hidden(kind: str, table: str | None, name: str) -> bool:
 
 
 @pytest.mark.parametrize("revision", ["toy_0001", "toy_0002"])
-def test_every_object_taskdb_creates_is_hidden_and_every_hidden_name_exists(make_db: Callable[..., Db],
-                                                                           revision: str) -> None:
+def test_every_object_taskdb_creates_is_hidden_and_every_hidden_name_exists(
+    make_db: Callable[..., Db], revision: str
+) -> None:
     db = make_db()
     app_database(db.url, revision)  # toy_0001: the old shape (no user_id, run_type); toy_0002: the incident's
     before = {tuple(r.values()) for r in db.rows(CATALOG_OBJECTS)}
@@ -329,8 +352,9 @@ def test_every_object_taskdb_creates_is_hidden_and_every_hidden_name_exists(make
     not_hidden = {obj for obj in created if not hidden(*obj)}
     # On the old shape taskdb adds user_id and run_type, but they are the application's (it writes them, and its
     # model must declare them): autogenerate proposes dropping them until it does. Nothing else may show.
-    assert not_hidden == ({("column", "tasks", "user_id"), ("column", "tasks", "run_type")}
-                          if revision == "toy_0001" else set())
+    assert not_hidden == (
+        {("column", "tasks", "user_id"), ("column", "tasks", "run_type")} if revision == "toy_0001" else set()
+    )
 
     def names(*kinds: str) -> set[str]:
         return {name for kind, _, name in after if kind in kinds}
@@ -338,8 +362,9 @@ def test_every_object_taskdb_creates_is_hidden_and_every_hidden_name_exists(make
     assert TASKDB_OBJECTS.tables <= names("table")
     assert TASKDB_OBJECTS.views <= names("view")
     assert TASKDB_OBJECTS.indexes <= names("index")
-    assert TASKDB_OBJECTS.constraints <= names("foreign_key_constraint", "unique_constraint", "primary_key_constraint",
-                                               "check_constraint")
+    assert TASKDB_OBJECTS.constraints <= names(
+        "foreign_key_constraint", "unique_constraint", "primary_key_constraint", "check_constraint"
+    )
     assert TASKDB_OBJECTS.triggers <= names("trigger")
     assert TASKDB_OBJECTS.functions <= names("function")
     for table, columns in TASKDB_OBJECTS.columns.items():
@@ -374,8 +399,9 @@ def test_the_filters_cope_with_the_queue_in_its_own_schema(db: Db) -> None:
 
     def diffs(**filters: Any) -> list[Any]:
         with engine(db.url).connect() as conn:  # the default search_path: app is not the default schema
-            context = MigrationContext.configure(conn, opts={"include_schemas": True, "version_table_schema": "app",
-                                                             **filters})
+            context = MigrationContext.configure(
+                conn, opts={"include_schemas": True, "version_table_schema": "app", **filters}
+            )
             return compare_metadata(context, metadata)
 
     assert diffs(include_name=combine(include_name, app_schema_only), include_object=include_object) == []

@@ -52,10 +52,16 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         names = set(archive.namelist())
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
         (work / "METADATA").write_bytes(archive.read(metadata))
-    for needed in ("taskdb/_alembic/alembic.ini", f"taskdb/_alembic/migrations/versions/{HEAD}.py",
-                   "taskdb/_alembic/migrations/env.py", "taskdb/_alembic/squawk.toml", "taskdb/sql/schema.sql",
-                   "taskdb/seeds/incident.sql",
-                   "taskdb/seeds/demo.sql", "taskdb/py.typed"):  # fmt: skip
+    for needed in (
+        "taskdb/_alembic/alembic.ini",
+        f"taskdb/_alembic/migrations/versions/{HEAD}.py",
+        "taskdb/_alembic/migrations/env.py",
+        "taskdb/_alembic/squawk.toml",
+        "taskdb/sql/schema.sql",
+        "taskdb/seeds/incident.sql",
+        "taskdb/seeds/demo.sql",
+        "taskdb/py.typed",
+    ):
         assert needed in names, f"{needed} missing from {wheel.name}"
     assert not any(name.startswith("tests/") for name in names)
 
@@ -64,15 +70,23 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert made.returncode == 0, made.stderr
     # The system's pip, run by the venv's Python, installs into the venv; --ignore-installed because the
     # system site-packages may hold an editable taskdb of the same version.
-    installed = run([venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index",
-                     "--ignore-installed", wheel], cwd=work)  # fmt: skip
+    installed = run(
+        [venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel],
+        cwd=work,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     return venv
 
 
 def test_the_venv_imports_taskdb_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
-    probe = run([wheel_venv / "bin" / "python", "-c",
-                 "import taskdb, taskdb.api; print(taskdb.__file__); print(taskdb.api.alembic_ini())"], cwd=tmp_path)
+    probe = run(
+        [
+            wheel_venv / "bin" / "python",
+            "-c",
+            "import taskdb, taskdb.api; print(taskdb.__file__); print(taskdb.api.alembic_ini())",
+        ],
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0, probe.stderr
     module, ini = (Path(line) for line in probe.stdout.splitlines())
     assert module.is_relative_to(wheel_venv) and not module.is_relative_to(CHECKOUT_SRC), module
@@ -92,8 +106,12 @@ def test_version_and_the_squawk_config_from_the_wheel(wheel_venv: Path, tmp_path
     version = run([wheel_venv / "bin" / "taskdb", "--version"], cwd=tmp_path)
     assert (version.returncode, version.stdout.strip()) == (0, f"taskdb {taskdb.__version__}"), version.stderr
     # `taskdb sql > up.sql && taskdb sql --squawk-config > .squawk.toml && squawk up.sql` outside the checkout
-    squawk = subprocess.run([str(wheel_venv / "bin" / "taskdb"), "sql", "--squawk-config"], cwd=tmp_path,
-                            env={k: v for k, v in os.environ.items() if k not in SCRUBBED}, capture_output=True)
+    squawk = subprocess.run(
+        [str(wheel_venv / "bin" / "taskdb"), "sql", "--squawk-config"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in SCRUBBED},
+        capture_output=True,
+    )
     assert squawk.returncode == 0, squawk.stderr
     assert squawk.stdout == (ROOT / ".squawk.toml").read_bytes()
 
@@ -115,9 +133,12 @@ def test_upgrade_from_the_wheel_repairs_the_incident(
         "SELECT array_agg(conname::text) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND convalidated", name
     )
     assert set(validated) >= CONSTRAINTS
-    assert taskdb_pg_server.fetch_value(
-        "SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'", name
-    ) == 0
+    assert (
+        taskdb_pg_server.fetch_value(
+            "SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status = 'Queued'", name
+        )
+        == 0
+    )
     assert taskdb_pg_server.fetch_value("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL", name) > 0
 
     url = taskdb_pg_server.url(name, "pg8000")

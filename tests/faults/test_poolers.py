@@ -73,8 +73,16 @@ class Workers:
                     pid, read_only, settings, advisory, prepared, temp = found
                     self.backends.add(pid)
                     if read_only != "off" or settings or advisory or prepared or temp:
-                        self.leaks.append({"pid": pid, "read_only": read_only, "settings": settings,
-                                           "advisory_locks": advisory, "prepared": prepared, "temp": temp})
+                        self.leaks.append(
+                            {
+                                "pid": pid,
+                                "read_only": read_only,
+                                "settings": settings,
+                                "advisory_locks": advisory,
+                                "prepared": prepared,
+                                "temp": temp,
+                            }
+                        )
                     conn.execute(f"INSERT INTO {self.table} (worker) VALUES (%s)", (number,))
                 self.writes += 1
             except psycopg.Error as exc:
@@ -107,8 +115,11 @@ class Workers:
 def taskdb(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
     return subprocess.run(
-        [sys.executable, "-m", "taskdb.cli", *args], env=base | {"TASKDB_DATABASE_URL": url} | env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "taskdb.cli", *args],
+        env=base | {"TASKDB_DATABASE_URL": url} | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -134,10 +145,12 @@ def database_of(db: Db) -> str:
 
 
 def upgrade_locks_left(server: PostgresServer) -> int:
-    return int(server.fetch_value(
-        f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-        f"AND ((classid::bigint << 32) | objid::bigint) = {UPGRADE_LOCK_KEY}"
-    ))
+    return int(
+        server.fetch_value(
+            f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND ((classid::bigint << 32) | objid::bigint) = {UPGRADE_LOCK_KEY}"
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +186,10 @@ def test_every_command_through_a_transaction_pooler_leaves_the_workers_nothing(
         json.loads(ok(taskdb(url, "cleanup", "--json")).stdout)
         json.loads(ok(taskdb(url, "cron", "status", "--json")).stdout)
         time.sleep(0.5)  # the workers' last transactions land on the connections taskdb used last
-    print(f"\ntransaction pooler, {driver}: {workers.writes} worker transactions on {len(workers.backends)} server "
-          f"connections, {len(workers.errors)} errors, {len(workers.leaks)} leaks")
+    print(
+        f"\ntransaction pooler, {driver}: {workers.writes} worker transactions on {len(workers.backends)} server "
+        f"connections, {len(workers.errors)} errors, {len(workers.leaks)} leaks"
+    )
     workers.assert_untouched()
     assert len(workers.backends) >= 2  # the pool really rotated the workers over several server connections
     assert upgrade_locks_left(taskdb_pg_server) == 0
@@ -229,8 +244,13 @@ PAIRS = 5
 
 @pytest.mark.parametrize("path", ["direct", "transaction pooler", "session pooler"])
 def test_two_pods_upgrade_at_once(
-    db: Db, other_db: Db, taskdb_pg_server: PostgresServer, transaction_pooler: PgBouncer, session_pooler: PgBouncer,
-    taskdb_pg_database_factory, path: str,
+    db: Db,
+    other_db: Db,
+    taskdb_pg_server: PostgresServer,
+    transaction_pooler: PgBouncer,
+    session_pooler: PgBouncer,
+    taskdb_pg_database_factory,
+    path: str,
 ) -> None:
     """Five pairs of `taskdb upgrade` started together under writer traffic: both exit 0 every time (the
     second waits for the first, then finds the work done), and the end is that of one uninterrupted run."""
@@ -252,13 +272,17 @@ def test_two_pods_upgrade_at_once(
                 env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
                 env |= {"TASKDB_DATABASE_URL": url, "TASKDB_BACKFILL_BATCH_SIZE": "200"}
                 command = [sys.executable, "-m", "taskdb.cli", "upgrade"]
-                pods = [subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                        for _ in range(2)]
+                pods = [
+                    subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    for _ in range(2)
+                ]
                 started = time.monotonic()
                 results = [(p.wait(300), *p.communicate()) for p in pods]
-                print(f"\n{path} pair {pair}: both done in {time.monotonic() - started:.1f}s, exits "
-                      f"{[r[0] for r in results]}, waited {['holds the upgrade lock' in r[2] for r in results]}, "
-                      f"{workers.writes} worker transactions")
+                print(
+                    f"\n{path} pair {pair}: both done in {time.monotonic() - started:.1f}s, exits "
+                    f"{[r[0] for r in results]}, waited {['holds the upgrade lock' in r[2] for r in results]}, "
+                    f"{workers.writes} worker transactions"
+                )
             for code, _out, err in results:
                 assert code == 0, f"pair {pair}: {err[-3000:]}"
                 assert "Traceback" not in err

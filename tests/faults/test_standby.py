@@ -22,8 +22,9 @@ DATABASE = "app"
 
 def taskdb(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", url, *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", "--url", url, *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")

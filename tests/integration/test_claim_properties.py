@@ -59,8 +59,13 @@ def load_queue(db: Db, q: dict) -> list[str]:
                     "VALUES (:id, 't', :status, now() - CAST(:age AS interval), :user, :run_type, :reason, :dep)"
                 ),
                 {
-                    "id": tid, "status": status, "age": t["age"], "user": users[t["user"]],
-                    "run_type": t["run_type"], "reason": "missing_run_type" if t["flagged"] else None, "dep": dep,
+                    "id": tid,
+                    "status": status,
+                    "age": t["age"],
+                    "user": users[t["user"]],
+                    "run_type": t["run_type"],
+                    "reason": "missing_run_type" if t["flagged"] else None,
+                    "dep": dep,
                 },
             )
     return users
@@ -68,8 +73,10 @@ def load_queue(db: Db, q: dict) -> list[str]:
 
 def in_progress_per_user(db: Db) -> Counter[str]:
     return Counter(
-        {r["user_id"]: r["n"] for r in db.rows(
-            "SELECT user_id::text, count(*) AS n FROM tasks WHERE status = 'In Progress' GROUP BY 1")}
+        {
+            r["user_id"]: r["n"]
+            for r in db.rows("SELECT user_id::text, count(*) AS n FROM tasks WHERE status = 'In Progress' GROUP BY 1")
+        }
     )
 
 

@@ -13,7 +13,10 @@ INSERT = (
 )
 HEALTHY = {"status": "Queued", "attempts": 0, "user_id": user_id("alice"), "run_type": "cloud", "legacy_reason": None}
 FLAGGED = {
-    "user_id": None, "run_type": "api", "status": "Cancelled", "legacy_reason": "missing_user_id,invalid_run_type",
+    "user_id": None,
+    "run_type": "api",
+    "status": "Cancelled",
+    "legacy_reason": "missing_user_id,invalid_run_type",
 }
 
 

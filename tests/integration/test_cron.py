@@ -118,6 +118,7 @@ def no_cron_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[PostgresServer]:
 
 # -- configuration ---------------------------------------------------------------------------------------
 
+
 def test_mode_comes_from_TASKDB_CRON_and_a_typo_is_a_config_error() -> None:
     assert cron.cron_mode({}) == "auto"
     assert cron.cron_mode({"TASKDB_CRON": " Require "}) == "require"
@@ -160,6 +161,7 @@ def test_an_invalid_TASKDB_CRON_stops_the_upgrade_before_it_changes_anything(
 
 # -- the target database is cron.database_name ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_same_database_schedules_with_cron_schedule(same_server: PostgresServer, same_db: Db, driver: str) -> None:
     same_db.load("half_migrated")
@@ -168,7 +170,10 @@ def test_same_database_schedules_with_cron_schedule(same_server: PostgresServer,
     assert set(jobs) == {"taskdb_cancel_stale_queued", "taskdb_purge_cron_history"}
     cleanup = jobs["taskdb_cancel_stale_queued"]
     assert (cleanup["schedule"], cleanup["command"], cleanup["database"], cleanup["active"]) == (
-        "15 3 * * *", CLEANUP_CALL, SAME, True,
+        "15 3 * * *",
+        CLEANUP_CALL,
+        SAME,
+        True,
     )
     assert jobs["taskdb_purge_cron_history"]["database"] == SAME
     assert health(same_db) == (True, True)
@@ -176,15 +181,28 @@ def test_same_database_schedules_with_cron_schedule(same_server: PostgresServer,
         "SELECT job, jobname, jobid, cron_database, run_database FROM taskdb_cron_jobs ORDER BY job"
     )
     assert recorded == [
-        {"job": "taskdb_cancel_stale_queued", "jobname": "taskdb_cancel_stale_queued", "jobid": cleanup["jobid"],
-         "cron_database": SAME, "run_database": SAME},
-        {"job": "taskdb_purge_cron_history", "jobname": "taskdb_purge_cron_history",
-         "jobid": jobs["taskdb_purge_cron_history"]["jobid"], "cron_database": SAME, "run_database": SAME},
-    ]  # fmt: skip
-    assert same_db.scalar(
-        "SELECT revision FROM taskdb_owned_objects WHERE kind = 'extension' AND name = :n",
-        n=f"pg_cron in database {SAME}",
-    ) == "0006_cron"
+        {
+            "job": "taskdb_cancel_stale_queued",
+            "jobname": "taskdb_cancel_stale_queued",
+            "jobid": cleanup["jobid"],
+            "cron_database": SAME,
+            "run_database": SAME,
+        },
+        {
+            "job": "taskdb_purge_cron_history",
+            "jobname": "taskdb_purge_cron_history",
+            "jobid": jobs["taskdb_purge_cron_history"]["jobid"],
+            "cron_database": SAME,
+            "run_database": SAME,
+        },
+    ]
+    assert (
+        same_db.scalar(
+            "SELECT revision FROM taskdb_owned_objects WHERE kind = 'extension' AND name = :n",
+            n=f"pg_cron in database {SAME}",
+        )
+        == "0006_cron"
+    )
     # A deactivated job is reported as such (the DBA's switch, which taskdb leaves alone).
     same_db.execute("SELECT cron.alter_job(:id, active => false)", id=cleanup["jobid"])
     assert health(same_db) == (True, False)
@@ -218,8 +236,10 @@ def test_downgrade_drops_the_extension_it_created_and_restores_0005(same_server:
     assert catalog(same_db) == at_0005  # taskdb_cron_jobs gone, 0005's taskdb_cron_job_state back
     assert same_db.scalar("SELECT count(*) FROM taskdb_owned_objects WHERE kind = 'extension'") == 0
     same_db.upgrade()  # and up again
-    assert {j["jobname"] for j in jobs_in(same_server, SAME)} == {"taskdb_cancel_stale_queued",
-                                                                   "taskdb_purge_cron_history"}
+    assert {j["jobname"] for j in jobs_in(same_server, SAME)} == {
+        "taskdb_cancel_stale_queued",
+        "taskdb_purge_cron_history",
+    }
 
 
 def test_downgrade_keeps_a_pg_cron_that_was_there_before(same_server: PostgresServer, same_db: Db) -> None:
@@ -235,6 +255,7 @@ def test_downgrade_keeps_a_pg_cron_that_was_there_before(same_server: PostgresSe
 
 
 # -- cron.database_name is another database -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_other_database_schedules_in_database_and_downgrade_removes_it(
@@ -279,7 +300,8 @@ def test_two_databases_share_the_cron_database_without_taking_each_others_job(ta
     }
     first.downgrade("0005_hygiene")  # the purge job still serves the second database
     assert set(j["jobname"] for j in jobs_in(target_server, "postgres")) == {
-        f"taskdb_cancel_stale_queued:{names[1]}", "taskdb_purge_cron_history",
+        f"taskdb_cancel_stale_queued:{names[1]}",
+        "taskdb_purge_cron_history",
     }
     second.downgrade("0005_hygiene")  # the last one: the purge job goes too
     assert jobs_in(target_server, "postgres") == []
@@ -333,8 +355,9 @@ def test_a_seconds_schedule_is_checked_against_the_servers_pg_cron(target_server
     db.engine.dispose()
 
 
-def test_skip_never_installs_the_job(taskdb_pg_server: PostgresServer, db: Db, monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_skip_never_installs_the_job(
+    taskdb_pg_server: PostgresServer, db: Db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("TASKDB_CRON", "skip")
     db.load("half_migrated")
     with caplog.at_level(logging.WARNING, logger="taskdb.cron"):
@@ -348,8 +371,14 @@ def test_skip_never_installs_the_job(taskdb_pg_server: PostgresServer, db: Db, m
 # -- pg_cron absent ------------------------------------------------------------------------------------------
 
 ENABLE_TEXT = (
-    "shared_preload_libraries = 'pg_cron'", "cron.database_name", "restart", "parameter group",
-    "cloudsql.enable_pg_cron", "azure.extensions", "Supabase", "Database -> Extensions",
+    "shared_preload_libraries = 'pg_cron'",
+    "cron.database_name",
+    "restart",
+    "parameter group",
+    "cloudsql.enable_pg_cron",
+    "azure.extensions",
+    "Supabase",
+    "Database -> Extensions",
 )
 
 
@@ -409,9 +438,12 @@ def app_role(fresh_server: PostgresServer) -> Iterator[tuple[Db, str]]:
 
 @pytest.mark.parametrize("mode", ["auto", "require"])
 def test_an_extension_that_cannot_be_created(
-    fresh_server: PostgresServer, app_role: tuple[Db, str], mode: str, monkeypatch: pytest.MonkeyPatch,
+    fresh_server: PostgresServer,
+    app_role: tuple[Db, str],
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     db, app_url = app_role
     api.upgrade(app_url, "0005_hygiene")
     before = catalog(db)
@@ -464,6 +496,7 @@ def test_a_role_that_may_not_read_settings_is_told_which_grant_it_needs(
 
 # -- the purge job -------------------------------------------------------------------------------------------
 
+
 def test_the_purge_deletes_only_old_history_of_taskdbs_jobs(target_server: PostgresServer) -> None:
     db = make_db(target_server)
     db.load("half_migrated")
@@ -501,6 +534,7 @@ def test_the_purge_deletes_only_old_history_of_taskdbs_jobs(target_server: Postg
 
 
 # -- the job really fires ---------------------------------------------------------------------------------------
+
 
 def firing_params() -> list[Any]:
     params = []
@@ -541,8 +575,13 @@ def test_the_job_really_fires_and_cancels_stale_tasks(target: Target) -> None:
         assert jobs["taskdb_fire_other"]["jobname"] == "taskdb_cancel_stale_queued:taskdb_fire_other"
 
         def done(db: Db) -> bool:
-            return db.scalar("SELECT count(*) FROM tasks WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'Cancelled'",
-                             ids=stale[db.url]) == 3  # fmt: skip
+            return (
+                db.scalar(
+                    "SELECT count(*) FROM tasks WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'Cancelled'",
+                    ids=stale[db.url],
+                )
+                == 3
+            )
 
         while not (done(same) and done(other)):
             if time.monotonic() - installed > budget:

@@ -28,8 +28,15 @@ from tests.integration.test_cron import STALE_TASK, health, jobs_in, make_db
 SAME = "taskdb_cron_cli_same"
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 CLEANUP = cron.CLEANUP_JOB
-ENABLE_TEXT = ("shared_preload_libraries = 'pg_cron'", "cron.database_name", "restart", "parameter group",
-               "cloudsql.enable_pg_cron", "azure.extensions", "Supabase")  # fmt: skip
+ENABLE_TEXT = (
+    "shared_preload_libraries = 'pg_cron'",
+    "cron.database_name",
+    "restart",
+    "parameter group",
+    "cloudsql.enable_pg_cron",
+    "azure.extensions",
+    "Supabase",
+)
 
 
 def taskdb(db: Db, driver: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,9 +44,13 @@ def taskdb(db: Db, driver: str, *args: str, env: dict[str, str] | None = None) -
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS and k != "TASKDB_CRON"}
     url = db.url if driver == "psycopg" else with_driver(db.url, driver)  # plain postgresql:// is psycopg 3
     result = subprocess.run(
-        [sys.executable, "-m", "taskdb.cli", "--url", url, *args], env=base | (env or {}),
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "taskdb.cli", "--url", url, *args],
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     password = make_url(db.url).password
     assert password, "the test server's password is what this checks"
     output = result.stdout + result.stderr
@@ -57,8 +68,9 @@ def name_of(db: Db) -> str:
 
 
 def recorded(db: Db) -> list[dict[str, Any]]:
-    return db.rows("SELECT job, jobname, jobid, schedule, installed_at, xmin::text AS xmin FROM taskdb_cron_jobs "
-                   "ORDER BY job")  # fmt: skip
+    return db.rows(
+        "SELECT job, jobname, jobid, schedule, installed_at, xmin::text AS xmin FROM taskdb_cron_jobs ORDER BY job"
+    )
 
 
 def pg_cron_version(server: PostgresServer) -> tuple[int, int]:
@@ -94,6 +106,7 @@ def same_db(same_server: PostgresServer) -> Iterator[Db]:
 
 
 # -- install / remove ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_remove_then_install_restores_the_jobs(taskdb_pg_server: PostgresServer, upgraded: Db, driver: str) -> None:
@@ -176,9 +189,12 @@ def test_remove_keeps_a_pg_cron_and_jobs_that_are_not_taskdbs(same_server: Postg
 
 # -- sync ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_sync_applies_an_update_of_cleanup_schedule(
-    taskdb_pg_server: PostgresServer, upgraded: Db, driver: str,
+    taskdb_pg_server: PostgresServer,
+    upgraded: Db,
+    driver: str,
 ) -> None:
     db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
     [before] = jobs_in(taskdb_pg_server, cron_db, name)
@@ -216,7 +232,8 @@ def test_sync_keeps_a_job_the_dba_deactivated_inactive(taskdb_pg_server: Postgre
 
 
 def test_sync_schedules_a_recorded_job_that_vanished_from_cron_job(
-    taskdb_pg_server: PostgresServer, upgraded: Db,
+    taskdb_pg_server: PostgresServer,
+    upgraded: Db,
 ) -> None:
     db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
     [job] = jobs_in(taskdb_pg_server, cron_db, name)
@@ -232,6 +249,7 @@ def test_sync_schedules_a_recorded_job_that_vanished_from_cron_job(
 
 
 # -- install --schedule -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_install_with_a_new_schedule_updates_the_setting_the_job_and_the_record(
@@ -281,7 +299,8 @@ def test_install_with_an_invalid_schedule_fails_and_changes_nothing(
 
 
 def test_sync_of_an_invalid_stored_schedule_says_to_fix_the_setting(
-    taskdb_pg_server: PostgresServer, upgraded: Db,
+    taskdb_pg_server: PostgresServer,
+    upgraded: Db,
 ) -> None:
     db, cron_db, name = upgraded, taskdb_pg_server.cron_database, name_of(upgraded)
     [before] = jobs_in(taskdb_pg_server, cron_db, name)
@@ -292,6 +311,7 @@ def test_sync_of_an_invalid_stored_schedule_says_to_fix_the_setting(
 
 
 # -- without 0006, without pg_cron ----------------------------------------------------------------------------------
+
 
 def test_a_database_before_0006(db: Db) -> None:
     db.load("half_migrated")
@@ -352,6 +372,7 @@ def test_connection_failure_is_exit_2_without_the_password(upgraded: Db) -> None
 
 # -- status shows the job's real runs --------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_status_lists_the_last_runs_pg_cron_made(taskdb_pg_server: PostgresServer, upgraded: Db) -> None:
     """pg_cron >= 1.5 runs a '2 seconds' job at once; 1.4 (Debian bookworm) only at the next minute (<= 60 s)."""
@@ -377,8 +398,11 @@ def test_status_lists_the_last_runs_pg_cron_made(taskdb_pg_server: PostgresServe
         assert cleanup["schedule"] == schedule and cleanup["active"] is True and cleanup["run_database"] == name
         assert db.scalar("SELECT status FROM tasks WHERE id = :id", id=stale) == "Cancelled"  # it really ran
         text = taskdb(db, "pg8000", "cron", "status")
-        assert text.returncode == 0 and " succeeded in " in text.stdout and "no runs yet" not in text.stdout.split(
-            "job taskdb_purge")[0]  # fmt: skip
+        assert (
+            text.returncode == 0
+            and " succeeded in " in text.stdout
+            and "no runs yet" not in text.stdout.split("job taskdb_purge")[0]
+        )
         print("\n" + text.stdout)
     finally:
         taskdb(db, "psycopg", "cron", "remove")  # no every-minute job left behind on the shared server
@@ -391,8 +415,9 @@ def test_the_other_database_is_read_with_the_same_driver(taskdb_pg_server: Postg
         report = ok_json(taskdb(upgraded, driver, "cron", "status", "--json"))
         assert report["readiness"]["same_database"] is False
         assert {j["job"]: (j["in_cron_job"], j["active"], j["unreadable"]) for j in report["jobs"]} == {
-            CLEANUP: (True, True, None), cron.PURGE_JOB: (True, True, None),
-        }  # fmt: skip
+            CLEANUP: (True, True, None),
+            cron.PURGE_JOB: (True, True, None),
+        }
         assert report["installed"] is True and report["in_sync"] is True and report["notes"] == []
     engine = sa.create_engine(with_driver(upgraded.url, "pg8000"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     try:

@@ -34,11 +34,25 @@ def findings(report: doctor.Report, check: str) -> list[doctor.Finding]:
     return [f for f in report.findings if f.check == check]
 
 
-def add_task(db: Db, *, age: str = "1 minute", task_type: str = "t", user: str | None = "alice",
-             run_type: str | None = "cloud", reason: str | None = None) -> str:
+def add_task(
+    db: Db,
+    *,
+    age: str = "1 minute",
+    task_type: str = "t",
+    user: str | None = "alice",
+    run_type: str | None = "cloud",
+    reason: str | None = None,
+) -> str:
     task = str(uuid.uuid4())
-    db.execute(QUEUED_TASK, id=task, task_type=task_type, age=age, user=user and user_id(user), run_type=run_type,
-               reason=reason)  # fmt: skip
+    db.execute(
+        QUEUED_TASK,
+        id=task,
+        task_type=task_type,
+        age=age,
+        user=user and user_id(user),
+        run_type=run_type,
+        reason=reason,
+    )
     return task
 
 
@@ -51,7 +65,8 @@ def healthy(db: Db) -> Db:
 
 def cleanup_job(db: Db) -> dict[str, Any]:
     return db.rows(
-        "SELECT jobid, jobname, cron_database FROM taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'")[0]
+        "SELECT jobid, jobname, cron_database FROM taskdb_cron_jobs WHERE job = 'taskdb_cancel_stale_queued'"
+    )[0]
 
 
 def in_cron_database(server: PostgresServer, db: Db, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -62,6 +77,7 @@ def in_cron_database(server: PostgresServer, db: Db, sql: str, *params: Any) -> 
 
 
 # -- healthy -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_healthy_upgraded_incident_database_has_no_findings(healthy: Db, driver: str) -> None:
@@ -78,6 +94,7 @@ def test_a_healthy_upgraded_incident_database_has_no_findings(healthy: Db, drive
 
 
 # -- stale Queued tasks ------------------------------------------------------------------------------------
+
 
 def test_a_queued_task_older_than_stale_after_is_a_warning(healthy: Db) -> None:
     add_task(healthy, age="2 days 3 hours", user="bob")
@@ -102,9 +119,11 @@ def test_a_queued_task_created_at_minus_infinity_is_stale_too(healthy: Db) -> No
 
 # -- the catalog of tasks ----------------------------------------------------------------------------------
 
+
 def test_a_not_valid_constraint_is_a_warning_and_its_fix_works(healthy: Db) -> None:
-    healthy.execute("ALTER TABLE tasks ADD CONSTRAINT tasks_task_type_not_blank CHECK (btrim(task_type) <> '') "
-                    "NOT VALID")  # fmt: skip
+    healthy.execute(
+        "ALTER TABLE tasks ADD CONSTRAINT tasks_task_type_not_blank CHECK (btrim(task_type) <> '') NOT VALID"
+    )
     [finding] = diagnose(healthy).findings
     assert finding.check == "constraints" and "tasks_task_type_not_blank on tasks is NOT VALID" in finding.message
     healthy.execute(finding.fix.split(";")[0])  # the fix as printed: ALTER TABLE tasks VALIDATE CONSTRAINT ...
@@ -117,16 +136,20 @@ def test_an_invalid_index_left_by_a_failed_concurrent_build_is_a_warning(healthy
     add_task(healthy, task_type="duplicate")
     with healthy.engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-            "CREATE UNIQUE INDEX CONCURRENTLY tasks_task_type_unique ON tasks (task_type)")
-    assert healthy.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'tasks_task_type_unique'::regclass") \
-        is False
+            "CREATE UNIQUE INDEX CONCURRENTLY tasks_task_type_unique ON tasks (task_type)"
+        )
+    assert (
+        healthy.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'tasks_task_type_unique'::regclass") is False
+    )
     [finding] = diagnose(healthy).findings
     assert finding.check == "indexes" and "index tasks_task_type_unique on tasks is INVALID" in finding.message
-    assert "CREATE UNIQUE INDEX CONCURRENTLY tasks_task_type_unique ON public.tasks USING btree (task_type)" \
-        in finding.fix
+    assert (
+        "CREATE UNIQUE INDEX CONCURRENTLY tasks_task_type_unique ON public.tasks USING btree (task_type)" in finding.fix
+    )
     with healthy.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-            "DROP INDEX CONCURRENTLY tasks_task_type_unique")
+            "DROP INDEX CONCURRENTLY tasks_task_type_unique"
+        )
     assert diagnose(healthy).findings == []
 
 
@@ -145,6 +168,7 @@ def test_a_flagged_queued_row_is_a_warning_as_is_the_missing_constraint(healthy:
 
 
 # -- the revision --------------------------------------------------------------------------------------------
+
 
 def test_a_database_behind_head_is_a_warning(healthy: Db) -> None:
     healthy.downgrade("0005_hygiene")
@@ -181,8 +205,10 @@ def test_a_monitoring_role_needs_taskdb_monitor_and_reads_the_jobs_runs_from_the
     role, password = f"doctor_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     healthy.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     healthy.execute(f"GRANT SELECT ON tasks, taskdb_alembic_version TO {role}")
-    monitor = Db(sa.make_url(healthy.url).set(username=role, password=password).render_as_string(hide_password=False),
-                 healthy.engine)  # fmt: skip
+    monitor = Db(
+        sa.make_url(healthy.url).set(username=role, password=password).render_as_string(hide_password=False),
+        healthy.engine,
+    )
     try:
         denied = diagnose(monitor)
         healthy.execute(f"GRANT taskdb_monitor TO {role}")
@@ -216,6 +242,7 @@ def test_a_check_blocked_by_a_lock_gives_up_and_says_it_cannot_check(healthy: Db
 
 # -- the pg_cron cleanup job ----------------------------------------------------------------------------------
 
+
 def test_an_inactive_cleanup_job_is_a_warning_and_its_fix_works(healthy: Db, taskdb_pg_server: PostgresServer) -> None:
     job = cleanup_job(healthy)
     in_cron_database(taskdb_pg_server, healthy, "SELECT cron.alter_job(%s, active := false)", job["jobid"])
@@ -237,7 +264,8 @@ def test_an_unscheduled_cleanup_job_is_missing(healthy: Db, taskdb_pg_server: Po
 
 
 def test_a_daily_job_without_a_successful_run_for_two_days_is_late(
-    healthy: Db, taskdb_pg_server: PostgresServer,
+    healthy: Db,
+    taskdb_pg_server: PostgresServer,
 ) -> None:
     job = cleanup_job(healthy)
     healthy.execute("UPDATE taskdb_cron_jobs SET installed_at = now() - interval '36 hours'")
@@ -249,10 +277,17 @@ def test_a_daily_job_without_a_successful_run_for_two_days_is_late(
     assert "none since it was installed 3d ago" in late.message and f"jobid = {job['jobid']}" in late.fix
 
     def run(status: str, ended: str, message: str) -> None:
-        in_cron_database(taskdb_pg_server, healthy,
-                         "INSERT INTO cron.job_run_details (jobid, status, return_message, start_time, end_time) "
-                         "VALUES (%s, %s, %s, now() - %s::interval, now() - %s::interval)",
-                         job["jobid"], status, message, ended, ended)  # fmt: skip
+        in_cron_database(
+            taskdb_pg_server,
+            healthy,
+            "INSERT INTO cron.job_run_details (jobid, status, return_message, start_time, end_time) "
+            "VALUES (%s, %s, %s, now() - %s::interval, now() - %s::interval)",
+            job["jobid"],
+            status,
+            message,
+            ended,
+            ended,
+        )
 
     run("succeeded", "60 hours", "CALL")
     run("failed", "1 hour", "ERROR:  canceling statement due to statement timeout")
@@ -296,21 +331,37 @@ def test_a_minutely_job_that_really_runs_is_not_late(healthy: Db, taskdb_pg_serv
     while (report := diagnose(healthy)).findings:
         assert time.monotonic() < deadline, report.findings
         time.sleep(2)
-    assert in_cron_database(taskdb_pg_server, healthy,
-                            "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'succeeded'",
-                            job["jobid"])[0][0] >= 1  # fmt: skip
+    assert (
+        in_cron_database(
+            taskdb_pg_server,
+            healthy,
+            "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'succeeded'",
+            job["jobid"],
+        )[0][0]
+        >= 1
+    )
 
 
 # -- schedules ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0s"), (59.6, "1m"), (61, "1m 1s"), (3600, "1h"), (93784, "1d 2h 3m"), (2 * 86400 + 5, "2d"),
-])
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (59.6, "1m"),
+        (61, "1m 1s"),
+        (3600, "1h"),
+        (93784, "1d 2h 3m"),
+        (2 * 86400 + 5, "2d"),
+    ],
+)
 def test_duration_reads_like_a_person_would_say_it(seconds: float, text: str) -> None:
     assert doctor.duration(seconds) == text
 
 
 # -- a server without pg_cron -------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def no_cron_db(monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:

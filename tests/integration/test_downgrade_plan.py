@@ -69,15 +69,20 @@ def test_the_applications_later_change_is_kept_and_said(db: Db) -> None:
     db.upgrade()
     backfill = "actor = 'taskdb revision 0003_backfill'"
     # since the upgrade, the application moved a backfilled task to local, and finished a flagged one by hand
-    moved = db.scalar(f"SELECT task_id FROM task_hygiene_log WHERE {backfill} AND applied = '{{\"run_type\": "
-                      "\"cloud\"}' ORDER BY task_id LIMIT 1")
-    finished = db.scalar(f"SELECT task_id FROM task_hygiene_log WHERE {backfill} AND applied ->> 'status' = "
-                         "'Cancelled' ORDER BY task_id LIMIT 1")
+    moved = db.scalar(
+        f'SELECT task_id FROM task_hygiene_log WHERE {backfill} AND applied = \'{{"run_type": '
+        '"cloud"}\' ORDER BY task_id LIMIT 1'
+    )
+    finished = db.scalar(
+        f"SELECT task_id FROM task_hygiene_log WHERE {backfill} AND applied ->> 'status' = "
+        "'Cancelled' ORDER BY task_id LIMIT 1"
+    )
     assert moved and finished
     db.execute("UPDATE tasks SET run_type = 'local' WHERE id = :id", id=moved)
     db.execute("UPDATE tasks SET status = 'Complete' WHERE id = :id", id=finished)
-    status_changes = db.scalar(f"SELECT count(DISTINCT task_id) FROM task_hygiene_log WHERE {backfill} "
-                               "AND applied ? 'status'")
+    status_changes = db.scalar(
+        f"SELECT count(DISTINCT task_id) FROM task_hygiene_log WHERE {backfill} AND applied ? 'status'"
+    )
     plan = plan_json(db, "0002_columns")
     [restore] = [r for s in plan["revisions"] for r in s["restores"] if r["actor"] == "taskdb revision 0003_backfill"]
     assert restore["kept"] == 1  # the moved task: its only logged change was overwritten
@@ -95,13 +100,18 @@ def test_downgrade_plan_changes_nothing_and_runs_on_a_read_only_connection(db: D
     db.load("half_migrated")
     db.upgrade()
     # a pg_cron-like actor's cancellation: no revision restores it, and downgrade base drops the log with it
-    db.execute("INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor) "
-               "SELECT id, 'cancel', 'stale', '{}', '{}', 'pg_cron job taskdb_cancel_stale_queued' FROM tasks LIMIT 2")
+    db.execute(
+        "INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor) "
+        "SELECT id, 'cancel', 'stale', '{}', '{}', 'pg_cron job taskdb_cancel_stale_queued' FROM tasks LIMIT 2"
+    )
 
     def state() -> Any:
-        return (db.snapshot(), db.rows("SELECT * FROM task_hygiene_log ORDER BY id"),
-                db.rows("SELECT * FROM taskdb_owned_objects ORDER BY seq"),
-                db.scalar("SELECT version_num FROM taskdb_alembic_version"))
+        return (
+            db.snapshot(),
+            db.rows("SELECT * FROM task_hygiene_log ORDER BY id"),
+            db.rows("SELECT * FROM taskdb_owned_objects ORDER BY seq"),
+            db.scalar("SELECT version_num FROM taskdb_alembic_version"),
+        )
 
     before = state()
     # every new session of this database is read-only (as on a read-only endpoint)
@@ -110,7 +120,13 @@ def test_downgrade_plan_changes_nothing_and_runs_on_a_read_only_connection(db: D
     plan = plan_json(db, "base", url=read_only)
     assert state() == before
     assert [s["revision"] for s in plan["revisions"]] == [
-        "0006_cron", "0005_hygiene", "0004_constraints", "0003_backfill", "0002_columns", "0001_baseline"]
+        "0006_cron",
+        "0005_hygiene",
+        "0004_constraints",
+        "0003_backfill",
+        "0002_columns",
+        "0001_baseline",
+    ]
     assert plan["log_dropped"] is True
     assert plan["log_not_restored"] == [{"actor": "pg_cron job taskdb_cancel_stale_queued", "log_rows": 2}]
     text = taskdb("downgrade", "base", "--plan", "--url", read_only)
@@ -141,9 +157,11 @@ def test_a_task_two_revisions_changed_is_counted_as_the_downgrade_will_find_it(d
     head first un-cancels it (0005), then 0003 finds the Queued it wrote and puts 'queued' back. The plan of the
     whole downgrade must count it for both, not as kept by 0003."""
     db.load("half_migrated")
-    db.execute("INSERT INTO tasks (id, task_type, params, status, attempts, created_at, user_id, run_type) "
-               "VALUES (md5('stale-misspelt')::uuid, 'travel_segment', '{}', 'queued', 0, now() - interval '10 days', "
-               "md5('user-alice')::uuid, 'cloud')")
+    db.execute(
+        "INSERT INTO tasks (id, task_type, params, status, attempts, created_at, user_id, run_type) "
+        "VALUES (md5('stale-misspelt')::uuid, 'travel_segment', '{}', 'queued', 0, now() - interval '10 days', "
+        "md5('user-alice')::uuid, 'cloud')"
+    )
     db.upgrade()
     stale = db.scalar("SELECT md5('stale-misspelt')::uuid::text")
     assert db.scalar("SELECT status::text FROM tasks WHERE id = :id", id=stale) == "Cancelled"
@@ -152,7 +170,9 @@ def test_a_task_two_revisions_changed_is_counted_as_the_downgrade_will_find_it(d
     cleanup, backfill = by_actor["taskdb revision 0005_hygiene"], by_actor["taskdb revision 0003_backfill"]
     assert cleanup["status"] >= 1
     assert backfill["kept"] == 0
-    assert backfill["status"] == db.scalar("SELECT count(DISTINCT task_id) FROM task_hygiene_log "
-                                           "WHERE actor = 'taskdb revision 0003_backfill' AND applied ? 'status'")
+    assert backfill["status"] == db.scalar(
+        "SELECT count(DISTINCT task_id) FROM task_hygiene_log "
+        "WHERE actor = 'taskdb revision 0003_backfill' AND applied ? 'status'"
+    )
     db.downgrade("0002_columns")
     assert db.scalar("SELECT status::text FROM tasks WHERE id = :id", id=stale) == "queued"

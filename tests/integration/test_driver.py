@@ -16,18 +16,46 @@ from taskdb.driver import literal
 from tests.helpers import Db, with_driver
 
 VALUES = [
-    "plain", "it's", "back\\slash", "new\nline", "emoji 🚀", "%s %% %(x)s", "$1 $$ $tag$", "", None, True, False,
-    0, -7, 2**62, 1.5, float("inf"), Decimal("12.340"), b"\x00\xffbytes",
-    dt.datetime(2026, 12, 3, 23, 45, 1, 123456, tzinfo=dt.UTC), dt.date(2026, 1, 2), dt.timedelta(days=7, seconds=3),
-    uuid.UUID("7e57d004-2b97-4e22-9f3a-5f1a2b3c4d5e"), ["a,b", 'q"uote', "back\\", None, "{brace}"],
+    "plain",
+    "it's",
+    "back\\slash",
+    "new\nline",
+    "emoji 🚀",
+    "%s %% %(x)s",
+    "$1 $$ $tag$",
+    "",
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**62,
+    1.5,
+    float("inf"),
+    Decimal("12.340"),
+    b"\x00\xffbytes",
+    dt.datetime(2026, 12, 3, 23, 45, 1, 123456, tzinfo=dt.UTC),
+    dt.date(2026, 1, 2),
+    dt.timedelta(days=7, seconds=3),
+    uuid.UUID("7e57d004-2b97-4e22-9f3a-5f1a2b3c4d5e"),
+    ["a,b", 'q"uote', "back\\", None, "{brace}"],
 ]
 
 
 def sql_type(value: object) -> str:
     """The type the value has where taskdb uses it (a column or a CAST): literals are typed by context."""
-    for kind, name in ((bool, "boolean"), (int, "bigint"), (float, "float8"), (Decimal, "numeric"),
-                       (bytes, "bytea"), (dt.datetime, "timestamptz"), (dt.date, "date"),
-                       (dt.timedelta, "interval"), (uuid.UUID, "uuid"), (list, "text[]")):
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "bigint"),
+        (float, "float8"),
+        (Decimal, "numeric"),
+        (bytes, "bytea"),
+        (dt.datetime, "timestamptz"),
+        (dt.date, "date"),
+        (dt.timedelta, "interval"),
+        (uuid.UUID, "uuid"),
+        (list, "text[]"),
+    ):
         if isinstance(value, kind):
             return name
     return "text"

@@ -20,7 +20,8 @@ def test_blocking_transaction_exhausts_retries_and_names_the_blocker(db: Db, mon
     monkeypatch.setenv("TASKDB_LOCK_TIMEOUT_MS", "100")
     monkeypatch.setenv("TASKDB_LOCK_ATTEMPTS", "3")
     blocker_engine = sa.create_engine(
-        with_driver(db.url, "psycopg"), poolclass=sa.NullPool,
+        with_driver(db.url, "psycopg"),
+        poolclass=sa.NullPool,
         connect_args={"application_name": "forgotten-psql"},
     )
     with blocker_engine.connect() as blocker:
@@ -39,9 +40,7 @@ def test_blocking_transaction_exhausts_retries_and_names_the_blocker(db: Db, mon
     blocker_engine.dispose()
     # the leftover NOT VALID constraints are finished by the rerun
     db.upgrade()
-    assert db.scalar(
-        "SELECT bool_and(convalidated) FROM pg_constraint WHERE conrelid = 'tasks'::regclass"
-    ) is True
+    assert db.scalar("SELECT bool_and(convalidated) FROM pg_constraint WHERE conrelid = 'tasks'::regclass") is True
 
 
 def test_second_upgrade_waits_then_gives_up_while_another_runs(db: Db, monkeypatch) -> None:

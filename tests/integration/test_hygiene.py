@@ -123,9 +123,10 @@ def test_cleanup_procedure_commits_between_batches(incident: Db) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text("CALL taskdb_cancel_stale_queued_all('pg_cron job taskdb_cancel_stale_queued')"))
     engine.dispose()
-    assert incident.scalar(
-        "SELECT count(*) FROM task_hygiene_runs WHERE actor = 'pg_cron job taskdb_cancel_stale_queued'"
-    ) == 4  # three batches of one, then the empty one that ends the loop
+    assert (
+        incident.scalar("SELECT count(*) FROM task_hygiene_runs WHERE actor = 'pg_cron job taskdb_cancel_stale_queued'")
+        == 4
+    )  # three batches of one, then the empty one that ends the loop
 
 
 def test_queue_health_is_one_row_of_the_truth(incident: Db) -> None:

@@ -68,10 +68,13 @@ def test_every_incident_row_is_backfilled_or_flagged(db: Db, status_enum: bool) 
 
     # No Queued row is flagged, no healthy row lacks an owner or run type.
     assert db.scalar("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL AND status::text = 'Queued'") == 0
-    assert db.scalar(
-        "SELECT count(*) FROM tasks "
-        "WHERE legacy_reason IS NULL AND (user_id IS NULL OR run_type NOT IN ('cloud','local'))"
-    ) == 0
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM tasks "
+            "WHERE legacy_reason IS NULL AND (user_id IS NULL OR run_type NOT IN ('cloud','local'))"
+        )
+        == 0
+    )
 
 
 def test_every_change_is_logged_with_its_previous_value(db: Db) -> None:

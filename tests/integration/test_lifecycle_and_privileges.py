@@ -28,7 +28,11 @@ def upgraded(db: Db) -> Db:
 def add(db: Db, name: str, *, status: str = "Queued", ref: str | None = None, dep: str | None = None) -> None:
     params = f'{{"orchestrator_task_id_ref": "{task_id(ref)}"}}' if ref else "{}"
     db.execute(
-        INSERT, id=task_id(name), params=params, status=status, user=user_id("alice"),
+        INSERT,
+        id=task_id(name),
+        params=params,
+        status=status,
+        user=user_id("alice"),
         dep=task_id(dep) if dep else None,
     )
 
@@ -70,7 +74,8 @@ def test_cycles_and_deep_chains_end(upgraded: Db) -> None:
         "SELECT md5('chain-' || n)::uuid, 't', 'Queued', :user, 'cloud', "
         "CASE WHEN n = 1 THEN CAST(:root AS uuid) ELSE md5('chain-' || (n - 1))::uuid END "
         "FROM generate_series(1, 3000) n",
-        user=user_id("alice"), root=task_id("root"),
+        user=user_id("alice"),
+        root=task_id("root"),
     )
     db.execute("UPDATE tasks SET status = 'Cancelled' WHERE id = :id", id=task_id("root"))
     assert status(db, "loop-a") == status(db, "loop-b") == "Cancelled"
@@ -114,8 +119,12 @@ def run(engine: sa.Engine, sql: str) -> object:
 def test_the_autoscaler_may_count_and_nothing_else(login_role) -> None:
     autoscaler = login_role("taskdb_autoscaler")
     assert run(autoscaler, "SELECT claimable_task_count('gpu')") == 5
-    for forbidden in ("SELECT count(*) FROM tasks", "SELECT id FROM claim_next_task('w')",
-                      "SELECT * FROM queue_health", "SELECT cancel_stale_queued_tasks()"):
+    for forbidden in (
+        "SELECT count(*) FROM tasks",
+        "SELECT id FROM claim_next_task('w')",
+        "SELECT * FROM queue_health",
+        "SELECT cancel_stale_queued_tasks()",
+    ):
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             run(autoscaler, forbidden)
     autoscaler.dispose()
@@ -165,6 +174,9 @@ def test_one_statement_ending_many_parents_cancels_each_child_once(upgraded: Db)
     add(db, "only-p2", ref="p2")
     db.execute("UPDATE tasks SET status = 'Failed' WHERE id IN (:a, :b)", a=task_id("p1"), b=task_id("p2"))
     assert status(db, "shared") == status(db, "only-p2") == "Cancelled"
-    assert db.scalar(
-        "SELECT count(*) FROM task_hygiene_log WHERE task_id = :id AND action = 'cancel'", id=task_id("shared")
-    ) == 1
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM task_hygiene_log WHERE task_id = :id AND action = 'cancel'", id=task_id("shared")
+        )
+        == 1
+    )

@@ -36,17 +36,26 @@ def run_plan(db: Db, driver: str = "psycopg", predict_rows: bool = False) -> dic
 
 def catalog_and_rows(db: Db) -> tuple[Any, ...]:
     return (
-        db.rows("SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' ORDER BY 1"),
-        db.rows("SELECT conname, convalidated FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
-                "ORDER BY 1"),
+        db.rows(
+            "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' ORDER BY 1"
+        ),
+        db.rows(
+            "SELECT conname, convalidated FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1"
+        ),
         db.snapshot(),
     )
 
 
 def log_counts(db: Db, revision: str) -> Counter[str]:
-    return Counter({r["action"]: r["n"] for r in db.rows(
-        "SELECT action, count(*) AS n FROM task_hygiene_log WHERE actor = :a GROUP BY 1", a=actor(revision))})
+    return Counter(
+        {
+            r["action"]: r["n"]
+            for r in db.rows(
+                "SELECT action, count(*) AS n FROM task_hygiene_log WHERE actor = :a GROUP BY 1", a=actor(revision)
+            )
+        }
+    )
 
 
 def reason_count(db: Db, fragment: str) -> int:
@@ -73,15 +82,25 @@ def test_plan_predicts_the_upgrade(db: Db, shape: str, status_enum: bool, driver
     db.upgrade(driver=driver)
 
     # row by row: status, owner, run type and flag as predicted
-    actual = {r["id"]: r for r in db.rows(
-        "SELECT id::text AS id, status::text AS status, user_id::text AS user_id, run_type, legacy_reason "
-        "FROM tasks")}
+    actual = {
+        r["id"]: r
+        for r in db.rows(
+            "SELECT id::text AS id, status::text AS status, user_id::text AS user_id, run_type, legacy_reason "
+            "FROM tasks"
+        )
+    }
     assert set(actual) == set(predicted["per_row"])
     mismatches = {
         task: (want, actual[task])
         for task, row in predicted["per_row"].items()
-        if (want := {"status": row["final_status"], "user_id": row["user_id"] and str(row["user_id"]),
-                     "run_type": row["run_type"], "legacy_reason": row["legacy_reason"]})
+        if (
+            want := {
+                "status": row["final_status"],
+                "user_id": row["user_id"] and str(row["user_id"]),
+                "run_type": row["run_type"],
+                "legacy_reason": row["legacy_reason"],
+            }
+        )
         != {k: actual[task][k] for k in want}
     }
     assert not mismatches
@@ -91,7 +110,8 @@ def test_plan_predicts_the_upgrade(db: Db, shape: str, status_enum: bool, driver
     assert counts["backfilled"] == backfill["backfill"]
     assert counts["flagged"] == backfill["flag"]
     assert counts["flagged_cancelled"] == db.scalar(
-        "SELECT count(*) FROM task_hygiene_log WHERE action = 'flag' AND applied ->> 'status' = 'Cancelled'")
+        "SELECT count(*) FROM task_hygiene_log WHERE action = 'flag' AND applied ->> 'status' = 'Cancelled'"
+    )
     assert counts["status_normalised"] == reason_count(db, "status normalised")
     assert counts["user_id_references_no_user"] == reason_count(db, "user_id references no user")
     assert counts["user_from_project_owner"] == reason_count(db, "user_id from the project owner")
@@ -101,7 +121,8 @@ def test_plan_predicts_the_upgrade(db: Db, shape: str, status_enum: bool, driver
     assert counts["run_type_from_params"] == reason_count(db, "run_type from params.run_type")
     assert counts["run_type_from_orchestrator"] == reason_count(db, "run_type from the orchestrator task")
     flagged_reasons = Counter(
-        reason for r in db.rows("SELECT applied ->> 'legacy_reason' AS r FROM task_hygiene_log WHERE action = 'flag'")
+        reason
+        for r in db.rows("SELECT applied ->> 'legacy_reason' AS r FROM task_hygiene_log WHERE action = 'flag'")
         for reason in r["r"].split(",")
     )
     assert counts["flag_reasons"] == dict(flagged_reasons)
@@ -147,8 +168,9 @@ def test_plan_of_a_partial_upgrade_lists_only_the_rest(db: Db) -> None:
 
 def test_plan_names_the_session_that_would_block(db: Db) -> None:
     db.load("half_migrated")
-    engine = sa.create_engine(with_driver(db.url, "psycopg"), poolclass=sa.NullPool,
-                              connect_args={"application_name": "forgotten psql"})
+    engine = sa.create_engine(
+        with_driver(db.url, "psycopg"), poolclass=sa.NullPool, connect_args={"application_name": "forgotten psql"}
+    )
     with engine.connect() as blocker:
         blocker.execute(sa.text("UPDATE tasks SET attempts = attempts WHERE id = :id"), {"id": task_id("healthy-1")})
         pid = blocker.execute(sa.text("SELECT pg_backend_pid()")).scalar()
@@ -171,8 +193,22 @@ TEXT = st.one_of(
     st.none(),
     # text holds neither NUL nor a lone surrogate
     st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12),
-    st.sampled_from(["queued", " Queued ", "IN_PROGRESS", "in-progress", "Canceled", "GPU", " cloud", "Local ",
-                     "api", "", "0f3c5a52-4e51-4b6b-9c1a-4a7b4d3c2e10", "0F3C5A524E514B6B9C1A4A7B4D3C2E10"]),
+    st.sampled_from(
+        [
+            "queued",
+            " Queued ",
+            "IN_PROGRESS",
+            "in-progress",
+            "Canceled",
+            "GPU",
+            " cloud",
+            "Local ",
+            "api",
+            "",
+            "0f3c5a52-4e51-4b6b-9c1a-4a7b4d3c2e10",
+            "0F3C5A524E514B6B9C1A4A7B4D3C2E10",
+        ]
+    ),
 )
 
 
@@ -187,7 +223,9 @@ def test_inline_helpers_equal_the_functions(db: Db) -> None:
         for helper in ("canonical_status", "canonical_run_type", "try_uuid"):
             got = db.rows(
                 f"SELECT v, taskdb_{helper}(v)::text AS fn, ({plan.inline_helper(helper, 'v')})::text AS inline "
-                "FROM unnest(CAST(:vals AS text[])) AS v", vals=values)
+                "FROM unnest(CAST(:vals AS text[])) AS v",
+                vals=values,
+            )
             assert [r["fn"] for r in got] == [r["inline"] for r in got], helper
 
     check()
@@ -205,16 +243,31 @@ def test_outcome_does_not_depend_on_batch_boundaries(db: Db, batch_size: str, mo
     db.execute(
         "INSERT INTO tasks (id, task_type, status, user_id, run_type) "
         "VALUES (CAST(:p AS uuid), 'orchestrate', ' complete ', '00000000-0000-4000-8000-0000000000aa', 'GPU')",
-        p=PARENT)
+        p=PARENT,
+    )
     db.execute(
         "INSERT INTO tasks (id, task_type, status, params) VALUES (CAST(:c AS uuid), 'segment', 'bogus', "
-        "jsonb_build_object('orchestrator_task_id_ref', CAST(:p AS text)))", c=CHILD, p=PARENT)
+        "jsonb_build_object('orchestrator_task_id_ref', CAST(:p AS text)))",
+        c=CHILD,
+        p=PARENT,
+    )
     predicted = run_plan(db, predict_rows=True)["per_row"][CHILD]
     monkeypatch.setenv("TASKDB_BACKFILL_BATCH_SIZE", batch_size)
     db.upgrade()
-    child = db.rows("SELECT status::text AS status, user_id::text AS user_id, run_type, legacy_reason FROM tasks "
-                    "WHERE id = CAST(:c AS uuid)", c=CHILD)[0]
-    assert child == {"status": "Cancelled", "user_id": "00000000-0000-4000-8000-0000000000aa",
-                     "run_type": "cloud", "legacy_reason": "invalid_status"}
-    assert (predicted["final_status"], str(predicted["user_id"]), predicted["run_type"], predicted["legacy_reason"]) \
-        == tuple(child.values())
+    child = db.rows(
+        "SELECT status::text AS status, user_id::text AS user_id, run_type, legacy_reason FROM tasks "
+        "WHERE id = CAST(:c AS uuid)",
+        c=CHILD,
+    )[0]
+    assert child == {
+        "status": "Cancelled",
+        "user_id": "00000000-0000-4000-8000-0000000000aa",
+        "run_type": "cloud",
+        "legacy_reason": "invalid_status",
+    }
+    assert (
+        predicted["final_status"],
+        str(predicted["user_id"]),
+        predicted["run_type"],
+        predicted["legacy_reason"],
+    ) == tuple(child.values())

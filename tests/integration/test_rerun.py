@@ -35,8 +35,9 @@ def test_invalid_index_left_by_an_interrupted_build_is_rebuilt(db: Db) -> None:
     db.load("half_migrated")
     db.upgrade("0003_backfill")
     # a CONCURRENTLY build that failed half-way leaves an INVALID index behind
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn, pytest.raises(
-        sa.exc.IntegrityError
+    with (
+        db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(sa.exc.IntegrityError),
     ):
         conn.exec_driver_sql("CREATE UNIQUE INDEX CONCURRENTLY tasks_user_id_idx ON tasks (user_id)")
     assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = 'tasks_user_id_idx'::regclass") is False

@@ -38,12 +38,16 @@ def test_lookalikes_in_public_are_never_called(db: Db) -> None:
         "INSERT INTO tasks (id, task_type, status, created_at, user_id, run_type) VALUES "
         "(CAST(:old AS uuid), 't', 'Queued', now() - interval '9 days', CAST(:u AS uuid), 'cloud'), "
         "(CAST(:parent AS uuid), 't', 'In Progress', now(), CAST(:u AS uuid), 'cloud')",
-        old=task_id("hijack-old"), parent=task_id("hijack-parent"), u=user_id("alice"),
+        old=task_id("hijack-old"),
+        parent=task_id("hijack-parent"),
+        u=user_id("alice"),
     )
     db.execute(
         "INSERT INTO tasks (id, task_type, status, params, user_id, run_type) VALUES (CAST(:c AS uuid), 't', "
         "'Queued', jsonb_build_object('orchestrator_task_id_ref', CAST(:p AS text)), CAST(:u AS uuid), 'cloud')",
-        c=task_id("hijack-child"), p=task_id("hijack-parent"), u=user_id("alice"),
+        c=task_id("hijack-child"),
+        p=task_id("hijack-parent"),
+        u=user_id("alice"),
     )
     count_before = db.scalar("SELECT claimable_task_count('gpu')")
 

@@ -65,7 +65,11 @@ def test_legacy_database_gains_columns_and_loses_only_those_on_downgrade(db: Db,
         )
     }
     assert rows[task_id("legacy-project")] | {"id": None} == {
-        "id": None, "has_user": True, "run_type": "cloud", "status": "Complete", "legacy_reason": None,
+        "id": None,
+        "has_user": True,
+        "run_type": "cloud",
+        "status": "Complete",
+        "legacy_reason": None,
     }
     assert rows[task_id("legacy-queued")]["status"] == "Cancelled"
     assert rows[task_id("legacy-failed")]["legacy_reason"] == "missing_user_id,missing_run_type"

@@ -20,8 +20,13 @@ URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 
 def taskdb(db: Db, *args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", url or db.url, *args], env=base | env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", "--url", url or db.url, *args],
+        env=base | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def load_into(db: Db, schema: str) -> None:
@@ -91,8 +96,9 @@ def test_a_search_path_of_app_puts_the_queue_and_every_object_in_app(db: Db) -> 
     assert db.scalar("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
     assert db.scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
     assert db.scalar("SELECT to_regclass('app.taskdb_alembic_version') IS NOT NULL")
-    pinned = db.scalar("SELECT proconfig::text FROM pg_proc "
-                       "WHERE oid = 'app.claim_next_task(text, text)'::regprocedure")
+    pinned = db.scalar(
+        "SELECT proconfig::text FROM pg_proc WHERE oid = 'app.claim_next_task(text, text)'::regprocedure"
+    )
     assert pinned == '{"search_path=pg_catalog, app, pg_temp"}'
 
 
@@ -134,12 +140,18 @@ def test_the_queue_in_app_serves_its_roles_and_its_cron_command_from_any_search_
         if command is None:  # pg_cron not usable on this server: the command taskdb would schedule
             command = cron.cleanup_command(cron.CLEANUP_JOB, "app")
         assert command.startswith('CALL "app".taskdb_cancel_stale_queued_all(')
-        db.execute("UPDATE app.tasks SET created_at = now() - interval '30 days' "
-                   "WHERE status = 'Queued' AND legacy_reason IS NULL")
+        db.execute(
+            "UPDATE app.tasks SET created_at = now() - interval '30 days' "
+            "WHERE status = 'Queued' AND legacy_reason IS NULL"
+        )
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql(command)
-        assert db.scalar("SELECT count(*) FROM app.tasks WHERE status = 'Queued' "
-                         "AND created_at < now() - interval '29 days'") == 0
+        assert (
+            db.scalar(
+                "SELECT count(*) FROM app.tasks WHERE status = 'Queued' AND created_at < now() - interval '29 days'"
+            )
+            == 0
+        )
     finally:
         engine.dispose()
         db.execute("DROP ROLE taskdb_test_app_worker")

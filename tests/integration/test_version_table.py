@@ -19,8 +19,13 @@ APP_REVISION = "a1b2c3d4e5f6"  # the application's own Alembic head
 
 def taskdb(db: Db, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in URL_VARS and not k.startswith("TASKDB_")}
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", db.url, *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", "--url", db.url, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str], *codes: int) -> subprocess.CompletedProcess[str]:
@@ -31,8 +36,10 @@ def ok(result: subprocess.CompletedProcess[str], *codes: int) -> subprocess.Comp
 
 def stamp_app(db: Db, *revisions: str) -> None:
     """The application's Alembic table, as its `alembic stamp` would leave it (plus any extra rows)."""
-    db.execute("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL, "
-               "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))")
+    db.execute(
+        "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL, "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
     for revision in (APP_REVISION, *revisions):
         db.execute("INSERT INTO alembic_version VALUES (:r)", r=revision)
 

@@ -32,8 +32,13 @@ def taskdb(db: Db, *args: str, version_table: str | None = NAME) -> subprocess.C
         env["TASKDB_SCHEMA"] = os.environ["TASKDB_SCHEMA"]
     if version_table is not None:
         env["TASKDB_VERSION_TABLE"] = version_table
-    return subprocess.run([sys.executable, "-m", "taskdb.cli", "--url", db.url, *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "taskdb.cli", "--url", db.url, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def recorded(db: Db, table: str = NAME) -> str | None:
@@ -56,7 +61,8 @@ def test_every_command_uses_the_configured_table(db: Db) -> None:
     ok(taskdb(db, "upgrade"))
     assert (recorded(db), app_rows(db)) == (HEAD, [APP_REVISION])
     assert db.scalar("SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = :t", t=NAME) == (
-        db.scalar("SELECT current_schema()"))  # in the queue's schema
+        db.scalar("SELECT current_schema()")
+    )  # in the queue's schema
     assert f"{HEAD} (head)" in ok(taskdb(db, "current")).stdout
     assert json.loads(ok(taskdb(db, "plan", "--json")).stdout)["pending"] == []
     doctor = json.loads(ok(taskdb(db, "doctor", "--json"), 0, 1).stdout)
@@ -85,16 +91,18 @@ def test_an_earlier_taskdbs_row_in_alembic_version_moves_into_the_configured_tab
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_alembic_x_version_table_comes_before_the_environment_and_the_ini(
-    db: Db, driver: str, tmp_path: Path
-) -> None:
+def test_alembic_x_version_table_comes_before_the_environment_and_the_ini(db: Db, driver: str, tmp_path: Path) -> None:
     db.load("half_migrated")
     stamp_app(db)
     url = with_driver(db.url, driver)
     ini = tmp_path / "alembic.ini"  # taskdb's alembic.ini with the option set, pointing at the checkout's chain
-    ini.write_text(Path(api.alembic_ini()).read_text(encoding="utf-8").replace(
-        "# taskdb_version_table = taskdb_alembic_version", "taskdb_version_table = from_ini").replace(
-        "%(here)s/migrations", str(Path(api.alembic_ini()).parent / "migrations")), encoding="utf-8")
+    ini.write_text(
+        Path(api.alembic_ini())
+        .read_text(encoding="utf-8")
+        .replace("# taskdb_version_table = taskdb_alembic_version", "taskdb_version_table = from_ini")
+        .replace("%(here)s/migrations", str(Path(api.alembic_ini()).parent / "migrations")),
+        encoding="utf-8",
+    )
     env = {"TASKDB_VERSION_TABLE": "from_environment"}
     done = alembic("-c", str(ini), "-x", f"url={url}", "-x", f"version_table={NAME}", "upgrade", "head", env=env)
     assert done.returncode == 0, done.stderr
@@ -158,20 +166,36 @@ def test_a_bad_name_is_refused_in_one_line(db: Db, name: str) -> None:
     assert db.columns() == columns and not has_default_table(db)  # nothing was changed
 
 
-@pytest.mark.parametrize(("x_argument", "environ", "ini", "expected"), [
-    (None, {}, None, "taskdb_alembic_version"),
-    (None, {}, "from_ini", "from_ini"),
-    (None, {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_env"),
-    ("from_x", {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_x"),
-    ("", {"TASKDB_VERSION_TABLE": ""}, "", "taskdb_alembic_version"),  # empty is unset
-    (None, {}, "x" * 59, "x" * 59),
-])
+@pytest.mark.parametrize(
+    ("x_argument", "environ", "ini", "expected"),
+    [
+        (None, {}, None, "taskdb_alembic_version"),
+        (None, {}, "from_ini", "from_ini"),
+        (None, {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_env"),
+        ("from_x", {"TASKDB_VERSION_TABLE": "from_env"}, "from_ini", "from_x"),
+        ("", {"TASKDB_VERSION_TABLE": ""}, "", "taskdb_alembic_version"),  # empty is unset
+        (None, {}, "x" * 59, "x" * 59),
+    ],
+)
 def test_precedence(x_argument: str | None, environ: dict[str, str], ini: str | None, expected: str) -> None:
     assert resolve(x_argument, environ, ini) == expected
 
 
-@pytest.mark.parametrize("name", ["alembic_version", "Ops", "ops-version", "1ops", "order", "user", "ops version",
-                                  "x" * 60, "ops\u00e9", "ops;drop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alembic_version",
+        "Ops",
+        "ops-version",
+        "1ops",
+        "order",
+        "user",
+        "ops version",
+        "x" * 60,
+        "ops\u00e9",
+        "ops;drop",
+    ],
+)
 def test_names_refused(name: str) -> None:
     with pytest.raises(ConfigError) as refused:
         resolve(None, {"TASKDB_VERSION_TABLE": name})

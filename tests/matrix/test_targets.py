@@ -35,9 +35,12 @@ def test_incident_up_down_up(target_db: Db, driver: str, taskdb_pg_target_server
         for r in db.rows("SELECT conname, convalidated FROM pg_constraint WHERE conrelid = 'tasks'::regclass")
     }
     assert all(states[name] for name in CONSTRAINTS)
-    assert db.scalar(
-        "SELECT count(*) FROM tasks WHERE status = 'Queued' AND (user_id IS NULL OR legacy_reason IS NOT NULL)"
-    ) == 0
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM tasks WHERE status = 'Queued' AND (user_id IS NULL OR legacy_reason IS NOT NULL)"
+        )
+        == 0
+    )
     db.downgrade("base", driver=driver)
     assert db.snapshot() == original
     db.upgrade(driver=driver)

@@ -21,7 +21,12 @@ def test_single_head_and_linear_history() -> None:
     assert directory.get_heads() == ["0006_cron"]
     revisions = list(directory.walk_revisions())
     assert [r.revision for r in reversed(revisions)] == [
-        "0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene", "0006_cron",
+        "0001_baseline",
+        "0002_columns",
+        "0003_backfill",
+        "0004_constraints",
+        "0005_hygiene",
+        "0006_cron",
     ]
     assert all(len(r._all_down_revisions) <= 1 for r in revisions)
 

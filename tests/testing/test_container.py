@@ -116,13 +116,19 @@ def test_sweep_removes_containers_of_dead_processes(major: int) -> None:
     dead_pid = dead.stdout.strip()
     with docker_client() as client:
         orphan = client.containers.run(
-            f"taskdb-pg:{major}", ["sleep", "300"], detach=True, network="host",
+            f"taskdb-pg:{major}",
+            ["sleep", "300"],
+            detach=True,
+            network="host",
             labels={LABEL: "1", LABEL_PID: dead_pid, LABEL_HOST: socket.gethostname()},
-        )  # fmt: skip
+        )
         alive = client.containers.run(
-            f"taskdb-pg:{major}", ["sleep", "300"], detach=True, network="host",
+            f"taskdb-pg:{major}",
+            ["sleep", "300"],
+            detach=True,
+            network="host",
             labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()},
-        )  # fmt: skip
+        )
         try:
             container._swept = False
             removed = container.sweep_leftovers(client)

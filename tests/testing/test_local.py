@@ -94,8 +94,7 @@ def test_context_manager_and_independent_servers() -> None:
 
 
 def test_settings_are_applied_and_pg_cron_stays() -> None:
-    settings = {"cron.database_name": "crondb", "shared_preload_libraries": "pg_stat_statements",
-                "work_mem": "7MB"}  # fmt: skip
+    settings = {"cron.database_name": "crondb", "shared_preload_libraries": "pg_stat_statements", "work_mem": "7MB"}
     with start_postgres(backend="local", settings=settings) as server:
         assert server.setting("work_mem") == "7MB"
         assert server.cron_database == "crondb"

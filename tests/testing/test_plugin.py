@@ -36,7 +36,9 @@ def test_pg_server_is_one_per_session_again(taskdb_pg_server: PostgresServer) ->
 
 
 def test_pg_database_is_fresh_and_empty(
-    taskdb_pg_database: TestDatabase, taskdb_pg_url: str, taskdb_pg_server: PostgresServer,
+    taskdb_pg_database: TestDatabase,
+    taskdb_pg_url: str,
+    taskdb_pg_server: PostgresServer,
 ) -> None:
     assert taskdb_pg_url == taskdb_pg_database.url() == taskdb_pg_server.url(taskdb_pg_database.name)
     assert str(taskdb_pg_database) == taskdb_pg_database.name
@@ -85,7 +87,8 @@ def test_pg_database_factory_dropped_its_databases(taskdb_pg_server: PostgresSer
 
 
 def test_pg_target_server_matches_its_id(
-    taskdb_pg_target_server: PostgresServer, request: pytest.FixtureRequest,
+    taskdb_pg_target_server: PostgresServer,
+    request: pytest.FixtureRequest,
 ) -> None:
     target_id = request.node.callspec.id
     assert target_id == f"{taskdb_pg_target_server.backend}-{taskdb_pg_target_server.major}"
@@ -127,11 +130,28 @@ def test_plugin_in_a_child_session_cleans_up(tmp_path: Path) -> None:
     env = {**os.environ, "TASKDB_PG_TARGETS": f"local:{max(local_majors())}"}
     env.pop("TASKDB_PG_BACKEND", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", PLUGIN,
-         "--taskdb-pg-backend", "local",
-         "-W", "error", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            PLUGIN,
+            "--taskdb-pg-backend",
+            "local",
+            "-W",
+            "error",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
     server_dir = next(line.split()[1] for line in proc.stdout.splitlines() if "SERVER-DIR" in line)
@@ -145,11 +165,20 @@ def test_plugin_with_no_targets_skips_matrix_tests(tmp_path: Path) -> None:
     env["PATH"] = "/nonexistent"  # no pg_config on PATH ...
     env["TASKDB_PG_BINDIR"] = "/nonexistent"
     proc = subprocess.run(
-        [sys.executable, "-c", "import taskdb.testing.local as l; l.DEBIAN_PG_ROOT = l.Path('/nonexistent'); "
-         f"import pytest, sys; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-p', '{PLUGIN}', sys.argv[1]]))",
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env | {"DOCKER_HOST": "unix:///nonexistent"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import taskdb.testing.local as l; l.DEBIAN_PG_ROOT = l.Path('/nonexistent'); "
+            "import pytest, sys; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-p', '{PLUGIN}', sys.argv[1]]))",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env | {"DOCKER_HOST": "unix:///nonexistent"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 skipped" in proc.stdout
 
@@ -161,6 +190,7 @@ def test_plugin_is_off_unless_enabled(tmp_path: Path) -> None:
     off = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert off.returncode == 1, off.stdout + off.stderr
     assert "fixture 'taskdb_pg_url' not found" in off.stdout
-    unknown = subprocess.run([*base, "--taskdb-pg-backend", "local"], capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)  # fmt: skip
+    unknown = subprocess.run(
+        [*base, "--taskdb-pg-backend", "local"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert unknown.returncode == 4 and "unrecognized arguments: --taskdb-pg-backend" in unknown.stderr

@@ -70,7 +70,8 @@ def app_model() -> sa.MetaData:
     metadata = sa.MetaData()
     sa.Table("users", metadata, sa.Column("id", sa.Uuid, primary_key=True))
     sa.Table(
-        "tasks", metadata,
+        "tasks",
+        metadata,
         sa.Column("id", sa.Uuid, primary_key=True),
         sa.Column("user_id", sa.Uuid, sa.ForeignKey("users.id")),  # unnamed: the application's
         sa.Column("run_type", sa.Text),
@@ -80,8 +81,12 @@ def app_model() -> sa.MetaData:
         sa.Index("tasks_user_id_idx", "user_id"),
     )
     sa.Table("notes", metadata, sa.Column("legacy_reason", sa.Text))  # another table's column of that name
-    sa.Table("task_hygiene_log", metadata, sa.Column("id", sa.BigInteger, primary_key=True),
-             sa.Index("task_hygiene_log_task_id_idx", "id"))
+    sa.Table(
+        "task_hygiene_log",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Index("task_hygiene_log_task_id_idx", "id"),
+    )
     return metadata
 
 

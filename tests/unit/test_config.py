@@ -59,6 +59,7 @@ def test_a_percent_encoded_password_never_survives_redaction() -> None:
 
 # -- libpq connection strings, PG* variables, services ------------------------------------------------------
 
+
 def parts(url: str) -> tuple[str, str | None, str | None, str | None, int | None, str | None, dict[str, object]]:
     u = make_url(url)
     return u.drivername, u.username, u.password, u.host, u.port, u.database, dict(u.query)
@@ -107,19 +108,32 @@ def test_a_broken_connection_string_is_one_line(raw: str, message: str) -> None:
 def test_pg_variables_default_what_a_url_or_conninfo_leaves_out() -> None:
     env = {"PGHOST": "pghost", "PGPORT": "6000", "PGUSER": "pguser", "PGPASSWORD": "pgpw", "PGDATABASE": "pgdb"}
     assert parts(resolve_url("postgresql:///app", env)) == (
-        "postgresql+psycopg", "pguser", "pgpw", "pghost", 6000, "app", {})
+        "postgresql+psycopg",
+        "pguser",
+        "pgpw",
+        "pghost",
+        6000,
+        "app",
+        {},
+    )
     assert parts(resolve_url("postgresql://u:p@h:1/d", env)) == ("postgresql+psycopg", "u", "p", "h", 1, "d", {})
     assert parts(resolve_url("dbname=other", env))[1:6] == ("pguser", "pgpw", "pghost", 6000, "other")
     # a host given in the URL's query is given: PGHOST does not override it
-    assert parts(resolve_url("postgresql://u@/d?host=/run/pg", env))[3:] == (None, None, "d",
-                                                                             {"host": "/run/pg", "port": "6000"})
+    assert parts(resolve_url("postgresql://u@/d?host=/run/pg", env))[3:] == (
+        None,
+        None,
+        "d",
+        {"host": "/run/pg", "port": "6000"},
+    )
 
 
 def test_a_url_query_dbname_stays_where_reset_sees_it() -> None:
     """libpq lets ?dbname= override the URL's path; taskdb leaves it in the query, so that `taskdb reset` can see
     the ambiguity and refuse it (and pg8000, which cannot take it, says where the name belongs)."""
     assert parts(resolve_url("postgresql://u@h/path?dbname=prod", {"PGDATABASE": "pgdb"}))[5:] == (
-        "path", {"dbname": "prod"})
+        "path",
+        {"dbname": "prod"},
+    )
     with pytest.raises(ConfigError, match="URL's path"):
         resolve_url("postgresql+pg8000://u@h/path?dbname=prod", {})
 
@@ -138,9 +152,23 @@ def test_driver_choice_taskdb_driver_and_a_named_driver_wins() -> None:
 def test_unix_socket_hosts_for_both_drivers() -> None:
     env = {"PGHOST": "/var/run/postgresql", "PGPORT": "5433", "PGUSER": "me", "PGDATABASE": "app"}
     assert parts(resolve_url(None, env)) == (
-        "postgresql+psycopg", "me", None, None, None, "app", {"host": "/var/run/postgresql", "port": "5433"})
+        "postgresql+psycopg",
+        "me",
+        None,
+        None,
+        None,
+        "app",
+        {"host": "/var/run/postgresql", "port": "5433"},
+    )
     assert parts(resolve_url(None, env | {"TASKDB_DRIVER": "pg8000"})) == (
-        "postgresql+pg8000", "me", None, None, None, "app", {"unix_sock": "/var/run/postgresql/.s.PGSQL.5433"})
+        "postgresql+pg8000",
+        "me",
+        None,
+        None,
+        None,
+        "app",
+        {"unix_sock": "/var/run/postgresql/.s.PGSQL.5433"},
+    )
     # resolving the answer again changes nothing (env.py resolves what the CLI hands it)
     for env_ in (env, env | {"TASKDB_DRIVER": "pg8000"}):
         once = resolve_url(None, env_)
@@ -182,11 +210,21 @@ def test_a_service_from_pgservicefile_defaults_before_the_pg_variables(tmp_path:
     env = {"PGSERVICEFILE": str(services), "PGSERVICE": "app", "PGHOST": "pghost", "PGDATABASE": "pgdb"}
     # as libpq: the service wins over PG* variables, an explicit value over the service
     assert parts(resolve_url(None, env)) == (
-        "postgresql+psycopg", "svc-user", "svc pw", "svc-host", 7000, "svc-db", {"sslmode": "require"})
+        "postgresql+psycopg",
+        "svc-user",
+        "svc pw",
+        "svc-host",
+        7000,
+        "svc-db",
+        {"sslmode": "require"},
+    )
     assert parts(resolve_url("dbname=mine", env))[5] == "mine"
     assert parts(resolve_url("service=app", {"PGSERVICEFILE": str(services)}))[3] == "svc-host"
     assert parts(resolve_url("postgresql:///x?service=app", {"PGSERVICEFILE": str(services)}))[3:6] == (
-        "svc-host", 7000, "x")
+        "svc-host",
+        7000,
+        "x",
+    )
 
 
 def test_the_service_files_are_searched_as_libpq_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,11 +248,13 @@ def test_the_service_files_are_searched_as_libpq_does(tmp_path: Path, monkeypatc
 
 def test_redaction_hides_conninfo_passwords_and_pgpassword() -> None:
     assert redact("cannot use host=db password='a b\\' c' user=me", environ={}) == (
-        "cannot use host=db password=*** user=me")
+        "cannot use host=db password=*** user=me"
+    )
     assert redact("x password=s3cret y", environ={}) == "x password=*** y"
     assert redact("postgresql://u@h/d?password=s3cret&x=1", environ={}) == "postgresql://u@h/d?password=***&x=1"
     assert redact("server said: s3cr3t-pw rejected", environ={"PGPASSWORD": "s3cr3t-pw"}) == (
-        "server said: *** rejected")
+        "server said: *** rejected"
+    )
     # the password of a libpq string, wherever else it appears
     assert redact("auth failed for hunter2", "host=db password=hunter2", environ={}) == "auth failed for ***"
     # a password with spaces stays inside the URL taskdb builds, where the pattern finds it
@@ -234,7 +274,8 @@ def test_pgsslmode_that_needs_tls_is_refused_for_pg8000_as_in_the_string() -> No
         with pytest.raises(ConfigError, match=f"sslmode={mode}"):
             resolve_url("host=db", {"TASKDB_DRIVER": "pg8000", "PGSSLMODE": mode})
     assert resolve_url("host=db", {"TASKDB_DRIVER": "pg8000", "PGSSLMODE": "prefer"}) == "postgresql+pg8000://" + (
-        f"{getpass.getuser()}@db")
+        f"{getpass.getuser()}@db"
+    )
     assert resolve_url("host=db", {"PGSSLMODE": "verify-full"}) == "postgresql+psycopg://db"
 
 

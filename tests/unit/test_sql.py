@@ -15,9 +15,16 @@ def test_parse_queries_splits_on_named_headers() -> None:
 
 def test_backfill_query_names() -> None:
     assert set(queries("backfill")) == {
-        "needs_work", "count_needs_work", "count_waiting_before", "resolve_batch", "logged_values", "restore_history",
-        "restores", "restored_values",
-        "restore_batch", "restore_preview",
+        "needs_work",
+        "count_needs_work",
+        "count_waiting_before",
+        "resolve_batch",
+        "logged_values",
+        "restore_history",
+        "restores",
+        "restored_values",
+        "restore_batch",
+        "restore_preview",
     }
 
 

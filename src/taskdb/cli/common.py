@@ -34,8 +34,10 @@ def emit(result: dict[str, Any], *, as_json: bool) -> None:
         if isinstance(value, list):
             print(f"{key}:")
             for item in value:
-                print("  " + (", ".join(f"{k}={human(v)}" for k, v in item.items()) if isinstance(item, dict)
-                              else human(item)))
+                print(
+                    "  "
+                    + (", ".join(f"{k}={human(v)}" for k, v in item.items()) if isinstance(item, dict) else human(item))
+                )
         elif isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():

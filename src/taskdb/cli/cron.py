@@ -43,10 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "where allowed). Nothing changes when they are installed as wanted already.",
     )
     install.add_argument(
-        "--schedule", metavar="CRON",
+        "--schedule",
+        metavar="CRON",
         help="set task_hygiene_settings.cleanup_schedule first: five cron fields in UTC (e.g. '15 3 * * *'), "
         "a macro ('@hourly'), or 'N seconds' on pg_cron >= 1.5; checked before anything changes",
-    )  # fmt: skip
+    )
     add_json_flag(install)
     install.set_defaults(run=run_install)
 
@@ -70,6 +71,7 @@ def _actor(action: str) -> str:
 
 # -- status -------------------------------------------------------------------------------------------------
 
+
 def run_status(args: argparse.Namespace, url: str) -> int:
     with connection(url, "taskdb cron") as conn:
         report = cron.status(conn)
@@ -84,9 +86,10 @@ def print_status(report: dict[str, Any]) -> None:
     readiness = report["readiness"]
     state = {True: "installed", False: "NOT installed", None: "recorded, state unknown"}[report["installed"]]
     print(f"database {report['database']}: cleanup job {state}")
-    print(f"cleanup_schedule: {report['cleanup_schedule']!r} (task_hygiene_settings)" + (
-        "" if report["in_sync"] is None else "; the job follows it" if report["in_sync"] else "; the job differs"
-    ))
+    print(
+        f"cleanup_schedule: {report['cleanup_schedule']!r} (task_hygiene_settings)"
+        + ("" if report["in_sync"] is None else "; the job follows it" if report["in_sync"] else "; the job differs")
+    )
     print(_readiness_line(readiness))
     for job in report["jobs"]:
         where = f"in database {job['cron_database']}, runs in {job['run_database']}"
@@ -97,8 +100,10 @@ def print_status(report: dict[str, Any]) -> None:
             print(f"job {job['jobname']} {where}: recorded, but missing from cron.job")
             continue
         active = "active" if job["active"] else "INACTIVE"
-        print(f"job {job['jobname']} (jobid {job['jobid']}) {where}: schedule {job['schedule']!r}, {active}, "
-              f"installed {job['installed_at']}")  # fmt: skip
+        print(
+            f"job {job['jobname']} (jobid {job['jobid']}) {where}: schedule {job['schedule']!r}, {active}, "
+            f"installed {job['installed_at']}"
+        )
         if not job["last_runs"]:
             print("  no runs yet")
         for run in job["last_runs"]:
@@ -122,6 +127,7 @@ def _readiness_line(readiness: dict[str, Any]) -> str:
 
 # -- install / sync -----------------------------------------------------------------------------------------
 
+
 def run_install(args: argparse.Namespace, url: str) -> int:
     with connection(url, "taskdb cron") as conn:
         result = cron.install(conn, schedule=args.schedule, actor=_actor("install"))
@@ -134,9 +140,10 @@ def run_sync(args: argparse.Namespace, url: str) -> int:
     with connection(url, "taskdb cron") as conn:
         result = cron.sync(conn, actor=_actor("sync"))
     message = (
-        f"synced: the job now runs on {result.schedule!r}" if result.changed
+        f"synced: the job now runs on {result.schedule!r}"
+        if result.changed
         else f"already in sync with cleanup_schedule {result.schedule!r}: nothing changed"
-    )  # fmt: skip
+    )
     _print_installation(result, message, as_json=args.json)
     return 0
 
@@ -152,17 +159,22 @@ def _print_installation(result: cron.InstallResult, message: str, *, as_json: bo
             what = f"rescheduled from {job.was!r}"
         else:
             what = "scheduled"
-        print(f"{job.jobname}: {what} (jobid {job.jobid}, schedule {job.schedule!r}) in database "
-              f"{job.cron_database}, runs in {job.run_database}")  # fmt: skip
+        print(
+            f"{job.jobname}: {what} (jobid {job.jobid}, schedule {job.schedule!r}) in database "
+            f"{job.cron_database}, runs in {job.run_database}"
+        )
     if result.created_extension and result.jobs:
         print(f"pg_cron: created in database {result.jobs[0].cron_database}")
     if result.previous_schedule is not None:
-        print(f"{cron.SCHEDULE_SETTING}: {result.previous_schedule!r} -> {result.schedule!r} "
-              "(taskdb_cron_jobs.installed_at records when)")  # fmt: skip
+        print(
+            f"{cron.SCHEDULE_SETTING}: {result.previous_schedule!r} -> {result.schedule!r} "
+            "(taskdb_cron_jobs.installed_at records when)"
+        )
     print(f"{result.database}: {message}")
 
 
 # -- remove -------------------------------------------------------------------------------------------------
+
 
 def run_remove(args: argparse.Namespace, url: str) -> int:
     with connection(url, "taskdb cron") as conn:
@@ -181,8 +193,10 @@ def run_remove(args: argparse.Namespace, url: str) -> int:
         "kept": "kept (other databases' cleanup jobs on this server use it)",
     }
     for job in removal.jobs:
-        print(f"{job['jobname']} (jobid {job['jobid']}) in database {job['cron_database']}: "
-              f"{outcomes.get(job['outcome'], job['outcome'])}")  # fmt: skip
+        print(
+            f"{job['jobname']} (jobid {job['jobid']}) in database {job['cron_database']}: "
+            f"{outcomes.get(job['outcome'], job['outcome'])}"
+        )
     print(f"taskdb_cron_jobs: {removal.cleared} row(s) cleared")
     print(message)
     return 0

@@ -14,8 +14,11 @@ FAIL_ON = ("warning", "error")
 
 # queue_health figures the summary line shows, with their labels
 SUMMARY_FIGURES = (
-    ("queued_total", "queued"), ("claimable_cloud", "claimable cloud"), ("claimable_local", "claimable local"),
-    ("stale_count", "stale"), ("flagged_count", "flagged"),
+    ("queued_total", "queued"),
+    ("claimable_cloud", "claimable cloud"),
+    ("claimable_local", "claimable local"),
+    ("stale_count", "stale"),
+    ("flagged_count", "flagged"),
 )
 
 
@@ -36,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_json_flag(parser)
     parser.add_argument(
-        "--fail-on", choices=FAIL_ON, default="warning",
+        "--fail-on",
+        choices=FAIL_ON,
+        default="warning",
         help="the least severe finding that makes the exit non-zero: warning (default: exit 1 on warnings) or "
         "error (warnings still printed, exit 0; for a deploy gate right after an upgrade, when Queued tasks may "
         "be stale but not yet old enough to cancel)",
@@ -73,10 +78,12 @@ def _diagnose(explicit_url: str | None) -> doctor.Report:
 def render(report: doctor.Report) -> list[str]:
     lines = [f"{f.severity}: {f.check}: {f.message} -> {f.fix}" for f in report.findings]
     where = ", ".join(
-        part for part in (
+        part
+        for part in (
             f"database {report.database}" if report.database else "",
             f"revision {report.revision}" if report.revision else "",
-        ) if part
+        )
+        if part
     )
     figures = ", ".join(
         f"{label} {report.queue_health[key]}" for key, label in SUMMARY_FIGURES if key in report.queue_health

@@ -51,10 +51,22 @@ WHERE = (
     "no driver is named in the URL."
 )
 GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
-    (("--url",), {"metavar": "URL", "help": "the database: a URL or a libpq 'key=value ...' string "
-                  "(default: TASKDB_DATABASE_URL, DATABASE_URL, then PG* variables; see the end of taskdb --help)"}),
-    (("--verbose", "-v"), {"action": "store_true", "help": "also log Alembic's INFO lines (and, for read-only "
-                           "commands, taskdb's own); history: with each revision's description"}),
+    (
+        ("--url",),
+        {
+            "metavar": "URL",
+            "help": "the database: a URL or a libpq 'key=value ...' string "
+            "(default: TASKDB_DATABASE_URL, DATABASE_URL, then PG* variables; see the end of taskdb --help)",
+        },
+    ),
+    (
+        ("--verbose", "-v"),
+        {
+            "action": "store_true",
+            "help": "also log Alembic's INFO lines (and, for read-only "
+            "commands, taskdb's own); history: with each revision's description",
+        },
+    ),
 )
 # Commands that only read (or need no database): their INFO log lines only with -v. The others keep their
 # progress lines (which revision, which batch, what changed).

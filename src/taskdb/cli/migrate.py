@@ -31,9 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=EXAMPLES,
     )
     down.add_argument("revision", help="target revision, or base")
-    down.add_argument("--plan", action="store_true",
-                      help="only show what the downgrade would restore (from task_hygiene_log), drop and keep; "
-                      "read-only, works on a standby")
+    down.add_argument(
+        "--plan",
+        action="store_true",
+        help="only show what the downgrade would restore (from task_hygiene_log), drop and keep; "
+        "read-only, works on a standby",
+    )
     add_json_flag(down)
     down.set_defaults(run=run_downgrade)
     stamp = sub.add_parser(
@@ -50,16 +53,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=EXAMPLES,
     )
     stamp.add_argument("revision", help="the revision to record (an id, head, or base to record none)")
-    stamp.add_argument("--purge", action="store_true",
-                       help="empty taskdb's version table first (as Alembic's stamp --purge)")
+    stamp.add_argument(
+        "--purge", action="store_true", help="empty taskdb's version table first (as Alembic's stamp --purge)"
+    )
     stamp.set_defaults(run=run_stamp)
     current = sub.add_parser("current", help="show the database's revision")
     current.set_defaults(run=run_current)
     heads = sub.add_parser("heads", help="the chain's head revision (no database needed)")
     heads.set_defaults(run=run_heads, needs_url=False)
     show = sub.add_parser(
-        "show", help="one revision: id, parent, file and description (no database needed)",
-        epilog="Examples:\n  taskdb show 0003_backfill\n  taskdb show head", formatter_class=EXAMPLES,
+        "show",
+        help="one revision: id, parent, file and description (no database needed)",
+        epilog="Examples:\n  taskdb show 0003_backfill\n  taskdb show head",
+        formatter_class=EXAMPLES,
     )
     show.add_argument("revision", help="a revision id (or a unique prefix), or head")
     show.set_defaults(run=run_show, needs_url=False)
@@ -75,8 +81,10 @@ def run_upgrade(args: argparse.Namespace, url: str) -> int:
         print_json(outcome)
     else:
         changes = ", ".join(f"{n} {action}" for action, n in outcome["changes"].items()) or "no row changed"
-        print(f"taskdb: {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "
-              f"{outcome['seconds']:.1f}s; {changes}")
+        print(
+            f"taskdb: {outcome['from_revision'] or '<none>'} -> {outcome['to_revision']} in "
+            f"{outcome['seconds']:.1f}s; {changes}"
+        )
     return 0
 
 

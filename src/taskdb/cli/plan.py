@@ -101,5 +101,7 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def describe_blocker(b: dict[str, Any]) -> str:
-    return (f"  pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, transaction "
-            f"open {b['xact_age']}) holds {b['mode']} on {b['relation']}: {b['query']}")
+    return (
+        f"  pid {b['pid']} ({b['application_name'] or 'no application_name'}, {b['state']}, transaction "
+        f"open {b['xact_age']}) holds {b['mode']} on {b['relation']}: {b['query']}"
+    )

@@ -22,8 +22,12 @@ class ProgressBarHandler(logging.Handler):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(file=stream), transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+            transient=False,
         )
         self.jobs: dict[str, int] = {}
         self.setFormatter(logging.Formatter(FORMAT))

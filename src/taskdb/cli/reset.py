@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", choices=SEEDS, default="none", help="sample data to load (default: none)")
     parser.add_argument(
-        "--no-upgrade", dest="upgrade", action="store_false",
+        "--no-upgrade",
+        dest="upgrade",
+        action="store_false",
         help="do not upgrade: an empty database (--seed none) or the half-migrated incident (--seed incident)",
     )
     parser.add_argument("--force", action="store_true", help="reset even when the host is not local")
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace, url: str) -> int:
         print_json(asdict(result))
         return 0
     tasks = ", ".join(f"{n} {status}" for status, n in result.tasks_by_status.items()) or "no task"
-    announce(f'database "{result.database}" on {result.host} is ready: revision {result.revision or "<none>"}, '
-             f"seed {result.seed}, tasks: {tasks}")
+    announce(
+        f'database "{result.database}" on {result.host} is ready: revision {result.revision or "<none>"}, '
+        f"seed {result.seed}, tasks: {tasks}"
+    )
     return 0

@@ -21,24 +21,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transactions under lock_timeout; the backfill as a temporary procedure committing each batch; indexes "
         "CONCURRENTLY. Apply with: psql -v ON_ERROR_STOP=1 -X -f upgrade.sql (rerun after any failure).",
         epilog="Examples:\n  taskdb sql --output upgrade.sql\n  taskdb sql 0003_backfill:head\n"
-        "  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql \"$DATABASE_URL\"\n"
+        '  psql -v ON_ERROR_STOP=1 -X -f upgrade.sql "$DATABASE_URL"\n'
         "  taskdb sql > up.sql && taskdb sql --squawk-config > .squawk.toml && squawk up.sql\n"
         "  taskdb sql --downgrade 0004_constraints --output down.sql",
         formatter_class=EXAMPLES,
     )
     parser.add_argument(
-        "range", nargs="?", default=None, metavar="RANGE",
+        "range",
+        nargs="?",
+        default=None,
+        metavar="RANGE",
         help="FROM:TO revisions, e.g. 0003_backfill:head (default: base:head; with --downgrade head:base, and TO "
         "alone means head:TO); the script starts at FROM",
     )
     parser.add_argument(
-        "--downgrade", action="store_true",
+        "--downgrade",
+        action="store_true",
         help="a downgrade script: restores from task_hygiene_log and drops what taskdb created, as `taskdb "
         "downgrade` does (`taskdb downgrade TO --plan` says what it will change)",
     )
     parser.add_argument("--output", "-o", metavar="FILE", help="write the script to FILE instead of stdout")
     parser.add_argument(
-        "--squawk-config", action="store_true",
+        "--squawk-config",
+        action="store_true",
         help="print the .squawk.toml taskdb's CI lints this SQL with (each excluded rule says why) and exit",
     )
     parser.set_defaults(run=run, needs_url=False)
@@ -52,8 +57,11 @@ def run(args: argparse.Namespace, url: str | None) -> int:
     if args.output:
         Path(args.output).write_text(script, encoding="utf-8")
         what = f"downgrade {args.range or 'head:base'}" if args.downgrade else f"upgrade {args.range or 'base:head'}"
-        print(f"taskdb: wrote the {what} to {args.output}; review it, then apply it with "
-              f"psql -v ON_ERROR_STOP=1 -X -f {args.output}", file=sys.stderr)
+        print(
+            f"taskdb: wrote the {what} to {args.output}; review it, then apply it with "
+            f"psql -v ON_ERROR_STOP=1 -X -f {args.output}",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(script)
     return 0

@@ -102,8 +102,10 @@ _INLINE_CONSTRAINT = re.compile(r"\bCONSTRAINT (\w+)")
 
 
 def _code_statements(script: str) -> list[str]:
-    return ["\n".join(line for line in s.splitlines() if not line.lstrip().startswith("--")).strip()
-            for s in split_statements(script)]
+    return [
+        "\n".join(line for line in s.splitlines() if not line.lstrip().startswith("--")).strip()
+        for s in split_statements(script)
+    ]
 
 
 def declared_names(script: str) -> dict[str, set[str]]:

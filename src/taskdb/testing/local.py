@@ -151,10 +151,21 @@ def _run_as() -> RunAs:
     # Root, and no postgres user: make an unprivileged system user to run the server.
     try:
         subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", FALLBACK_SYSTEM_USER],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                FALLBACK_SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise PostgresUnavailable(
             f"running as root, no 'postgres' user, and creating the system user {FALLBACK_SYSTEM_USER!r} "
@@ -205,9 +216,17 @@ def _template(inst: Installation, run_as: RunAs) -> Path:
         workdir = _make_dir(run_as, "template")
         data = workdir / "data"
         cmd = [
-            str(inst.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--encoding=UTF8", "--locale=C",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync",
-        ]  # fmt: skip
+            str(inst.bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            SUPERUSER,
+            "--encoding=UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=workdir, **run_as.popen_kwargs())
         if proc.returncode != 0:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -243,7 +262,10 @@ class LocalServer(PostgresServer):
     backend = "local"
 
     def __init__(
-        self, major: int | None = None, settings: Mapping[str, str] | None = None, *,
+        self,
+        major: int | None = None,
+        settings: Mapping[str, str] | None = None,
+        *,
         standby_of: LocalServer | None = None,
     ) -> None:
         """``standby_of``: a hot standby of that (local) primary, made with ``pg_basebackup -R`` and streaming
@@ -270,10 +292,27 @@ class LocalServer(PostgresServer):
 
     def _base_backup(self, primary: LocalServer) -> None:
         proc = subprocess.run(
-            [str(self.installation.bindir / "pg_basebackup"), "-D", str(self.dir / "data"), "-R", "-X", "stream",
-             "-h", primary.socket_dir, "-p", str(primary.port), "-U", primary.user, "--no-sync"],
-            capture_output=True, text=True, timeout=300, cwd=self.dir, **self._run_as.popen_kwargs(),
-        )  # fmt: skip
+            [
+                str(self.installation.bindir / "pg_basebackup"),
+                "-D",
+                str(self.dir / "data"),
+                "-R",
+                "-X",
+                "stream",
+                "-h",
+                primary.socket_dir,
+                "-p",
+                str(primary.port),
+                "-U",
+                primary.user,
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=self.dir,
+            **self._run_as.popen_kwargs(),
+        )
         if proc.returncode != 0:
             raise PostgresUnavailable(f"pg_basebackup failed (exit {proc.returncode}): {tail(proc.stderr)}")
 
@@ -301,8 +340,7 @@ class LocalServer(PostgresServer):
                 },
                 extra,
             )
-            args = [str(self.installation.bindir / "postgres"), "-D", str(self.dir / "data"),
-                    "-p", str(self.port)]  # fmt: skip
+            args = [str(self.installation.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port)]
             for name, value in self.settings.items():
                 args += ["-c", f"{name}={value}"]
             with open(self.log_path, "ab") as log:
@@ -343,9 +381,13 @@ class LocalServer(PostgresServer):
 
     def _socket_connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            host=self.socket_dir, port=self.port, user=self.user, dbname="postgres", autocommit=True,
+            host=self.socket_dir,
+            port=self.port,
+            user=self.user,
+            dbname="postgres",
+            autocommit=True,
             connect_timeout=5,
-        )  # fmt: skip
+        )
 
     def _log_text(self) -> str:
         try:

@@ -64,7 +64,9 @@ class PgBouncer:
         run_as.chown(self.dir)
         exe = str(PGBOUNCER) if PGBOUNCER.exists() else str(shutil.which("pgbouncer"))
         self.process = subprocess.Popen(
-            [exe, str(self.dir / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [exe, str(self.dir / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             **run_as.popen_kwargs(),
         )
         deadline = time.monotonic() + 30
