@@ -68,9 +68,9 @@ def check_shape(conn: Connection, spec: TableSpec, optional: Mapping[str, tuple[
         if not _type_ok(col.type, col.is_enum, accepted):
             raise SchemaMismatch(spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}")
     for name, accepted in optional.items():
-        col = found.get(name)
-        if col is not None and not _type_ok(col.type, col.is_enum, accepted):
-            raise SchemaMismatch(spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}")
+        present = found.get(name)
+        if present is not None and not _type_ok(present.type, present.is_enum, accepted):
+            raise SchemaMismatch(spec.name, name, f"has type {present.type}, taskdb needs one of {', '.join(accepted)}")
     if not has_unique_index_on(conn, spec.name, spec.unique_key):
         raise SchemaMismatch(spec.name, spec.unique_key, "is not a primary key or unique (batches are keyed on it)")
 

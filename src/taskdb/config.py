@@ -45,6 +45,9 @@ LIBPQ_KEYWORDS = frozenset({
     "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssdelegation",
     "service", "servicefile", "target_session_attrs", "load_balance_hosts",
 })  # fmt: skip
+
+# A URL's query: a key given once, or a tuple for a repeated key (?host=a&host=b)
+UrlQuery = dict[str, str | tuple[str, ...]]
 # What a plain hostname looks like (anything else, a socket directory or a list of hosts, goes in ?host=)
 PLAIN_HOST = re.compile(r"[A-Za-z0-9._-]+")
 # pg8000 connects without TLS; these sslmodes allow that, the others would silently lose what they ask for
@@ -79,7 +82,7 @@ def resolve_url(explicit: str | None = None, environ: Mapping[str, str] | None =
 # -- reading what the user wrote ----------------------------------------------------------------------------
 
 
-def _parse_target(raw: str) -> tuple[dict[str, str], dict[str, object], str | None]:
+def _parse_target(raw: str) -> tuple[dict[str, str], UrlQuery, str | None]:
     """``raw`` as libpq keywords, query parameters kept for the driver as they are, and the driver it names."""
     if SCHEME.match(raw):
         return _url_params(raw)
@@ -91,7 +94,7 @@ def _parse_target(raw: str) -> tuple[dict[str, str], dict[str, object], str | No
     )
 
 
-def _url_params(raw: str) -> tuple[dict[str, str], dict[str, object], str | None]:
+def _url_params(raw: str) -> tuple[dict[str, str], UrlQuery, str | None]:
     named = parse_url(raw.strip()).drivername.partition("+")[2]  # a driver the URL names wins
     url = parse_url(normalize_url(raw.strip()))  # refuses what is not PostgreSQL with a supported driver
     params = {
@@ -105,7 +108,7 @@ def _url_params(raw: str) -> tuple[dict[str, str], dict[str, object], str | None
         )
         if value not in (None, "")
     }
-    extra: dict[str, object] = {}
+    extra: UrlQuery = {}
     for key, value in url.query.items():
         if key in LIBPQ_KEYWORDS and key != "dbname" and isinstance(value, str):  # as libpq: given
             params[key] = value
@@ -252,7 +255,7 @@ def _driver_from_env(env: Mapping[str, str]) -> str:
     return chosen
 
 
-def _build_url(params: dict[str, str], extra: dict[str, object], driver: str) -> str:
+def _build_url(params: dict[str, str], extra: UrlQuery, driver: str) -> str:
     build = _pg8000_url if driver == "pg8000" else _psycopg_url
     rendered = build(dict(params), dict(extra)).render_as_string(hide_password=False)
     # SQLAlchemy leaves spaces in the user, password and database as they are: encoded, the URL stays one word
@@ -261,7 +264,7 @@ def _build_url(params: dict[str, str], extra: dict[str, object], driver: str) ->
     return head.replace(" ", "%20") + sep + query
 
 
-def _psycopg_url(params: dict[str, str], query: dict[str, object]) -> URL:
+def _psycopg_url(params: dict[str, str], query: UrlQuery) -> URL:
     """Everything libpq knows goes to psycopg as it is: user, password and database in the URL, a plain host
     and port there too, a socket directory or a host list in ``?host=`` (with ``?port=``), the rest as query
     keywords."""
@@ -284,7 +287,7 @@ def _psycopg_url(params: dict[str, str], query: dict[str, object]) -> URL:
     )
 
 
-def _pg8000_url(params: dict[str, str], query: dict[str, object]) -> URL:
+def _pg8000_url(params: dict[str, str], query: UrlQuery) -> URL:
     """pg8000 takes one host or one Unix socket (``unix_sock=<dir>/.s.PGSQL.<port>``, as libpq names it), a
     timeout, an application_name; no user means the login name, as libpq; the libpq options it cannot honour
     are refused rather than dropped."""

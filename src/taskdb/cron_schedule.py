@@ -66,12 +66,12 @@ def field_values(text: str, index: int) -> set[int] | None:
             bounds = span.split("-")
             if len(bounds) > 2:
                 return None
-            numbers = [_value(bound, index) for bound in bounds]
-            if any(n is None or not low <= n <= high for n in numbers):
+            numbers = [n for n in (_value(bound, index) for bound in bounds) if n is not None and low <= n <= high]
+            if len(numbers) != len(bounds):
                 return None
             first = numbers[0]
             last = numbers[-1] if len(numbers) == 2 else (high if slash else first)
-        values.update(range(first, last + 1, step))  # type: ignore[arg-type]  # checked above: no None
+        values.update(range(first, last + 1, step))
     return values
 
 

@@ -155,7 +155,7 @@ def in_schema(conn: Connection, sql: str) -> str:
 
 def _raw(conn: Connection, statement: str) -> None:
     """A statement on the driver's connection, under SQLAlchemy (no events): one simple query."""
-    raw = conn.connection.dbapi_connection
+    raw: Any = conn.connection.dbapi_connection
     if hasattr(raw, "execute_simple"):
         raw.execute_simple(statement)  # pg8000
     else:

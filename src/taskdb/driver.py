@@ -52,7 +52,7 @@ def make_pooler_safe(engine: Engine) -> Engine:
         if level.replace("_", " ") in ("READ COMMITTED", dialect.default_isolation_level):
             dbapi_connection.autocommit = False  # the server's default: no SET SESSION needed
         else:
-            original(dbapi_connection, level)
+            original(dbapi_connection, level)  # type: ignore[arg-type]  # the dialect's own level names
 
     dialect.set_isolation_level = set_isolation_level  # type: ignore[method-assign]
     return engine

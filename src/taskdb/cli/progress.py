@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 FORMAT = "%(levelname)-5s [%(name)s] %(message)s"
 
@@ -29,7 +32,7 @@ class ProgressBarHandler(logging.Handler):
             console=Console(file=stream),
             transient=False,
         )
-        self.jobs: dict[str, int] = {}
+        self.jobs: dict[str, TaskID] = {}
         self.setFormatter(logging.Formatter(FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:

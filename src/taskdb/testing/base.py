@@ -253,7 +253,7 @@ class PostgresServer(ABC):
     def fetch_value(self, query: str, dbname: str = "postgres") -> Any:
         """The first column of the first row of ``query`` (a small helper for checks and tests)."""
         with self.connect(dbname) as conn:
-            row = conn.execute(query).fetchone()  # type: ignore[arg-type]  # caller's literal SQL
+            row = conn.execute(query).fetchone()  # caller's literal SQL
             return None if row is None else row[0]
 
     def setting(self, name: str) -> str:
