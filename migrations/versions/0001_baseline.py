@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from taskdb import steps
 from taskdb.adopt import (
     ENUM,
     INTEGER,
@@ -23,12 +24,11 @@ from taskdb.adopt import (
     TIMESTAMP,
     UUID,
     TableSpec,
-    check_shape,
-    create_missing_tables,
     drop_created_tables,
     drop_owned_table_if_empty,
 )
 from taskdb.migration import offline_mode, offline_step, online_step, revision_sql
+from taskdb.steps.tables import CheckShapes, CreateMissingTables
 
 revision: str = "0001_baseline"
 down_revision: str | None = None
@@ -67,23 +67,15 @@ TASKS_OPTIONAL = {
 }
 
 
+STEPS = (
+    CheckShapes(TABLES, {"tasks": TASKS_OPTIONAL}),
+    CreateMissingTables(TABLES),
+)
+
+
 def upgrade() -> None:
     """Check the shape of every existing table, then create the absent ones."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        for spec in TABLES:
-            check_shape(conn, spec, TASKS_OPTIONAL if spec.name == "tasks" else {})
-        create_missing_tables(conn, TABLES, revision)
-
-
-def upgrade_offline() -> None:
-    """The same as static SQL (`taskdb sql`): the shape check RAISEs before anything changes; each table is
-    created where absent, at run time; one transaction, with the version update."""
-    with offline_step(revision) as sql, sql.transaction():
-        sql.check_shapes([(spec, TASKS_OPTIONAL if spec.name == "tasks" else {}) for spec in TABLES])
-        sql.create_missing_tables(TABLES)
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from taskdb.adopt import add_missing_columns, drop_added_columns, ensure_enum_labels
-from taskdb.catalog import columns
+from taskdb import steps
+from taskdb.adopt import drop_added_columns
 from taskdb.migration import offline_mode, offline_step, online_step
+from taskdb.steps.columns import AddColumns, EnumLabels
 
 revision: str = "0002_columns"
 down_revision: str | None = "0001_baseline"
@@ -38,23 +39,15 @@ COLUMNS = {
 STATUSES = ("Queued", "In Progress", "Complete", "Failed", "Cancelled")
 
 
+STEPS = (
+    AddColumns("tasks", COLUMNS),
+    EnumLabels(STATUSES),
+)
+
+
 def upgrade() -> None:
     """Add the missing columns; give a status enum the canonical labels it lacks."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        add_missing_columns(conn, "tasks", COLUMNS, revision)
-        status = columns(conn, "tasks")["status"]
-        if status.is_enum:
-            ensure_enum_labels(conn, status.type, STATUSES, revision)
-
-
-def upgrade_offline() -> None:
-    """The same as static SQL: each column added where missing, labels only where status is an enum."""
-    with offline_step(revision) as sql, sql.transaction():
-        sql.add_missing_columns("tasks", COLUMNS)
-        sql.ensure_enum_labels(STATUSES)
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from taskdb.backfill import restore, run_backfill
+from taskdb import steps
+from taskdb.backfill import restore
 from taskdb.catalog import table_exists
 from taskdb.constraints import (
     drop_constraint,
@@ -28,6 +29,8 @@ from taskdb.constraints import (
 )
 from taskdb.db import execute_script, transaction
 from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_module, revision_sql
+from taskdb.steps.backfill import Backfill
+from taskdb.steps.objects import CreateObjects
 
 revision: str = "0003_backfill"
 down_revision: str | None = "0002_columns"
@@ -47,28 +50,15 @@ OBJECTS = (
 )
 
 
+STEPS = (
+    CreateObjects("create task_hygiene_log, taskdb_backfill_progress and the helper functions", SQL, OBJECTS),
+    Backfill(),
+)
+
+
 def upgrade() -> None:
     """Create the log, the checkpoint table and the helper functions, then run the backfill."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        with transaction(conn):
-            for name in OBJECTS:
-                execute_script(conn, SQL[name])
-        run_backfill(conn, job=revision, actor=actor(revision))
-
-
-def upgrade_offline() -> None:
-    """The same as static SQL: the objects, then the batched backfill as a CALL of a temporary procedure that
-    runs the engine's own batch statement, committing each batch (outside a transaction block)."""
-    with offline_step(revision) as sql:
-        with sql.transaction():
-            for name in OBJECTS:
-                sql.frozen(SQL[name])
-            sql.create_backfill_procedure()
-        with sql.outside_transaction():
-            sql.call_backfill(revision, actor(revision))
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

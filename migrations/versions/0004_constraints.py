@@ -21,28 +21,25 @@ failure validates leftovers, drops a leftover guard and rebuilds an INVALID inde
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import suppress
 
-from taskdb.backfill import restore, run_backfill
+from taskdb import steps
+from taskdb.backfill import restore
 from taskdb.catalog import table_exists
 from taskdb.constraints import (
     Check,
     ForeignKey,
     Index,
     WriteGuard,
-    add_not_valid,
     drop_constraint,
     drop_owned,
     drop_write_guard,
     drop_write_guard_sql,
-    ensure_index,
-    ensure_not_null,
-    install_write_guard,
     not_null_check_name,
-    validate,
-    write_guard_sql,
 )
 from taskdb.migration import actor, offline_mode, offline_step, online_step
+from taskdb.steps.backfill import Backfill
+from taskdb.steps.constraints import AddNotValid, Guarded, SetNotNull, Validate
+from taskdb.steps.indexes import BuildIndex
 
 revision: str = "0004_constraints"
 down_revision: str | None = "0003_backfill"
@@ -110,52 +107,28 @@ USER_INDEX = Index(
 INDEXES = (USER_INDEX,)  # what the downgrade drops (and 0003's, after an interrupted 0004)
 
 
-def upgrade() -> None:
-    """Add the constraints NOT VALID, catch up rows written meanwhile, validate, set NOT NULLs, index."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        # From the guard on, no write adds a row breaking a CHECK; updates of rows that already do go through.
-        install_write_guard(conn, WRITE_GUARD)
-        try:
-            add_not_valid(conn, USER_FK, revision)  # a NOT VALID foreign key checks updates only of user_id
+STEPS = (
+    # From the guard on, no write adds a row breaking a CHECK; updates of rows that already do go through.
+    Guarded(
+        WRITE_GUARD,
+        (
+            AddNotValid(USER_FK),  # a NOT VALID foreign key checks updates only of user_id
             # Rows written between 0003 and the guard are backfilled now: then no row breaks a CHECK, so adding
             # them refuses no update of a legacy row, and VALIDATE finds nothing.
-            run_backfill(conn, job=revision, actor=actor(revision))
-            for item in CHECKS:
-                add_not_valid(conn, item, revision)
-        except Exception:
-            # Leave nothing half-done (a downgrade's restore must not meet the guard); the rerun installs it again.
-            with suppress(Exception):
-                drop_write_guard(conn, WRITE_GUARD)
-            raise
-        drop_write_guard(conn, WRITE_GUARD)
-        for item in (*CHECKS, USER_FK):
-            validate(conn, item.table, item.name)
-        for column in NOT_NULL:
-            ensure_not_null(conn, "tasks", column, revision)
-        for index in INDEXES:
-            ensure_index(conn, index, revision)
+            Backfill("catch-up backfill of rows written since 0003_backfill"),
+            *(AddNotValid(item) for item in CHECKS),
+        ),
+    ),
+    *(Validate(item) for item in (*CHECKS, USER_FK)),
+    *(SetNotNull("tasks", column) for column in NOT_NULL),
+    *(BuildIndex(index) for index in INDEXES),
+)
 
 
-def upgrade_offline() -> None:
-    """The same as static SQL, each step in its own transaction; the catch-up backfill is a CALL."""
-    with offline_step(revision) as sql:
-        with sql.transaction():
-            sql.frozen(write_guard_sql(WRITE_GUARD))
-        sql.add_not_valid(USER_FK)
-        sql.backfill(revision, actor(revision))
-        for item in CHECKS:
-            sql.add_not_valid(item)
-        with sql.transaction():
-            sql.frozen(drop_write_guard_sql(WRITE_GUARD))
-        for item in (*CHECKS, USER_FK):
-            sql.validate(item)
-        for column in NOT_NULL:
-            sql.ensure_not_null("tasks", column)
-        for index in INDEXES:
-            sql.ensure_index(index)
+def upgrade() -> None:
+    """Add the constraints NOT VALID behind the write guard, catch up rows written meanwhile, validate, set
+    NOT NULLs, index."""
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

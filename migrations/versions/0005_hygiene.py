@@ -23,17 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.engine import Connection
-
-from taskdb.adopt import TableSpec, check_shape
+from taskdb import steps
+from taskdb.adopt import TableSpec
 from taskdb.backfill import restore
-from taskdb.catalog import ensure_roles, table_exists
-from taskdb.constraints import Index, drop_owned, ensure_index
+from taskdb.catalog import table_exists
+from taskdb.constraints import Index, drop_owned
 from taskdb.db import execute_script, transaction
-from taskdb.failpoints import failpoint
-from taskdb.hygiene import cancel_stale_queued
-from taskdb.locks import run_locked
 from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_sql
+from taskdb.steps.base import BRIEF_SHARE_ROW
+from taskdb.steps.cleanup import CancelStale
+from taskdb.steps.indexes import BuildIndex
+from taskdb.steps.objects import CreateObjects
+from taskdb.steps.tables import CheckShapes
 
 revision: str = "0005_hygiene"
 down_revision: str | None = "0004_constraints"
@@ -100,54 +101,36 @@ INDEXES = (
 ROLES = ("taskdb_autoscaler", "taskdb_worker", "taskdb_monitor")
 
 
-def create_objects(conn: Connection) -> None:
-    """All objects and the grants in one transaction; nothing in it conflicts with the application's
-    writes (views and functions take ACCESS SHARE on tasks)."""
-    for name in OBJECTS:
-        execute_script(conn, SQL[name])
-    if ensure_roles(conn, ROLES, revision):
-        execute_script(conn, SQL["grants"])
+# The indexes come first: the count, the claim and the trigger use them from the moment they exist (created
+# after them, claims took up to 4.8 s while the builds ran). Objects, roles and grants in one transaction
+# (views and functions take ACCESS SHARE on tasks); the trigger alone in its own.
+STEPS = (
+    CheckShapes((USERS_WITH_CREDITS,)),
+    *(BuildIndex(index) for index in INDEXES),
+    CreateObjects(
+        "create settings, views, the count / claim / cleanup functions, roles and grants",
+        SQL,
+        OBJECTS,
+        locked=("tasks", "users"),
+        roles=ROLES,
+        lock="ACCESS SHARE on tasks and users (views, functions read them), lock_timeout + retries",
+    ),
+    CreateObjects(
+        f"CREATE TRIGGER {TRIGGER} ON tasks",
+        SQL,
+        (TRIGGER,),
+        locked=("tasks",),
+        lock=BRIEF_SHARE_ROW.format(tables="tasks"),
+        before="hygiene.before_trigger",  # the objects are committed, the trigger is not there yet
+    ),
+    CancelStale(),
+)
 
 
 def upgrade() -> None:
-    """Index Queued and In Progress rows, create the hygiene objects, then cancel what is already stale.
-
-    The indexes come first: the count, the claim and the trigger use them from the moment they exist (created
-    before them, claims took up to 4.8 s while the builds ran)."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        check_shape(conn, USERS_WITH_CREDITS)
-        for index in INDEXES:
-            ensure_index(conn, index, revision)
-        run_locked(conn, create_objects, relations=["tasks", "users"])
-        failpoint("hygiene.before_trigger")  # the objects are committed, the trigger is not there yet
-        run_locked(
-            conn,
-            lambda c: execute_script(c, SQL[TRIGGER]),
-            relations=["tasks"],
-            label=f"CREATE TRIGGER {TRIGGER} ON tasks",
-        )
-        cancel_stale_queued(conn, actor=actor(revision))
-
-
-def upgrade_offline() -> None:
-    """The same as static SQL: shape check, the indexes CONCURRENTLY, objects + roles + grants in one
-    transaction, the trigger in its own, then the cleanup as a CALL of taskdb_cancel_stale_queued_all (outside
-    a transaction)."""
-    with offline_step(revision) as sql:
-        with sql.transaction():
-            sql.check_shapes([(USERS_WITH_CREDITS, {})])
-        for index in INDEXES:
-            sql.ensure_index(index)
-        with sql.transaction():
-            for name in OBJECTS:
-                sql.frozen(SQL[name])
-            sql.roles_and_grants(ROLES, SQL["grants"])
-        with sql.transaction():
-            sql.frozen(SQL[TRIGGER])
-        sql.cleanup(actor(revision))
+    """Index Queued and In Progress rows, create the hygiene objects and the trigger, then cancel what is
+    already stale."""
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

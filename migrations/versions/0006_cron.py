@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from taskdb import cron
-from taskdb.db import execute_script, scalar, transaction
+from taskdb import cron, steps
+from taskdb.db import execute_script, transaction
 from taskdb.migration import offline_mode, offline_step, online_step, revision_sql
+from taskdb.steps.cron import ScheduleCron
 
 revision: str = "0006_cron"
 down_revision: str | None = "0005_hygiene"
@@ -31,36 +32,12 @@ depends_on: str | Sequence[str] | None = None
 SQL = revision_sql(__file__)
 
 
+STEPS = (ScheduleCron(SQL),)
+
+
 def upgrade() -> None:
     """Check pg_cron (require fails here, before any change), schedule the jobs, then record them."""
-    if offline_mode():
-        upgrade_offline()
-        return
-    with online_step(revision) as conn:
-        plan = cron.prepare(conn)
-        # The cron database first, in one transaction: if it fails, nothing anywhere has changed.
-        installation = cron.schedule_jobs(conn, plan)
-        with transaction(conn):
-            execute_script(conn, SQL["taskdb_cron_jobs"])
-            execute_script(conn, SQL["taskdb_cron_job_state"])
-            if scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'taskdb_monitor')"):
-                execute_script(conn, SQL["grants"])
-            cron.record(conn, installation, revision)
-        cron.warn_if_missing(plan, installation)
-
-
-def upgrade_offline() -> None:
-    """The same as static SQL: the record and the state function; the jobs are scheduled where pg_cron runs in
-    this very database, otherwise the script says (NOTICE) to install them online."""
-    mode = cron.cron_mode()
-    with offline_step(revision) as sql, sql.transaction():
-        sql.frozen(SQL["taskdb_cron_jobs"])
-        sql.frozen(SQL["taskdb_cron_job_state"])
-        sql.grants_if_role("taskdb_monitor", SQL["grants"])
-        if mode == "skip":
-            sql.comment("TASKDB_CRON=skip when this script was generated: no pg_cron job is installed.")
-        else:
-            sql.schedule_cron_jobs(mode)
+    steps.upgrade(revision, STEPS)
 
 
 def downgrade() -> None:

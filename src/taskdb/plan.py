@@ -9,14 +9,14 @@ one REPEATABLE READ, READ ONLY transaction, so they describe one moment of the t
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from taskdb import api, cron, report, target, version_table
+from taskdb import api, cron, report, steps, target, version_table
 from taskdb.catalog import columns, table_exists
 from taskdb.db import read_only_transaction, rows, scalar
 from taskdb.locks import LockPolicy, find_blockers
@@ -25,77 +25,6 @@ from taskdb.sql import queries
 # queued_ttl's column default in task_hygiene_settings (0005), for databases that do not have the table yet.
 DEFAULT_QUEUED_TTL = "7 days"
 
-
-@dataclass(frozen=True)
-class Step:
-    what: str
-    lock: str
-    scans_tasks: bool
-
-
-# What each revision does to a live table: the lock each step takes and whether it reads all of tasks.
-# (The revision docstrings say why; tests/integration/test_plan.py checks every revision has its steps.)
-STEPS: dict[str, tuple[Step, ...]] = {
-    "0001_baseline": (
-        Step(
-            "check the shape of users, projects, tasks; create the absent ones (legacy shape)",
-            "none on existing tables; ACCESS EXCLUSIVE on tables it creates (new, empty)",
-            False,
-        ),
-    ),
-    "0002_columns": (
-        Step(
-            "ADD COLUMN for each missing column (nullable, no default: catalog only)",
-            "ACCESS EXCLUSIVE on tasks for milliseconds, lock_timeout + retries",
-            False,
-        ),
-        Step("ALTER TYPE ... ADD VALUE for missing status enum labels", "the enum type only", False),
-    ),
-    "0003_backfill": (
-        Step("create task_hygiene_log, taskdb_backfill_progress, helper functions", "none on tasks", False),
-        Step(
-            "backfill / flag in keyset batches, one transaction per batch, resumable",
-            "row locks FOR NO KEY UPDATE SKIP LOCKED on one batch at a time",
-            True,
-        ),
-    ),
-    "0004_constraints": (
-        Step("ADD 5 CHECK constraints NOT VALID", "ACCESS EXCLUSIVE on tasks for milliseconds each, retries", False),
-        Step(
-            "ADD FOREIGN KEY tasks_user_id_fkey NOT VALID",
-            "SHARE ROW EXCLUSIVE on tasks and users for milliseconds, retries",
-            False,
-        ),
-        Step("catch-up backfill of rows written since 0003", "row locks, one batch at a time", True),
-        Step(
-            "VALIDATE CONSTRAINT, each in its own transaction",
-            "SHARE UPDATE EXCLUSIVE (reads and writes continue)",
-            True,
-        ),
-        Step(
-            "SET NOT NULL on task_type, params, status, attempts, created_at via a validated CHECK",
-            "ACCESS EXCLUSIVE for milliseconds (no scan: the CHECK proves it)",
-            False,
-        ),
-        Step("CREATE INDEX CONCURRENTLY tasks_user_id_idx", "SHARE UPDATE EXCLUSIVE (writes continue)", True),
-    ),
-    "0005_hygiene": (
-        Step(
-            "CREATE INDEX CONCURRENTLY x5 (partial: Queued, In Progress, flagged rows)",
-            "SHARE UPDATE EXCLUSIVE (writes continue)",
-            True,
-        ),
-        Step(
-            "create settings, views, count / claim / cleanup functions, trigger tasks_cancel_children, grants",
-            "SHARE ROW EXCLUSIVE on tasks for milliseconds (CREATE TRIGGER), retries",
-            False,
-        ),
-        Step(
-            "cancel Queued tasks older than queued_ttl, in batches", "row locks SKIP LOCKED, one batch at a time", False
-        ),
-    ),
-    "0006_cron": (Step("schedule the cleanup and purge jobs with pg_cron (where available)", "none on tasks", False),),
-}
 
 _PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
 
@@ -135,7 +64,8 @@ def revisions(conn: Connection) -> dict[str, Any]:
             {
                 "revision": rev.revision,
                 "title": (rev.doc or "").strip().splitlines()[0] if rev.doc else "",
-                "steps": [asdict(step) for step in STEPS.get(rev.revision, ())],
+                # the steps the upgrade will run, from the revision's own STEPS (taskdb.steps)
+                "steps": [asdict(fact) for fact in steps.facts(rev.module.STEPS)],
             }
             for rev in pending
         ],

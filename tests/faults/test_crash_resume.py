@@ -142,7 +142,8 @@ FROM generate_series(1, :rows) AS n
 
 BATCH_LINE = re.compile(r"backfill (\S+): sweep (\d+) \((\w+)\) batch of (\d+) ids")
 RESUME_LINE = re.compile(r"backfill (\S+): resuming sweep (\d+) \((\w+)\) after id ([0-9a-f-]+)")
-FAILPOINT_CALL = re.compile(r"""failpoint\(\s*["']([\w.]+)["']\s*\)""")
+# failpoint("x.y") in the code, or a step's before="x.y" (taskdb.steps: fired as the step starts)
+FAILPOINT_CALL = re.compile(r"""(?:failpoint\(\s*|\bbefore=)["']([\w.]+)["']""")
 # A timestamp as PostgreSQL writes it in text (2026-11-28 12:00:00.123+00) or in JSON (...T12:00:00.123+00:00).
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}(?::?\d{2})?)?")
 ROLES = ("taskdb_autoscaler", "taskdb_worker", "taskdb_monitor")

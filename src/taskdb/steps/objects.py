@@ -1,0 +1,68 @@
+"""Create a revision's SQL objects (tables, functions, views, triggers, grants) from its frozen SQL, in one
+short transaction: nothing half-created is ever visible."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection
+
+from taskdb.catalog import ensure_roles
+from taskdb.db import execute_script, scalar, transaction
+from taskdb.locks import run_locked
+from taskdb.steps.base import Facts, Online, Step
+
+if TYPE_CHECKING:
+    from taskdb.offline import OfflineScript
+
+
+@dataclass(frozen=True)
+class CreateObjects(Step):
+    """The ``names`` sections of the revision's frozen ``sql``, in order, in one transaction.
+
+    ``locked``: the existing relations the sections lock (a view or function on tasks: ACCESS SHARE; CREATE
+    TRIGGER: SHARE ROW EXCLUSIVE, as ``lock`` says): then the transaction runs under lock_timeout with
+    retries (taskdb.locks.run_locked), and a lock failure names who holds them. ``roles``: group
+    roles created where the migration role may (never dropped: roles are cluster-wide), and then the
+    ``grants`` section. ``grants_if``: the ``grants`` section only where that role exists."""
+
+    what: str
+    sql: Mapping[str, str]
+    names: Sequence[str]
+    locked: Sequence[str] = ()
+    roles: Sequence[str] = ()
+    grants_if: str | None = None
+    lock: str = "none on tasks"
+    before: str | None = None
+
+    def facts(self) -> Iterator[Facts]:
+        yield Facts(self.what, self.lock, False)
+
+    def online(self, run: Online) -> None:
+        def create(conn: Connection) -> None:
+            for name in self.names:
+                execute_script(conn, self.sql[name])
+            if self.roles:
+                if ensure_roles(conn, self.roles, run.revision):
+                    execute_script(conn, self.sql["grants"])
+            elif self.grants_if and scalar(
+                conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role)", {"role": self.grants_if}
+            ):
+                execute_script(conn, self.sql["grants"])
+
+        if self.locked:
+            run_locked(run.conn, create, relations=self.locked, label=self.what)
+        else:
+            with transaction(run.conn):
+                create(run.conn)
+
+    def offline(self, sql: OfflineScript) -> None:
+        with sql.transaction():
+            for name in self.names:
+                sql.frozen(self.sql[name])
+            if self.roles:
+                sql.roles_and_grants(self.roles, self.sql["grants"])
+            elif self.grants_if:
+                sql.grants_if_role(self.grants_if, self.sql["grants"])
