@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from taskdb.failpoints import failpoint
-from taskdb.sql import parse_queries
+from taskdb.sql import beside
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
@@ -85,7 +84,7 @@ def offline_step(revision: str) -> Iterator[OfflineScript]:
 
 def revision_sql(revision_file: str) -> dict[str, str]:
     """The frozen SQL that sits beside a revision file (same name, ``.sql``), split on ``-- name --``."""
-    return parse_queries(Path(revision_file).with_suffix(".sql").read_text(encoding="utf-8"))
+    return beside(revision_file)
 
 
 def revision_module(revision: str) -> ModuleType:

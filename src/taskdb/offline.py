@@ -33,13 +33,12 @@ from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine import Connection
 
 from taskdb import cron
-from taskdb.adopt import TableSpec
 from taskdb.backfill import RESTORE_BATCH_SIZE, BackfillConfig, render
-from taskdb.catalog import ensure_owned_table, record_owned
-from taskdb.constraints import Check, ForeignKey, Index, _add_sql, _comment, not_null_check_name
+from taskdb.catalog import record_owned
+from taskdb.constraints import Index
 from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
-from taskdb.sql import SCHEMA_TOKEN, queries, split_statements
+from taskdb.sql import SCHEMA_TOKEN, fill, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
 from taskdb.version_table import DEFAULT, create_sql, taskdb_revisions
 
@@ -47,8 +46,6 @@ from taskdb.version_table import DEFAULT, create_sql, taskdb_revisions
 BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
 # A safety net for short DDL transactions (lock waits are bounded by lock_timeout); scans get none.
 DDL_STATEMENT_TIMEOUT = "1min"
-
-_PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 
 
 def literal(value: str) -> str:
@@ -72,12 +69,7 @@ def dollar_quote(text: str, tag: str) -> str:
 
 def template(section: str, **values: str) -> str:
     """A section of sql/offline.sql with its ``{{placeholders}}`` filled (every one, and only known ones)."""
-    text = queries("offline")[section]
-    missing = {m for m in _PLACEHOLDER.findall(text) if m not in values}
-    unused = set(values) - set(_PLACEHOLDER.findall(text))
-    if missing or unused:
-        raise KeyError(f"offline.sql section {section}: missing {sorted(missing)}, unknown {sorted(unused)}")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    return fill(queries("offline")[section], f"offline.sql section {section}", **values)
 
 
 class _Capture:
@@ -96,14 +88,15 @@ class _Capture:
         self.statements.append(str(bound.compile(dialect=dialect, compile_kwargs={"literal_binds": True})))
 
 
-def _captured(call: Any) -> list[str]:
+def captured(call: Any) -> list[str]:
+    """The statements ``call`` runs on a connection, as static SQL (see :class:`_Capture`)."""
     capture = _Capture()
     call(cast(Connection, capture))
     return capture.statements
 
 
 def record_owned_sql(kind: str, name: str, revision: str) -> str:
-    [statement] = _captured(lambda c: record_owned(c, kind, name, revision))
+    [statement] = captured(lambda c: record_owned(c, kind, name, revision))
     return statement
 
 
@@ -213,54 +206,6 @@ class OfflineScript:
     def close(self) -> None:
         self._stack.close()
 
-    # -- 0001: adopt or create -----------------------------------------------------------------------------
-
-    def check_shapes(self, specs: Sequence[tuple[TableSpec, Mapping[str, tuple[str, ...]]]]) -> None:
-        """taskdb.adopt.check_shape of each table, as one DO block that RAISEs before anything changes."""
-        spec_json = [
-            {
-                "table": spec.name,
-                "unique_key": spec.unique_key,
-                "columns": [{"name": n, "required": True, "types": list(t)} for n, t in spec.required.items()]
-                + [{"name": n, "required": False, "types": list(t)} for n, t in optional.items()],
-            }
-            for spec, optional in specs
-        ]
-        self.emit(template("check_shapes", specs=jsonb(spec_json)))
-
-    def create_missing_tables(self, specs: Sequence[TableSpec]) -> None:
-        """The ownership record's table, then each absent table (in order), recorded as this revision's."""
-        for statement in _captured(ensure_owned_table):
-            self.emit(statement)
-        for spec in specs:
-            self.emit(
-                template(
-                    "create_table",
-                    table_literal=literal(spec.name),
-                    create_sql=textwrap.indent(spec.create_sql.strip(), " " * 8).lstrip(),
-                    record_owned=record_owned_sql("table", spec.name, self.revision),
-                )
-            )
-
-    # -- 0002: columns and enum labels -------------------------------------------------------------------
-
-    def add_missing_columns(self, table: str, wanted: Mapping[str, str]) -> None:
-        for column, ddl_type in wanted.items():
-            self.emit(
-                template(
-                    "add_column",
-                    table=table,
-                    table_literal=literal(table),
-                    column=column,
-                    column_literal=literal(column),
-                    type=ddl_type,
-                    record_owned=record_owned_sql("column", f"{table}.{column}", self.revision),
-                )
-            )
-
-    def ensure_enum_labels(self, labels: Sequence[str]) -> None:
-        self.emit(template("enum_labels", labels=text_array(labels), revision=literal(self.revision)))
-
     # -- frozen SQL, backfill, cleanup -------------------------------------------------------------------
 
     def frozen(self, sql: str) -> None:
@@ -299,104 +244,7 @@ class OfflineScript:
         with self.outside_transaction():
             self.emit(template("cleanup_call", lock_timeout=self.lock_timeout, actor=literal(actor)))
 
-    # -- 0004/0005: constraints and indexes ----------------------------------------------------------------
-
-    def add_not_valid(
-        self, item: Check | ForeignKey, *, owned: bool = True, only_if_nullable: str | None = None
-    ) -> None:
-        """ADD ... NOT VALID where absent (recorded as this revision's unless ``owned`` is false); with
-        ``only_if_nullable``, only while that column still accepts NULL (the NOT NULL route)."""
-        with self.transaction():
-            extra = ""
-            if only_if_nullable:
-                extra = (
-                    f"\n       AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {literal(item.table)}::regclass"
-                    f" AND attname = {literal(only_if_nullable)} AND NOT attnotnull)"
-                )
-            record = record_owned_sql("constraint", f"{item.table}.{item.name}", self.revision) if owned else "NULL"
-            self.emit(
-                template(
-                    "add_constraint",
-                    table_literal=literal(item.table),
-                    name_literal=literal(item.name),
-                    also=extra,
-                    add_sql=_add_sql(item),
-                    comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
-                    record_owned=record,
-                )
-            )
-
-    def validate(self, item: Check | ForeignKey) -> None:
-        """Its own transaction; SHARE UPDATE EXCLUSIVE: writers go on while it scans (no statement_timeout)."""
-        with self.transaction(statement_timeout="0"):
-            self.emit(f"ALTER TABLE {item.table} VALIDATE CONSTRAINT {item.name}")
-
-    def ensure_not_null(self, table: str, column: str) -> None:
-        """CHECK (col IS NOT NULL) NOT VALID -> VALIDATE (own transaction) -> SET NOT NULL -> drop the CHECK."""
-        name = not_null_check_name(table, column)
-        check = Check(name, table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
-        self.add_not_valid(check, owned=False, only_if_nullable=column)
-        values = {
-            "table": table,
-            "table_literal": literal(table),
-            "column": column,
-            "column_literal": literal(column),
-            "name": name,
-            "name_literal": literal(name),
-        }
-        with self.transaction(statement_timeout="0"):
-            self.emit(template("not_null_validate", **values))
-        with self.transaction():
-            self.emit(
-                template(
-                    "not_null_set",
-                    **values,
-                    record_owned=record_owned_sql("not_null", f"{table}.{column}", self.revision),
-                )
-            )
-
-    def ensure_index(self, index: Index) -> None:
-        owned_name = literal(f"{index.table}.{index.name}")
-        with self.transaction():
-            self.emit(template("index_check", name_literal=literal(index.name)))
-            self.emit(
-                template(
-                    "index_record",
-                    owned_name=owned_name,
-                    revision=literal(self.revision),
-                    name_literal=literal(index.name),
-                )
-            )
-        with self.outside_transaction():
-            self.emit(f"SET lock_timeout = {self.lock_timeout}")
-            self.emit("SET statement_timeout = 0")
-            self.emit(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {index.table} {index.definition}")
-            self.emit("RESET statement_timeout")
-            self.emit("RESET lock_timeout")
-        with self.transaction():
-            self.emit(
-                template(
-                    "index_comment",
-                    owned_name=owned_name,
-                    name=index.name,
-                    comment=literal(index.why),
-                )
-            )
-
-    # -- 0005/0006: roles, grants, pg_cron ---------------------------------------------------------------
-
-    def roles_and_grants(self, roles: Sequence[str], grants_sql: str) -> None:
-        self.emit(
-            template(
-                "roles_and_grants",
-                roles=text_array(roles),
-                revision=literal(self.revision),
-                grants=_indented_statements(grants_sql, 4),
-            )
-        )
-
-    def grants_if_role(self, role: str, grants_sql: str) -> None:
-        self.emit(template("grants_if_role", role=literal(role), grants=_indented_statements(grants_sql, 8)))
+    # -- pg_cron ---------------------------------------------------------------
 
     def schedule_cron_jobs(self, mode: str) -> None:
         jobs = [
@@ -477,13 +325,6 @@ class OfflineScript:
                     revision=literal(revision),
                 )
             )
-
-
-def _indented_statements(sql: str, spaces: int) -> str:
-    return "\n".join(textwrap.indent(s.strip() + ";", " " * spaces) for s in split_statements(sql))
-
-
-# -- the script around the revisions (migrations/env.py, offline mode) ------------------------------------
 
 
 class VersionStatements:

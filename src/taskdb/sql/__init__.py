@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 
 # Where frozen SQL names taskdb's schema (a pinned search_path, a qualified call): filled in when it runs.
 SCHEMA_TOKEN = "@schema@"
 
 _QUERY_HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 
 
 @cache
@@ -128,3 +130,19 @@ def declared_inline_constraints(script: str) -> dict[str, set[str]]:
         if match is not None:
             found[match.group(1)] = set(_INLINE_CONSTRAINT.findall(code))
     return found
+
+
+def beside(module_file: str) -> dict[str, str]:
+    """The named queries of the ``.sql`` file beside a module (same name): a revision's frozen SQL, a step
+    kind's offline SQL."""
+    return parse_queries(Path(module_file).with_suffix(".sql").read_text(encoding="utf-8"))
+
+
+def fill(text: str, where: str, **values: str) -> str:
+    """``text`` with its ``{{placeholders}}`` filled: every one, and only known ones (``where`` names the
+    section in the error)."""
+    found = set(_PLACEHOLDER.findall(text))
+    missing, unused = found - set(values), set(values) - found
+    if missing or unused:
+        raise KeyError(f"{where}: missing {sorted(missing)}, unknown {sorted(unused)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)

@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 
 from taskdb.adopt import add_missing_columns, ensure_enum_labels
 from taskdb.catalog import columns
+from taskdb.offline import literal, record_owned_sql, text_array
+from taskdb.sql import beside, fill
 from taskdb.steps.base import BRIEF_EXCLUSIVE, Facts, Online, Step
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
+
+SQL = beside(__file__)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,19 @@ class AddColumns(Step):
 
     def offline(self, sql: OfflineScript) -> None:
         with sql.transaction():
-            sql.add_missing_columns(self.table, self.wanted)
+            for column, ddl_type in self.wanted.items():
+                sql.emit(
+                    fill(
+                        SQL["add_column"],
+                        "add_column",
+                        table=self.table,
+                        table_literal=literal(self.table),
+                        column=column,
+                        column_literal=literal(column),
+                        type=ddl_type,
+                        record_owned=record_owned_sql("column", f"{self.table}.{column}", sql.revision),
+                    )
+                )
 
 
 @dataclass(frozen=True)
@@ -52,4 +68,6 @@ class EnumLabels(Step):
 
     def offline(self, sql: OfflineScript) -> None:
         with sql.transaction():
-            sql.ensure_enum_labels(self.labels)
+            sql.emit(
+                fill(SQL["enum_labels"], "enum_labels", labels=text_array(self.labels), revision=literal(sql.revision))
+            )

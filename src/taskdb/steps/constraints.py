@@ -13,18 +13,52 @@ from taskdb.constraints import (
     Check,
     ForeignKey,
     WriteGuard,
+    _add_sql,
+    _comment,
     add_not_valid,
     drop_write_guard,
     drop_write_guard_sql,
     ensure_not_null,
     install_write_guard,
+    not_null_check_name,
     validate,
     write_guard_sql,
 )
+from taskdb.offline import literal, record_owned_sql
+from taskdb.sql import beside, fill
 from taskdb.steps.base import BRIEF_EXCLUSIVE, BRIEF_SHARE_ROW, SHARE_UPDATE, Facts, Online, Step, note, write
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
+
+SQL = beside(__file__)
+
+
+def add_not_valid_sql(
+    sql: OfflineScript, item: Check | ForeignKey, *, owned: bool = True, only_if_nullable: str | None = None
+) -> None:
+    """ADD ... NOT VALID where absent, in a transaction of its own (recorded as the revision's unless ``owned``
+    is false); with ``only_if_nullable``, only while that column still accepts NULL (the NOT NULL route)."""
+    also = ""
+    if only_if_nullable:
+        also = (
+            f"\n       AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {literal(item.table)}::regclass"
+            f" AND attname = {literal(only_if_nullable)} AND NOT attnotnull)"
+        )
+    record = record_owned_sql("constraint", f"{item.table}.{item.name}", sql.revision) if owned else "NULL"
+    with sql.transaction():
+        sql.emit(
+            fill(
+                SQL["add_constraint"],
+                "add_constraint",
+                table_literal=literal(item.table),
+                name_literal=literal(item.name),
+                also=also,
+                add_sql=_add_sql(item),
+                comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
+                record_owned=record,
+            )
+        )
 
 
 def _referenced(item: ForeignKey) -> str:
@@ -49,7 +83,7 @@ class AddNotValid(Step):
         add_not_valid(run.conn, self.item, run.revision)
 
     def offline(self, sql: OfflineScript) -> None:
-        sql.add_not_valid(self.item)
+        add_not_valid_sql(sql, self.item)
 
 
 @dataclass(frozen=True)
@@ -65,7 +99,8 @@ class Validate(Step):
         validate(run.conn, self.item.table, self.item.name)
 
     def offline(self, sql: OfflineScript) -> None:
-        sql.validate(self.item)
+        with sql.transaction(statement_timeout="0"):  # it scans: no statement_timeout
+            sql.emit(f"ALTER TABLE {self.item.table} VALIDATE CONSTRAINT {self.item.name}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +123,23 @@ class SetNotNull(Step):
         ensure_not_null(run.conn, self.table, self.column, run.revision)
 
     def offline(self, sql: OfflineScript) -> None:
-        sql.ensure_not_null(self.table, self.column)
+        table, column = self.table, self.column
+        name = not_null_check_name(table, column)
+        check = Check(name, table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
+        add_not_valid_sql(sql, check, owned=False, only_if_nullable=column)
+        values = {
+            "table": table,
+            "table_literal": literal(table),
+            "column": column,
+            "column_literal": literal(column),
+            "name": name,
+            "name_literal": literal(name),
+        }
+        with sql.transaction(statement_timeout="0"):
+            sql.emit(fill(SQL["not_null_validate"], "not_null_validate", **values))
+        with sql.transaction():
+            record = record_owned_sql("not_null", f"{table}.{column}", sql.revision)
+            sql.emit(fill(SQL["not_null_set"], "not_null_set", **values, record_owned=record))
 
 
 @dataclass(frozen=True)

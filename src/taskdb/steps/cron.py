@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from taskdb import cron
 from taskdb.db import execute_script, scalar, transaction
 from taskdb.steps.base import Facts, Online, Step
+from taskdb.steps.objects import grants_if_role_sql
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
@@ -52,7 +53,7 @@ class ScheduleCron(Step):
         with sql.transaction():
             for name in RECORD:
                 sql.frozen(self.sql[name])
-            sql.grants_if_role(MONITOR, self.sql["grants"])
+            sql.emit(grants_if_role_sql(MONITOR, self.sql["grants"]))
             if mode == "skip":
                 sql.comment("TASKDB_CRON=skip when this script was generated: no pg_cron job is installed.")
             else:

@@ -3,6 +3,7 @@ short transaction: nothing half-created is ever visible."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,10 +13,23 @@ from sqlalchemy.engine import Connection
 from taskdb.catalog import ensure_roles
 from taskdb.db import execute_script, scalar, transaction
 from taskdb.locks import run_locked
+from taskdb.offline import literal, text_array
+from taskdb.sql import beside, fill, split_statements
 from taskdb.steps.base import Facts, Online, Step
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
+
+SQL = beside(__file__)
+
+
+def _indented(statements: str, spaces: int) -> str:
+    return "\n".join(textwrap.indent(s.strip() + ";", " " * spaces) for s in split_statements(statements))
+
+
+def grants_if_role_sql(role: str, grants: str) -> str:
+    """A DO block running ``grants`` only where ``role`` exists."""
+    return fill(SQL["grants_if_role"], "grants_if_role", role=literal(role), grants=_indented(grants, 8))
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ class CreateObjects(Step):
             for name in self.names:
                 execute_script(conn, self.sql[name])
             if self.roles:
-                if ensure_roles(conn, self.roles, run.revision):
+                if ensure_roles(conn, tuple(self.roles), run.revision):
                     execute_script(conn, self.sql["grants"])
             elif self.grants_if and scalar(
                 conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role)", {"role": self.grants_if}
@@ -63,6 +77,10 @@ class CreateObjects(Step):
             for name in self.names:
                 sql.frozen(self.sql[name])
             if self.roles:
-                sql.roles_and_grants(self.roles, self.sql["grants"])
+                roles, grants = text_array(self.roles), _indented(self.sql["grants"], 4)
+                revision = literal(sql.revision)
+                sql.emit(
+                    fill(SQL["roles_and_grants"], "roles_and_grants", roles=roles, revision=revision, grants=grants)
+                )
             elif self.grants_if:
-                sql.grants_if_role(self.grants_if, self.sql["grants"])
+                sql.emit(grants_if_role_sql(self.grants_if, self.sql["grants"]))
