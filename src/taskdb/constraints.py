@@ -1,12 +1,8 @@
-"""Constraints added the online-safe way, and repaired when a previous run stopped halfway.
+"""What taskdb's constraints and indexes are (Check, ForeignKey, Index, the WriteGuard and its SQL), and how a
+downgrade or a repair drops what taskdb added, never what it adopted (taskdb_owned_objects).
 
-- CHECK and FOREIGN KEY: ``ADD ... NOT VALID`` (a brief lock, no scan) then ``VALIDATE CONSTRAINT`` in
-  its own transaction (SHARE UPDATE EXCLUSIVE: writers keep writing while it scans).
-- NOT NULL: ``CHECK (col IS NOT NULL) NOT VALID`` -> VALIDATE -> ``SET NOT NULL`` (PostgreSQL 12+ uses
-  the validated CHECK instead of scanning) -> drop the CHECK.
-- Indexes: ``CREATE INDEX CONCURRENTLY``; an INVALID leftover of a failed build is dropped and rebuilt.
-
-Every step first looks at the catalog, so rerunning after any failure finishes the work.
+Adding them is a step: taskdb.steps.constraints (NOT VALID, VALIDATE, NOT NULL through a validated CHECK, the
+write guard) and taskdb.steps.indexes (CONCURRENTLY).
 """
 
 from __future__ import annotations
@@ -16,18 +12,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
-from taskdb.catalog import columns, constraint, forget_owned, index_is_valid, owned, record_owned
-from taskdb.db import execute_script, in_schema, rows, scalar, schema_qualified, sqlstate, transaction
-from taskdb.errors import ConstraintViolated
-from taskdb.failpoints import failpoint
+from taskdb.catalog import columns, constraint, forget_owned, owned
+from taskdb.db import execute_script, scalar, schema_qualified, transaction
 from taskdb.locks import LockPolicy, run_locked
 
 log = logging.getLogger("taskdb.constraints")
-
-CHECK_VIOLATION = "23514"
-FOREIGN_KEY_VIOLATION = "23503"
 
 
 @dataclass(frozen=True)
@@ -68,75 +58,8 @@ def _add_sql(item: Check | ForeignKey) -> str:
     )
 
 
-def add_not_valid(
-    conn: Connection, item: Check | ForeignKey, revision: str | None, policy: LockPolicy | None = None
-) -> None:
-    """Add the constraint without scanning: from now on every insert and update must satisfy it.
-
-    A constraint of that name that already exists is adopted as it is (and not recorded as taskdb's).
-    """
-    if constraint(conn, item.table, item.name) is not None:
-        return
-    relations = [item.table]
-    if isinstance(item, ForeignKey):
-        relations.append(item.references.split("(")[0])
-
-    def add(c: Connection) -> None:
-        c.execute(sa.text(_add_sql(item)))
-        c.execute(sa.text(_comment("CONSTRAINT", item.name, item.table, item.why)))
-        if revision:
-            record_owned(c, "constraint", f"{item.table}.{item.name}", revision)
-
-    run_locked(conn, add, relations=relations, policy=policy, label=_add_sql(item))
-    failpoint("constraints.after_add_not_valid")
-
-
-def validate(conn: Connection, table: str, name: str, policy: LockPolicy | None = None) -> None:
-    """VALIDATE a NOT VALID constraint; a violation becomes an error naming up to 10 offending rows."""
-    state = constraint(conn, table, name)
-    if state is None or state.validated:
-        return
-    try:
-        run_locked(conn, [f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}"], relations=[table], policy=policy)
-    except DBAPIError as exc:
-        if sqlstate(exc) not in (CHECK_VIOLATION, FOREIGN_KEY_VIOLATION) or state.kind != "c":
-            raise
-        expression = state.definition.removeprefix("CHECK ").removesuffix(" NOT VALID")
-        bad = rows(conn, f"SELECT id::text AS id FROM {table} WHERE NOT {expression} LIMIT 10")
-        raise ConstraintViolated(table, name, [r["id"] for r in bad]) from None
-    failpoint("constraints.after_validate")
-
-
 def not_null_check_name(table: str, column: str) -> str:
     return f"{table}_{column}_not_null"
-
-
-def ensure_not_null(conn: Connection, table: str, column: str, revision: str, policy: LockPolicy | None = None) -> bool:
-    """Make ``column`` NOT NULL without a long ACCESS EXCLUSIVE scan. False (and a warning) if rows are NULL.
-
-    A column that some rows leave NULL keeps accepting NULL: taskdb invents no values.
-    """
-    if columns(conn, table)[column].not_null:
-        return True
-    check = Check(not_null_check_name(table, column), table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
-    add_not_valid(conn, check, None, policy)
-    try:
-        validate(conn, table, check.name, policy)
-    except ConstraintViolated:
-        nulls = scalar(conn, f"SELECT count(*) FROM {table} WHERE {column} IS NULL")
-        run_locked(conn, [f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {check.name}"], relations=[table])
-        log.warning("%s.%s stays nullable: %s rows hold NULL and taskdb invents no values", table, column, nulls)
-        return False
-
-    def set_not_null(c: Connection) -> None:
-        c.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
-        c.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {check.name}")
-        record_owned(c, "not_null", f"{table}.{column}", revision)
-        failpoint("constraints.set_not_null_uncommitted")  # the transaction is still open
-
-    failpoint("constraints.before_set_not_null")
-    run_locked(conn, set_not_null, relations=[table], policy=policy)
-    return True
 
 
 def drop_not_nulls(conn: Connection, revision: str, policy: LockPolicy | None = None) -> None:
@@ -179,47 +102,6 @@ def drop_owned(conn: Connection, revision: str, policy: LockPolicy | None = None
             forget_owned(c, "constraint", qualified)
 
         run_locked(conn, drop, relations=[table], policy=policy)
-
-
-def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPolicy | None = None) -> None:
-    """CREATE INDEX CONCURRENTLY, first dropping an INVALID leftover of an interrupted build."""
-    if index_is_valid(conn, index.name) is True and f"{index.table}.{index.name}" not in owned(conn, "index"):
-        return  # an index of that name the database already had: adopted as it is
-    if index_is_valid(conn, index.name) is False:
-        log.warning("index %s is INVALID (an earlier build was interrupted): rebuilding it", index.name)
-        run_locked(
-            conn,
-            [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, index.name)}"],
-            relations=[index.table],
-            policy=policy,
-            in_transaction=False,
-        )
-    if index_is_valid(conn, index.name) is None:
-        # recorded as taskdb's before the build, so that an INVALID leftover is known to be ours
-        with transaction(conn):
-            record_owned(conn, "index", f"{index.table}.{index.name}", revision)
-        failpoint("index.before_create_concurrently")
-        # outside a transaction: the statement names the schema itself (db.schema_qualified)
-        create = (
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {schema_qualified(conn, index.table)} "
-            f"{in_schema(conn, index.definition)}"
-        )
-
-        def build(c: Connection) -> None:
-            # A lock_timeout in one of the build's waits (for writers, for old snapshots) leaves the index
-            # INVALID: the retry must rebuild it, not skip it because of IF NOT EXISTS.
-            if index_is_valid(c, index.name) is False:
-                c.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(c, index.name)}"))
-            c.execute(sa.text(create))
-
-        run_locked(conn, build, relations=[index.table], policy=policy, in_transaction=False, label=create)
-        failpoint("index.after_create_concurrently")
-    run_locked(
-        conn,
-        [f"COMMENT ON INDEX {index.name} IS '{index.why}'"],
-        relations=[index.table],
-        policy=policy,
-    )
 
 
 # -- the write guard: no moment in which a legacy row cannot be updated --------------------------------------
@@ -289,17 +171,6 @@ def drop_write_guard_sql(guard: WriteGuard) -> str:
         "-- the guard's own trigger function, created moments before by the same revision: no client calls it\n"
         "-- squawk-ignore ban-drop-function\n"
         f"DROP FUNCTION IF EXISTS {guard.function}();\n"
-    )
-
-
-def install_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
-    """Create (or replace) the guard: CREATE TRIGGER takes SHARE ROW EXCLUSIVE for a moment."""
-    run_locked(
-        conn,
-        lambda c: execute_script(c, write_guard_sql(guard)),
-        relations=[guard.table],
-        policy=policy,
-        label=f"CREATE TRIGGER {guard.trigger}",
     )
 
 

@@ -235,7 +235,7 @@ def test_session_killed_mid_backfill(db: Db, reference: Db, front_end: str) -> N
     checkpoint = db.rows("SELECT rows_done, finished_at FROM taskdb_backfill_progress")[0]
     assert checkpoint["finished_at"] is None and 50 <= checkpoint["rows_done"] < 450  # killed mid-backfill
     assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
-    assert_clear_failure(db, failed, "0003_backfill", "step run_backfill()")
+    assert_clear_failure(db, failed, "0003_backfill", "step backfill / flag the rows that need it")
 
     rerun = run(front_end, db)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -265,7 +265,11 @@ def test_session_killed_mid_validate_constraint(db: Db, reference: Db) -> None:
     # the VALIDATE was rolled back with the session: the constraint is left NOT VALID for the rerun
     assert db.scalar("SELECT convalidated FROM pg_constraint WHERE conname = :n", n=name) is False
     assert_clear_failure(
-        db, failed, "0004_constraints", "step validate()", f"`ALTER TABLE tasks VALIDATE CONSTRAINT {name}`"
+        db,
+        failed,
+        "0004_constraints",
+        f"step VALIDATE CONSTRAINT {name} running",
+        f"`ALTER TABLE tasks VALIDATE CONSTRAINT {name}`",
     )
 
     rerun = run("taskdb", db)
@@ -308,7 +312,9 @@ def test_session_killed_mid_create_index_concurrently(db: Db, reference: Db) -> 
         holder_engine.dispose()
     # the killed build left its index behind INVALID
     assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)", n=name) is False
-    assert_clear_failure(db, failed, "0004_constraints", "step ensure_index()", "`CREATE INDEX CONCURRENTLY")
+    assert_clear_failure(
+        db, failed, "0004_constraints", f"step CREATE INDEX CONCURRENTLY {name} ON tasks", "`CREATE INDEX CONCURRENTLY"
+    )
 
     rerun = run("taskdb", db)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

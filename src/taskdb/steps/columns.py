@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskdb.adopt import add_missing_columns, ensure_enum_labels
-from taskdb.catalog import columns
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from taskdb.catalog import (
+    columns,
+    enum_labels,
+    record_owned,
+)
+from taskdb.locks import LockPolicy, run_locked
 from taskdb.offline import literal, record_owned_sql, text_array
 from taskdb.sql import beside, fill
 from taskdb.steps.base import BRIEF_EXCLUSIVE, Facts, Online, Step
@@ -15,7 +23,45 @@ from taskdb.steps.base import BRIEF_EXCLUSIVE, Facts, Online, Step
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
 
+log = logging.getLogger("taskdb.adopt")
 SQL = beside(__file__)
+
+
+def add_missing_columns(
+    conn: Connection, table: str, wanted: Mapping[str, str], revision: str, policy: LockPolicy | None = None
+) -> list[str]:
+    """Add each absent column (nullable, no default: a catalog-only change) in one short transaction."""
+    added: list[str] = []
+
+    def add(c: Connection) -> None:
+        added.clear()
+        present = columns(c, table)
+        for name, ddl_type in wanted.items():
+            if name not in present:
+                c.execute(sa.text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {ddl_type}'))
+                record_owned(c, "column", f"{table}.{name}", revision)
+                added.append(name)
+
+    run_locked(conn, add, relations=[table], policy=policy)
+    if added:
+        log.info("added columns to %s: %s", table, ", ".join(added))
+    return added
+
+
+def ensure_enum_labels(conn: Connection, type_name: str, labels: Sequence[str], revision: str) -> list[str]:
+    """Add missing labels to an enum, each in a transaction of its own (committed before the run uses it).
+
+    PostgreSQL cannot drop an enum label, so a downgrade leaves these in place (recorded as owned).
+    """
+    missing = [label for label in labels if label not in enum_labels(conn, type_name)]
+    for label in missing:
+        run_locked(
+            conn,
+            [f"ALTER TYPE {type_name} ADD VALUE IF NOT EXISTS '{label}'"],
+            relations=["tasks"],
+        )
+        record_owned(conn, "enum_label", f"{type_name}.{label}", revision)
+    return missing
 
 
 @dataclass(frozen=True)

@@ -4,26 +4,36 @@ leaves no moment in which a legacy row cannot be updated."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from taskdb.catalog import (
+    columns,
+    constraint,
+    record_owned,
+)
 from taskdb.constraints import (
     Check,
     ForeignKey,
     WriteGuard,
     _add_sql,
     _comment,
-    add_not_valid,
     drop_write_guard,
     drop_write_guard_sql,
-    ensure_not_null,
-    install_write_guard,
     not_null_check_name,
-    validate,
     write_guard_sql,
 )
+from taskdb.db import execute_script, rows, scalar, sqlstate
+from taskdb.errors import ConstraintViolated
+from taskdb.failpoints import failpoint
+from taskdb.locks import LockPolicy, run_locked
 from taskdb.offline import literal, record_owned_sql
 from taskdb.sql import beside, fill
 from taskdb.steps.base import BRIEF_EXCLUSIVE, BRIEF_SHARE_ROW, SHARE_UPDATE, Facts, Online, Step, note, write
@@ -31,6 +41,7 @@ from taskdb.steps.base import BRIEF_EXCLUSIVE, BRIEF_SHARE_ROW, SHARE_UPDATE, Fa
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
 
+log = logging.getLogger("taskdb.constraints")
 SQL = beside(__file__)
 
 
@@ -59,6 +70,89 @@ def add_not_valid_sql(
                 record_owned=record,
             )
         )
+
+
+CHECK_VIOLATION = "23514"
+
+FOREIGN_KEY_VIOLATION = "23503"
+
+
+def add_not_valid(
+    conn: Connection, item: Check | ForeignKey, revision: str | None, policy: LockPolicy | None = None
+) -> None:
+    """Add the constraint without scanning: from now on every insert and update must satisfy it.
+
+    A constraint of that name that already exists is adopted as it is (and not recorded as taskdb's).
+    """
+    if constraint(conn, item.table, item.name) is not None:
+        return
+    relations = [item.table]
+    if isinstance(item, ForeignKey):
+        relations.append(item.references.split("(")[0])
+
+    def add(c: Connection) -> None:
+        c.execute(sa.text(_add_sql(item)))
+        c.execute(sa.text(_comment("CONSTRAINT", item.name, item.table, item.why)))
+        if revision:
+            record_owned(c, "constraint", f"{item.table}.{item.name}", revision)
+
+    run_locked(conn, add, relations=relations, policy=policy, label=_add_sql(item))
+    failpoint("constraints.after_add_not_valid")
+
+
+def validate(conn: Connection, table: str, name: str, policy: LockPolicy | None = None) -> None:
+    """VALIDATE a NOT VALID constraint; a violation becomes an error naming up to 10 offending rows."""
+    state = constraint(conn, table, name)
+    if state is None or state.validated:
+        return
+    try:
+        run_locked(conn, [f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}"], relations=[table], policy=policy)
+    except DBAPIError as exc:
+        if sqlstate(exc) not in (CHECK_VIOLATION, FOREIGN_KEY_VIOLATION) or state.kind != "c":
+            raise
+        expression = state.definition.removeprefix("CHECK ").removesuffix(" NOT VALID")
+        bad = rows(conn, f"SELECT id::text AS id FROM {table} WHERE NOT {expression} LIMIT 10")
+        raise ConstraintViolated(table, name, [r["id"] for r in bad]) from None
+    failpoint("constraints.after_validate")
+
+
+def ensure_not_null(conn: Connection, table: str, column: str, revision: str, policy: LockPolicy | None = None) -> bool:
+    """Make ``column`` NOT NULL without a long ACCESS EXCLUSIVE scan. False (and a warning) if rows are NULL.
+
+    A column that some rows leave NULL keeps accepting NULL: taskdb invents no values.
+    """
+    if columns(conn, table)[column].not_null:
+        return True
+    check = Check(not_null_check_name(table, column), table, f"{column} IS NOT NULL", "temporary: taskdb NOT NULL")
+    add_not_valid(conn, check, None, policy)
+    try:
+        validate(conn, table, check.name, policy)
+    except ConstraintViolated:
+        nulls = scalar(conn, f"SELECT count(*) FROM {table} WHERE {column} IS NULL")
+        run_locked(conn, [f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {check.name}"], relations=[table])
+        log.warning("%s.%s stays nullable: %s rows hold NULL and taskdb invents no values", table, column, nulls)
+        return False
+
+    def set_not_null(c: Connection) -> None:
+        c.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
+        c.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {check.name}")
+        record_owned(c, "not_null", f"{table}.{column}", revision)
+        failpoint("constraints.set_not_null_uncommitted")  # the transaction is still open
+
+    failpoint("constraints.before_set_not_null")
+    run_locked(conn, set_not_null, relations=[table], policy=policy)
+    return True
+
+
+def install_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
+    """Create (or replace) the guard: CREATE TRIGGER takes SHARE ROW EXCLUSIVE for a moment."""
+    run_locked(
+        conn,
+        lambda c: execute_script(c, write_guard_sql(guard)),
+        relations=[guard.table],
+        policy=policy,
+        label=f"CREATE TRIGGER {guard.trigger}",
+    )
 
 
 def _referenced(item: ForeignKey) -> str:

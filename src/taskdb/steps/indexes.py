@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskdb.constraints import Index, ensure_index
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from taskdb.catalog import (
+    index_is_valid,
+    owned,
+    record_owned,
+)
+from taskdb.constraints import Index
+from taskdb.db import in_schema, schema_qualified, transaction
+from taskdb.failpoints import failpoint
+from taskdb.locks import LockPolicy, run_locked
 from taskdb.offline import literal
 from taskdb.sql import SCHEMA_TOKEN, beside, fill
 from taskdb.steps.base import SHARE_UPDATE, Facts, Online, Step
@@ -14,7 +26,49 @@ from taskdb.steps.base import SHARE_UPDATE, Facts, Online, Step
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
 
+log = logging.getLogger("taskdb.constraints")
 SQL = beside(__file__)
+
+
+def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPolicy | None = None) -> None:
+    """CREATE INDEX CONCURRENTLY, first dropping an INVALID leftover of an interrupted build."""
+    if index_is_valid(conn, index.name) is True and f"{index.table}.{index.name}" not in owned(conn, "index"):
+        return  # an index of that name the database already had: adopted as it is
+    if index_is_valid(conn, index.name) is False:
+        log.warning("index %s is INVALID (an earlier build was interrupted): rebuilding it", index.name)
+        run_locked(
+            conn,
+            [f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(conn, index.name)}"],
+            relations=[index.table],
+            policy=policy,
+            in_transaction=False,
+        )
+    if index_is_valid(conn, index.name) is None:
+        # recorded as taskdb's before the build, so that an INVALID leftover is known to be ours
+        with transaction(conn):
+            record_owned(conn, "index", f"{index.table}.{index.name}", revision)
+        failpoint("index.before_create_concurrently")
+        # outside a transaction: the statement names the schema itself (db.schema_qualified)
+        create = (
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} ON {schema_qualified(conn, index.table)} "
+            f"{in_schema(conn, index.definition)}"
+        )
+
+        def build(c: Connection) -> None:
+            # A lock_timeout in one of the build's waits (for writers, for old snapshots) leaves the index
+            # INVALID: the retry must rebuild it, not skip it because of IF NOT EXISTS.
+            if index_is_valid(c, index.name) is False:
+                c.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_qualified(c, index.name)}"))
+            c.execute(sa.text(create))
+
+        run_locked(conn, build, relations=[index.table], policy=policy, in_transaction=False, label=create)
+        failpoint("index.after_create_concurrently")
+    run_locked(
+        conn,
+        [f"COMMENT ON INDEX {index.name} IS '{index.why}'"],
+        relations=[index.table],
+        policy=policy,
+    )
 
 
 @dataclass(frozen=True)

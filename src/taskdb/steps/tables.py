@@ -3,13 +3,25 @@ before anything changes (0001; 0005's check of users.credits)."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from taskdb.adopt import TableSpec, check_shape, create_missing_tables
-from taskdb.catalog import ensure_owned_table
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from taskdb.adopt import TableSpec
+from taskdb.catalog import (
+    columns,
+    ensure_owned_table,
+    has_unique_index_on,
+    record_owned,
+    table_exists,
+)
+from taskdb.errors import SchemaMismatch
+from taskdb.locks import run_locked
 from taskdb.offline import captured, jsonb, literal, record_owned_sql
 from taskdb.sql import beside, fill
 from taskdb.steps.base import NO_LOCK, Facts, Online, Step
@@ -17,7 +29,51 @@ from taskdb.steps.base import NO_LOCK, Facts, Online, Step
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
 
+log = logging.getLogger("taskdb.adopt")
 SQL = beside(__file__)
+
+
+def _type_ok(actual_type: str, is_enum: bool, accepted: tuple[str, ...]) -> bool:
+    base = actual_type.split("(")[0].strip()
+    return base in accepted or (is_enum and "<enum>" in accepted)
+
+
+def check_shape(conn: Connection, spec: TableSpec, optional: Mapping[str, tuple[str, ...]] = {}) -> None:
+    """Raise :class:`SchemaMismatch` naming the table and column if an existing table cannot be adopted."""
+    if not table_exists(conn, spec.name):
+        return
+    found = columns(conn, spec.name)
+    for name, accepted in spec.required.items():
+        if name not in found:
+            raise SchemaMismatch(spec.name, name, "missing (taskdb needs it)")
+        col = found[name]
+        if not _type_ok(col.type, col.is_enum, accepted):
+            raise SchemaMismatch(spec.name, name, f"has type {col.type}, taskdb needs one of {', '.join(accepted)}")
+    for name, accepted in optional.items():
+        present = found.get(name)
+        if present is not None and not _type_ok(present.type, present.is_enum, accepted):
+            raise SchemaMismatch(spec.name, name, f"has type {present.type}, taskdb needs one of {', '.join(accepted)}")
+    if not has_unique_index_on(conn, spec.name, spec.unique_key):
+        raise SchemaMismatch(spec.name, spec.unique_key, "is not a primary key or unique (batches are keyed on it)")
+
+
+def create_missing_tables(conn: Connection, specs: Sequence[TableSpec], revision: str) -> list[str]:
+    """Create the absent tables (in the given order) and the ownership record, in one transaction."""
+    created: list[str] = []
+
+    def create(c: Connection) -> None:
+        created.clear()
+        ensure_owned_table(c)
+        for spec in specs:
+            if not table_exists(c, spec.name):
+                c.execute(sa.text(spec.create_sql))
+                record_owned(c, "table", spec.name, revision)
+                created.append(spec.name)
+
+    run_locked(conn, create, relations=[s.name for s in specs])
+    if created:
+        log.info("created tables: %s", ", ".join(created))
+    return created
 
 
 @dataclass(frozen=True)
