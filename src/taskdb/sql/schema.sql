@@ -46,6 +46,7 @@ CREATE TABLE task_hygiene_log (
     CONSTRAINT task_hygiene_log_previous_is_object CHECK (jsonb_typeof(previous) = 'object'),
     CONSTRAINT task_hygiene_log_applied_is_object CHECK (jsonb_typeof(applied) = 'object')
 );
+COMMENT ON TABLE task_hygiene_log IS 'Every value taskdb changed in tasks, with the value before: downgrades restore from it.';
 
 -- The resumable checkpoint of each backfill job.
 CREATE TABLE taskdb_backfill_progress (
@@ -68,6 +69,7 @@ CREATE TABLE taskdb_owned_objects (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, name)
 );
+COMMENT ON TABLE taskdb_owned_objects IS 'Objects taskdb created (not adopted): downgrades drop only these.';
 
 -- Constraints & Indices ------------------------------------------------------------------------------
 
@@ -532,7 +534,20 @@ CREATE INDEX tasks_queued_orchestrator_ref_idx ON tasks (taskdb_try_uuid(params 
 COMMENT ON INDEX tasks_queued_orchestrator_ref_idx IS
     'tasks_cancel_children finds the Queued children of a failed orchestrator task.';
 
--- Privileges (not compared by the schema test): EXECUTE on the SECURITY DEFINER functions is revoked from
--- PUBLIC and granted to the NOLOGIN group roles taskdb_autoscaler (claimable_task_count), taskdb_worker
--- (claim_next_task) and taskdb_monitor (claimable_task_count, taskdb_cron_job_state, SELECT on the views
--- and on taskdb_cron_jobs).
+-- Privileges ---------------------------------------------------------------------------------------
+
+-- Least privilege: only the owner and the NOLOGIN group roles the README names may call the SECURITY
+-- DEFINER functions or read the health views; grant the roles to your login roles. Roles are cluster-wide,
+-- so these statements need them to exist: the migrations create them where the migrating role may.
+-- (Where the queue's schema is not public, the migrations also grant the roles USAGE on it.)
+REVOKE EXECUTE ON FUNCTION claimable_task_count(text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION claim_next_task(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cancel_stale_queued_tasks(interval, integer) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE taskdb_cancel_stale_queued_all(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION taskdb_cron_job_state() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION taskdb_cancel_children() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION claimable_task_count(text, boolean) TO taskdb_autoscaler, taskdb_monitor;
+GRANT EXECUTE ON FUNCTION claim_next_task(text, text) TO taskdb_worker;
+GRANT EXECUTE ON FUNCTION taskdb_cron_job_state() TO taskdb_monitor;
+GRANT SELECT ON stale_queued_tasks, queue_health, task_hygiene_settings, task_hygiene_runs, taskdb_cron_jobs
+    TO taskdb_monitor;
