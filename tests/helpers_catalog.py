@@ -83,8 +83,14 @@ def normalise(text: str | None) -> str | None:
     return None if text is None else re.sub(r"\s+", " ", text).strip()
 
 
-def catalog(db: Db) -> Picture:
+def catalog(db: Db, *, column_order: bool = False) -> Picture:
+    """The picture of ``db``'s current schema. ``column_order`` adds each column's position among its table's
+    (a row type's shape: claim_next_task returns SETOF tasks); left out otherwise, since a table whose columns
+    an application and taskdb each added keeps them in the order the two were deployed."""
     picture = {name: db.rows(sql) for name, sql in CATALOG_QUERIES.items()}
+    if not column_order:
+        for row in picture["columns"]:
+            del row["position"]
     for kind, fields in NORMALISED.items():
         for row in picture[kind]:
             for field in fields:

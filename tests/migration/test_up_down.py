@@ -55,13 +55,13 @@ def declare(db: Db, script: str) -> Picture:
     with db.engine.begin() as conn:
         pin_schema(conn, "public")  # schema.sql names taskdb's schema (@schema@) where it pins search_path
         execute_script(conn, script)
-    return catalog(db)
+    return catalog(db, column_order=True)
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "pg8000"])
 def test_migrations_produce_the_declared_schema(db: Db, other_db: Db, driver: str) -> None:
     db.upgrade(driver=driver)  # first: it creates the group roles schema.sql grants to
-    migrated = catalog(db)
+    migrated = catalog(db, column_order=True)
     declared = declare(other_db, load("schema"))
     assert migrated == declared, _diff(migrated, declared)
     # it compared something of every kind schema.sql declares (tables counts views and identity sequences)
@@ -120,6 +120,11 @@ CHANGES = {
         "IS 'taskdb queue hygiene.'",
         {"tables task_hygiene_settings": ["comment"]},
     ),
+    "column order": (
+        "    error_message text,\n    project_id uuid,\n",
+        "    project_id uuid,\n    error_message text,\n",
+        {"columns tasks.error_message": ["position"], "columns tasks.project_id": ["position"]},
+    ),
     "reindented body (no difference)": (
         "    SELECT CASE WHEN p_text ~*",
         "  SELECT\n   CASE WHEN p_text ~*",
@@ -134,5 +139,5 @@ def test_the_schema_comparison_sees_a_change(db: Db, other_db: Db, change: str) 
     schema = load("schema")
     assert schema.count(before) == 1, f"schema.sql no longer holds {before!r}: update this test"
     db.upgrade()
-    migrated, declared = catalog(db), declare(other_db, schema.replace(before, after))
+    migrated, declared = catalog(db, column_order=True), declare(other_db, schema.replace(before, after))
     assert differences(migrated, declared) == expected
