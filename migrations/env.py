@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 from alembic import context
 from alembic.util import CommandError
@@ -82,8 +83,9 @@ def run_migrations_offline() -> None:
         offline.end_script(context.get_context())
 
 
-# Alembic commands that only read the version table: no upgrade lock, and they work on a standby.
-READ_ONLY_COMMANDS = frozenset({"current", "check", "heads", "show", "history"})
+# Alembic commands that run this file only to read the version table (current, check, show current,
+# history -i): no upgrade lock, and they work on a standby. (heads, branches, show REV never run this file.)
+READ_ONLY_COMMANDS = frozenset({"current", "check", "show", "history"})
 
 
 def command_name() -> str:
@@ -196,10 +198,16 @@ def run_migrations_online() -> None:
     try:
         url = database_url() if shared is None else normalize_url(shared.url.render_as_string(hide_password=False))
     except TaskdbError as exc:
-        if config.attributes.get("raise_taskdb_errors"):
-            raise
-        raise CommandError(str(exc)) from None
+        fail(exc)
     run_on_url(url, versions)
+
+
+def fail(exc: TaskdbError) -> NoReturn:
+    """Stop on a taskdb error: the taskdb CLI and API (``raise_taskdb_errors``) get it as itself, so the CLI maps
+    its type to an exit code; Alembic's own command line prints it as a CommandError, in one line."""
+    if config.attributes.get("raise_taskdb_errors"):
+        raise exc
+    raise CommandError(str(exc)) from None
 
 
 def run_on_url(url: str, versions: str) -> None:
@@ -208,27 +216,22 @@ def run_on_url(url: str, versions: str) -> None:
         try:
             connection = connect(engine)
         except TaskdbError as exc:
-            if config.attributes.get("raise_taskdb_errors"):
-                raise
-            raise CommandError(str(exc)) from None
+            fail(exc)
         with connection:
             try:
                 run_with(connection, versions)
+                return
             except TaskdbError as exc:
                 exc.args = (redact(str(exc), url),)
-                if config.attributes.get("raise_taskdb_errors"):
-                    raise  # the taskdb CLI maps the error's type to its exit code
-                raise CommandError(str(exc)) from None
+                fail(exc)
             except SQLAlchemyError as exc:
-                # The server ended the session (pg_terminate_backend, a failover): one line saying so and
-                # to rerun, instead of the traceback of the cleanup that then failed on the dead connection.
                 lost = connection_lost(exc)
                 if lost is None:
                     raise
-                lost.args = (redact(str(lost), url),)
-                if config.attributes.get("raise_taskdb_errors"):
-                    raise lost from None
-                raise CommandError(str(lost)) from None
+            # The server ended the session (pg_terminate_backend, a failover): one line saying so and to rerun,
+            # raised outside the handler so that the cleanup's failure on the dead connection is not chained.
+            lost.args = (redact(str(lost), url),)
+            fail(lost)
     finally:
         engine.dispose()
 

@@ -241,8 +241,8 @@ $$;
 -- Queued tasks older than stale_after (what an operator should look at), and when cleanup cancels them.
 CREATE OR REPLACE VIEW stale_queued_tasks AS
 SELECT t.id, t.task_type, t.user_id, t.run_type, t.created_at,
-       -- NULL for a created_at of +-infinity: PostgreSQL 15 cannot subtract it ("cannot subtract infinite
-       -- timestamps", the whole view failed); 17 returns an infinite interval
+       -- NULL for a created_at of +-infinity: PostgreSQL 15 raises "cannot subtract infinite timestamps",
+       -- which would fail the whole view for one legacy row (17 returns an infinite interval)
        CASE WHEN isfinite(t.created_at) THEN now() - t.created_at END AS age,
        t.attempts, t.legacy_reason,
        t.created_at + (SELECT s.queued_ttl FROM task_hygiene_settings s) AS cancel_due_at
@@ -251,8 +251,9 @@ WHERE t.status = 'Queued'
   AND t.created_at < now() - (SELECT s.stale_after FROM task_hygiene_settings s);  -- computed once
 
 -- taskdb_cron_job_state --
--- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active.
--- NULLs when pg_cron is not installed here (the cron revision refines this).
+-- Whether the cleanup's pg_cron job exists in this database's cron.job, and whether it is active:
+-- installed false and active NULL when pg_cron is not installed here. Revision 0006 replaces it with one
+-- that also finds a job scheduled from another database (cron.database_name).
 CREATE OR REPLACE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER SET search_path = pg_catalog, @schema@, pg_temp AS $$
@@ -277,8 +278,8 @@ SELECT
     claimable_task_count('local') AS claimable_local,
     (SELECT count(*) FROM stale_queued_tasks) AS stale_count,
     q.oldest_queued_at,
-    -- NULL when the oldest Queued task was created at +-infinity (as age in stale_queued_tasks): a legacy
-    -- row with created_at 'infinity' made this view, and so `taskdb doctor`, fail on PostgreSQL 15
+    -- NULL when the oldest Queued task was created at +-infinity (as age in stale_queued_tasks): on
+    -- PostgreSQL 15 one legacy row with created_at 'infinity' would otherwise fail this view, and so `taskdb doctor`
     CASE WHEN isfinite(q.oldest_queued_at) THEN now() - q.oldest_queued_at END AS oldest_queued_age,
     (SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL) AS flagged_count,
     (SELECT count(*) FROM task_hygiene_log WHERE action = 'cancel' AND acted_at > now() - interval '24 hours')
@@ -365,9 +366,8 @@ $$;
 -- tasks_cancel_children --
 -- In a transaction of its own, after the objects: CREATE TRIGGER takes SHARE ROW EXCLUSIVE on tasks, which
 -- the application's writes queue behind, so nothing else may run while it is held. Created when missing
--- (a rerun): DROP TRIGGER would take ACCESS EXCLUSIVE, which also waits for and blocks every reader.
--- (Before, DROP TRIGGER's ACCESS EXCLUSIVE was held from the DROP through the revokes, roles and grants
--- to the COMMIT of the objects' transaction.)
+-- (a rerun): DROP TRIGGER would take ACCESS EXCLUSIVE, which also waits for and blocks every reader, and
+-- inside the objects' transaction would hold it through the revokes, roles and grants until that COMMIT.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger

@@ -46,6 +46,8 @@ CREATE TABLE task_hygiene_log (
     CONSTRAINT task_hygiene_log_previous_is_object CHECK (jsonb_typeof(previous) = 'object'),
     CONSTRAINT task_hygiene_log_applied_is_object CHECK (jsonb_typeof(applied) = 'object')
 );
+COMMENT ON TABLE task_hygiene_log IS
+    'Every value taskdb changed in tasks, with the value before: downgrades restore from it.';
 
 -- The resumable checkpoint of each backfill job.
 CREATE TABLE taskdb_backfill_progress (
@@ -68,6 +70,7 @@ CREATE TABLE taskdb_owned_objects (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, name)
 );
+COMMENT ON TABLE taskdb_owned_objects IS 'Objects taskdb created (not adopted): downgrades drop only these.';
 
 -- Constraints & Indices ------------------------------------------------------------------------------
 
@@ -365,8 +368,8 @@ $$;
 -- Queued tasks older than stale_after (what an operator should look at), and when cleanup cancels them.
 CREATE VIEW stale_queued_tasks AS
 SELECT t.id, t.task_type, t.user_id, t.run_type, t.created_at,
-       -- NULL for a created_at of +-infinity: PostgreSQL 15 cannot subtract it ("cannot subtract infinite
-       -- timestamps", the whole view failed); 17 returns an infinite interval
+       -- NULL for a created_at of +-infinity: PostgreSQL 15 raises "cannot subtract infinite timestamps",
+       -- which would fail the whole view for one legacy row (17 returns an infinite interval)
        CASE WHEN isfinite(t.created_at) THEN now() - t.created_at END AS age,
        t.attempts, t.legacy_reason,
        t.created_at + (SELECT s.queued_ttl FROM task_hygiene_settings s) AS cancel_due_at
@@ -389,10 +392,10 @@ CREATE TABLE taskdb_cron_jobs (
 );
 COMMENT ON TABLE taskdb_cron_jobs IS 'pg_cron jobs taskdb scheduled (cron.job may be in another database).';
 
--- Whether the cleanup's pg_cron job is installed and active (revision 0006's version). Where cron.job is
--- in this database it is the truth; where the job lives in another database, installed comes from
--- taskdb_cron_jobs and active is NULL (unknown; queue_health.cleanup_lag shows whether it runs).
--- SECURITY DEFINER: cron.job has row-level security (each role sees its own jobs).
+-- Whether the cleanup's pg_cron job is installed and active. Where cron.job is in this database it is the
+-- truth; where the job lives in another database, installed comes from taskdb_cron_jobs and active is NULL
+-- (unknown; queue_health.cleanup_lag shows whether it runs). SECURITY DEFINER: cron.job has row-level
+-- security (each role sees its own jobs), so a monitoring role would not see the job the migrating role made.
 CREATE FUNCTION taskdb_cron_job_state(OUT installed boolean, OUT active boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, @schema@, pg_temp
@@ -429,8 +432,8 @@ SELECT
     claimable_task_count('local') AS claimable_local,
     (SELECT count(*) FROM stale_queued_tasks) AS stale_count,
     q.oldest_queued_at,
-    -- NULL when the oldest Queued task was created at +-infinity (as age in stale_queued_tasks): a legacy
-    -- row with created_at 'infinity' made this view, and so `taskdb doctor`, fail on PostgreSQL 15
+    -- NULL when the oldest Queued task was created at +-infinity (as age in stale_queued_tasks): on
+    -- PostgreSQL 15 one legacy row with created_at 'infinity' would otherwise fail this view, and so `taskdb doctor`
     CASE WHEN isfinite(q.oldest_queued_at) THEN now() - q.oldest_queued_at END AS oldest_queued_age,
     (SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL) AS flagged_count,
     (SELECT count(*) FROM task_hygiene_log WHERE action = 'cancel' AND acted_at > now() - interval '24 hours')
@@ -532,7 +535,20 @@ CREATE INDEX tasks_queued_orchestrator_ref_idx ON tasks (taskdb_try_uuid(params 
 COMMENT ON INDEX tasks_queued_orchestrator_ref_idx IS
     'tasks_cancel_children finds the Queued children of a failed orchestrator task.';
 
--- Privileges (not compared by the schema test): EXECUTE on the SECURITY DEFINER functions is revoked from
--- PUBLIC and granted to the NOLOGIN group roles taskdb_autoscaler (claimable_task_count), taskdb_worker
--- (claim_next_task) and taskdb_monitor (claimable_task_count, taskdb_cron_job_state, SELECT on the views
--- and on taskdb_cron_jobs).
+-- Privileges ---------------------------------------------------------------------------------------
+
+-- Least privilege: only the owner and the NOLOGIN group roles the README names may call the SECURITY
+-- DEFINER functions or read the health views; grant the roles to your login roles. Roles are cluster-wide,
+-- so these statements need them to exist: the migrations create them where the migrating role may.
+-- (Where the queue's schema is not public, the migrations also grant the roles USAGE on it.)
+REVOKE EXECUTE ON FUNCTION claimable_task_count(text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION claim_next_task(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cancel_stale_queued_tasks(interval, integer) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE taskdb_cancel_stale_queued_all(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION taskdb_cron_job_state() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION taskdb_cancel_children() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION claimable_task_count(text, boolean) TO taskdb_autoscaler, taskdb_monitor;
+GRANT EXECUTE ON FUNCTION claim_next_task(text, text) TO taskdb_worker;
+GRANT EXECUTE ON FUNCTION taskdb_cron_job_state() TO taskdb_monitor;
+GRANT SELECT ON stale_queued_tasks, queue_health, task_hygiene_settings, task_hygiene_runs, taskdb_cron_jobs
+    TO taskdb_monitor;
