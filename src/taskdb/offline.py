@@ -476,7 +476,10 @@ class OfflineScript:
             self.emit(lock_wait_function(self.policy))
             self.emit(
                 template(
-                    "restore_procedure", restore_batch=dollar_quote(statement, "taskdb_batch"), restore_using=using
+                    "restore_procedure",
+                    restore_batch=dollar_quote(statement, "taskdb_batch"),
+                    restore_using=using,
+                    lock_attempts=str(self.policy.attempts),
                 )
             )
         with self.outside_transaction():
@@ -487,7 +490,6 @@ class OfflineScript:
                         lock_timeout=self.lock_timeout,
                         actor=literal(actor),
                         batch_size=str(RESTORE_BATCH_SIZE),
-                        lock_attempts=str(self.policy.attempts),
                     )
                 )
 

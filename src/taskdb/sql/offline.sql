@@ -616,7 +616,7 @@ $taskdb$;
 CREATE OR REPLACE PROCEDURE pg_temp.taskdb_restore(
     p_actor text,
     p_batch_size integer DEFAULT 1000,
-    p_lock_attempts integer DEFAULT 8
+    p_lock_attempts integer DEFAULT {{lock_attempts}}  -- the LockPolicy's (TASKDB_LOCK_ATTEMPTS when generated)
 )
 LANGUAGE plpgsql AS $taskdb_restore$
 DECLARE
@@ -658,7 +658,7 @@ $taskdb_restore$;
 -- restore_call --
 SET lock_timeout = {{lock_timeout}};
 SET statement_timeout = 0;
-CALL pg_temp.taskdb_restore({{actor}}, {{batch_size}}, {{lock_attempts}});
+CALL pg_temp.taskdb_restore({{actor}}, {{batch_size}});
 RESET statement_timeout;
 RESET lock_timeout;
 
