@@ -213,17 +213,13 @@ def _run(
     progress: ProgressFn | None,
 ) -> BackfillResult:
     start = _step(conn, "begin_job", job=job)
-    total, sweep, mode = int(start.total), int(start.sweep), str(start.mode)
-    after = None if start.last_id is None else str(start.last_id)
+    # where the run is: the checkpoint's binds, in the order the log lines name them
+    at: dict[str, Any] = {"job": job, "sweep": int(start.sweep), "mode": str(start.mode)}
+    total, after = int(start.total), None if start.last_id is None else str(start.last_id)
     result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after, batch_size=config.batch_size)
     if start.resumed:
-        log.info(
-            "backfill %s: resuming sweep %d (%s) %s",
-            job,
-            sweep,
-            mode,
-            f"after id {after}" if after else "from its start",
-        )
+        where = f"after id {after}" if after else "from its start"
+        log.info("backfill %s: resuming sweep %d (%s) %s", *at.values(), where)
     if progress:
         progress(0, total)
 
@@ -231,40 +227,15 @@ def _run(
     while total:  # nothing to do (0004's catch-up, a rerun): no sweep over the table at all
         resumed = after  # a crashed run committed this sweep's batches up to this id
         done, flagged, waiting = _sweep(
-            conn,
-            statements[mode],
-            job=job,
-            actor=actor,
-            sweep=sweep,
-            mode=mode,
-            after=after,
-            config=config,
-            lock_policy=lock_policy,
-            progress=progress,
-            result=result,
+            conn, statements[at["mode"]], at, after, actor, config, lock_policy, progress=progress, result=result
         )
         result.sweeps += 1
-        end = _step(
-            conn,
-            "end_sweep",
-            job=job,
-            sweep=sweep,
-            mode=mode,
-            done=done,
-            waiting=waiting,
-            after=resumed,
-            previous_waiting=previous_waiting,
-            max_sweeps=config.max_sweeps,
-        )
+        swept = {"done": done, "waiting": waiting, "after": resumed, "previous_waiting": previous_waiting}
+        end = _step(conn, "end_sweep", **at, **swept, max_sweeps=config.max_sweeps)
         log.info(
             "backfill %s: sweep %d (%s) done: %d rows, %d flagged, %d waiting; %d remaining",
-            job,
-            sweep,
-            mode,
-            end.done,
-            flagged,
-            end.waiting,
-            end.remaining,
+            *at.values(),
+            *(end.done, flagged, end.waiting, end.remaining),
         )
         failpoint("backfill.after_sweep")
         if end.left_over:
@@ -273,13 +244,13 @@ def _run(
                 "the catch-up backfill of 0004_constraints (or a rerun) takes them",
                 job,
                 end.remaining,
-                sweep,
+                at["sweep"],
             )
         if end.next_mode is None:
             break
-        previous_waiting = int(end.waiting)
-        sweep, mode, after = sweep + 1, str(end.next_mode), None
-        _step(conn, "next_sweep", job=job, sweep=sweep, mode=mode)
+        previous_waiting, after = int(end.waiting), None
+        at.update(sweep=at["sweep"] + 1, mode=str(end.next_mode))
+        _step(conn, "next_sweep", **at)
 
     failpoint("backfill.before_finish")
     _step(conn, "finish_job", job=job)
@@ -291,21 +262,19 @@ def _run(
 def _sweep(
     conn: Connection,
     statement: sa.TextClause,
-    *,
-    job: str,
-    actor: str,
-    sweep: int,
-    mode: str,
+    at: dict[str, Any],
     after: str | None,
+    actor: str,
     config: BackfillConfig,
     lock_policy: LockPolicy,
+    *,
     progress: ProgressFn | None,
     result: BackfillResult,
 ) -> tuple[int, int, int]:
+    """The batches of the sweep ``at`` (job, sweep, mode) after ``after``: its rows done, flagged, waiting."""
     done = flagged = waiting = 0
     while True:
-        params: dict[str, object] = {"after": after, "batch_size": result.batch_size, "actor": actor, "job": job}
-        params.update(sweep=sweep, mode=mode)
+        params: dict[str, object] = {**at, "after": after, "batch_size": result.batch_size, "actor": actor}
         batch: dict[str, Any] = {}
 
         def run_batch(c: Connection, params: dict[str, object] = params, batch: dict[str, Any] = batch) -> None:
@@ -326,15 +295,9 @@ def _sweep(
         # One line per batch; the record carries the figures, so a terminal can draw a progress bar instead.
         log.info(
             "backfill %s: sweep %d (%s) batch of %d ids in %.0f ms: %d of %d done, %d remaining",
-            job,
-            sweep,
-            mode,
-            batch["scanned"],
-            elapsed_ms,
-            result.done,
-            total,
-            total - result.done,
-            extra={"taskdb_progress": {"job": job, "done": result.done, "total": total}},
+            *at.values(),
+            *(batch["scanned"], elapsed_ms, result.done, total, total - result.done),
+            extra={"taskdb_progress": {"job": at["job"], "done": result.done, "total": total}},
         )
         result.batch_size = config.next_size(conn, result.batch_size, elapsed_ms)
         if progress:
