@@ -9,7 +9,8 @@ nothing. Transactions are explicit: DDL runs in short transactions under ``SET L
 LockPolicy's, from ``TASKDB_LOCK_TIMEOUT_MS``) and a ``statement_timeout``; CREATE INDEX CONCURRENTLY, the
 backfill and the cleanup run outside a transaction block (Alembic's ``autocommit_block`` emits the COMMIT /
 BEGIN around them). The backfill is a temporary procedure (``pg_temp.taskdb_backfill``) that runs the online
-engine's own batch statement, committing each batch.
+engine's own statements (``sql/backfill.sql``: every decision of a run), committing each batch; its lock retries,
+and the restore's, name the blockers and pause with ``sql/locks.sql``, as ``taskdb.locks`` does.
 
 The SQL templates are in ``sql/offline.sql``; the revisions compose them through :class:`OfflineScript`
 (see ``taskdb.migration.offline_step``).
