@@ -1,21 +1,24 @@
 """The backfill engine: derive ``user_id`` / ``run_type``, normalise ``status``, flag what cannot be derived.
 
-Algorithm (:func:`run_backfill`):
+Algorithm (:func:`run_backfill`). Each decision is a statement of ``sql/backfill.sql``, the same ones the
+offline script's procedure runs (``pg_temp.taskdb_backfill``); this module loops around them, and keeps the
+progress, the logs, the failpoints, the pacing and the lock retries:
 
-1. Count the rows that need work, exactly (``needs_work`` in ``sql/backfill.sql``): the progress total.
-2. Read the checkpoint of this job (``taskdb_backfill_progress``: sweep, mode, last id, rows done in
-   that sweep). A run that crashed resumes in the same sweep, after the last id it committed; nothing is
-   redone, and redoing would change nothing. The crashed run's part of the sweep counts when the next
-   sweep's mode is chosen (its rows_done; its waiting rows still wait), so a resumed run sweeps exactly as
-   an uninterrupted one. A finished job with nothing left to do keeps its record.
-3. Sweep the table in keyset batches (``ORDER BY id LIMIT n``). Each batch is ONE statement, so one
-   short transaction: it locks its rows ``FOR NO KEY UPDATE SKIP LOCKED`` (never waiting on a worker),
-   applies the rules, writes ``task_hygiene_log``, and moves the checkpoint, all or nothing.
-4. A child whose orchestrator task still needs work waits for the next sweep; sweeps repeat while they
-   make progress. Then a *final* sweep flags whatever still waits (missing parents, cycles).
-5. Rows skipped because a worker held them are picked up by a *waiting* sweep that does wait for row
+1. ``begin_job``: count the rows that need work, exactly (the progress total), and read the checkpoint of this
+   job (``taskdb_backfill_progress``: sweep, mode, last id, rows done in that sweep). A run that crashed resumes
+   in the same sweep, after the last id it committed; nothing is redone, and redoing would change nothing. A
+   finished job with nothing left to do keeps its record.
+2. Sweep the table in keyset batches (``resolve_batch``: ``ORDER BY id LIMIT n``). Each batch is ONE statement,
+   so one short transaction: it locks its rows ``FOR NO KEY UPDATE SKIP LOCKED`` (never waiting on a worker),
+   applies the rules, writes ``task_hygiene_log``, and moves the checkpoint, all or nothing. ``next_size``
+   adapts the window towards its target duration.
+3. ``end_sweep``: what the sweep did (a crashed run's part of it included, so a resumed run sweeps exactly as an
+   uninterrupted one), what remains, and the next sweep (``next_sweep`` moves the checkpoint to it). A child
+   whose orchestrator task still needs work waits for the next sweep; sweeps repeat while they make progress.
+   Then a *final* sweep flags whatever still waits (missing parents, cycles).
+4. Rows skipped because a worker held them are picked up by a *waiting* sweep that does wait for row
    locks, bounded by ``lock_timeout`` with jittered retries.
-6. The job is marked finished. Progress is reported as ``progress(done, total)`` before every batch.
+5. ``finish_job`` marks the job finished. Progress is reported as ``progress(done, total)`` before every batch.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from string import Template
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from taskdb.catalog import columns
-from taskdb.db import read_only_transaction, rows, scalar
+from taskdb.db import read_only_transaction, scalar
 from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
 from taskdb.sql import queries
@@ -41,7 +46,9 @@ log = logging.getLogger("taskdb.backfill")
 
 ProgressFn = Callable[[int, int], None]
 
-NORMAL, FINAL, WAITING = "normal", "final", "waiting"
+# How a sweep of each mode takes its rows: normal and final sweeps skip the rows that workers hold locked, the
+# waiting sweep waits for them (the offline procedure is given this table).
+LOCK_CLAUSES = {"normal": "SKIP LOCKED", "final": "SKIP LOCKED", "waiting": ""}
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,19 @@ class BackfillConfig:
         config.validate()
         return config
 
-    def next_size(self, size: int, elapsed_ms: float) -> int:
-        """The next window: ``size`` scaled towards the target duration."""
-        if not self.target_batch_ms:
-            return size
-        scaled = size * self.target_batch_ms / max(elapsed_ms, 1.0)
-        scaled = min(max(scaled, size / 2), size * 2)
-        return int(min(max(scaled, self.min_batch_size), self.max_batch_size))
+    def next_size(self, conn: Connection, size: int, elapsed_ms: float) -> int:
+        """The next window: ``size`` scaled towards the target duration (``next_size`` in sql/backfill.sql, which
+        the offline procedure runs too)."""
+        return int(scalar(conn, render("next_size"), {"batch_size": size, "elapsed_ms": elapsed_ms, **self.pacing}))
+
+    @property
+    def pacing(self) -> dict[str, float]:
+        """The binds of ``next_size`` that this configuration sets."""
+        return {
+            "target_batch_ms": self.target_batch_ms,
+            "min_batch_size": self.min_batch_size,
+            "max_batch_size": self.max_batch_size,
+        }
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -104,6 +117,7 @@ class BackfillResult:
     batch_size: int = 0  # the current window (adapted batch by batch)
 
 
+@cache
 def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LOCKED") -> str:
     """Fill the placeholders of a backfill query (each shared piece, written once, wherever it is needed)."""
     sql = queries("backfill")
@@ -116,9 +130,11 @@ def render(query: str, *, status_type: str = "text", lock_clause: str = "SKIP LO
             *((f"restored_{c}", v) for c, v in restored.items()),
         )
     }
+    needs_work = {"needs_work_t": predicate.substitute(t="t"), "needs_work_p": predicate.substitute(t="p")}
     return Template(sql[query]).substitute(
-        needs_work_t=predicate.substitute(t="t"),
-        needs_work_p=predicate.substitute(t="p"),
+        **needs_work,
+        count_needs_work=Template(sql["count_needs_work"]).substitute(needs_work),
+        count_waiting_before=Template(sql["count_waiting_before"]).substitute(needs_work),
         restore_history=Template(sql["restore_history"]).substitute(logged_values=_indented(sql["logged_values"])),
         logged_values=_indented(sql["logged_values"]),
         **{f"restores_{column}": condition for column, condition in restores.items()},
@@ -150,10 +166,6 @@ def status_type(conn: Connection) -> str:
     return columns(conn, "tasks")["status"].type
 
 
-def count_needs_work(conn: Connection) -> int:
-    return int(scalar(conn, render("count_needs_work")))
-
-
 def run_backfill(
     conn: Connection,
     *,
@@ -169,7 +181,7 @@ def run_backfill(
     lock_policy = lock_policy or LockPolicy.from_env()
     st = status_type(conn)
     statements = {
-        lock: sa.text(render("resolve_batch", status_type=st, lock_clause=lock)) for lock in ("SKIP LOCKED", "")
+        mode: sa.text(render("resolve_batch", status_type=st, lock_clause=lock)) for mode, lock in LOCK_CLAUSES.items()
     }
 
     return _run(conn, statements, job=job, actor=actor, config=config, lock_policy=lock_policy, progress=progress)
@@ -184,6 +196,12 @@ def run_backfill(
 BATCH_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
+def _step(conn: Connection, name: str, **params: object) -> Any:
+    """Run a step statement of sql/backfill.sql (begin_job, end_sweep, ...): its one row, if it returns one."""
+    found = conn.execute(sa.text(render(name)), params)
+    return found.one() if found.returns_rows else None
+
+
 def _run(
     conn: Connection,
     statements: dict[str, sa.TextClause],
@@ -194,150 +212,72 @@ def _run(
     lock_policy: LockPolicy,
     progress: ProgressFn | None,
 ) -> BackfillResult:
-    total = count_needs_work(conn)
-    sweep, mode, after = _checkpoint(conn, job, total)
+    start = _step(conn, "begin_job", job=job)
+    # where the run is: the checkpoint's binds, in the order the log lines name them
+    at: dict[str, Any] = {"job": job, "sweep": int(start.sweep), "mode": str(start.mode)}
+    total, after = int(start.total), None if start.last_id is None else str(start.last_id)
     result = BackfillResult(total=total, done=0, flagged=0, sweeps=0, resumed_from=after, batch_size=config.batch_size)
-    if after:
-        log.info("backfill %s: resuming sweep %d (%s) after id %s", job, sweep, mode, after)
+    if start.resumed:
+        where = f"after id {after}" if after else "from its start"
+        log.info("backfill %s: resuming sweep %d (%s) %s", *at.values(), where)
     if progress:
         progress(0, total)
 
-    previous_waiting: int | None = None  # children waiting for their parent in the last normal sweep
+    previous_waiting: int | None = None  # children waiting for their parent in the last sweep
     while total:  # nothing to do (0004's catch-up, a rerun): no sweep over the table at all
         resumed = after  # a crashed run committed this sweep's batches up to this id
         done, flagged, waiting = _sweep(
-            conn,
-            statements,
-            job=job,
-            actor=actor,
-            sweep=sweep,
-            mode=mode,
-            after=after,
-            config=config,
-            lock_policy=lock_policy,
-            progress=progress,
-            result=result,
+            conn, statements[at["mode"]], at, after, actor, config, lock_policy, progress=progress, result=result
         )
         result.sweeps += 1
-        if resumed:
-            done, waiting = _whole_sweep(conn, job, resumed, waiting)
-        remaining = count_needs_work(conn)
+        swept = {"done": done, "waiting": waiting, "after": resumed, "previous_waiting": previous_waiting}
+        end = _step(conn, "end_sweep", **at, **swept, max_sweeps=config.max_sweeps)
         log.info(
             "backfill %s: sweep %d (%s) done: %d rows, %d flagged, %d waiting; %d remaining",
-            job,
-            sweep,
-            mode,
-            done,
-            flagged,
-            waiting,
-            remaining,
+            *at.values(),
+            *(end.done, flagged, end.waiting, end.remaining),
         )
         failpoint("backfill.after_sweep")
-        if remaining == 0:
-            break
-        if mode == WAITING:
-            # A waiting sweep finishes every row that existed when it began (it waits for locked ones): what
-            # remains was written during it, e.g. by an old application version. Sweeping again would only chase
-            # new writes with a whole-table scan each time (seen: 50 sweeps while an old app kept writing);
-            # 0004's catch-up takes them, behind its write guard that lets no new one in.
+        if end.left_over:
             log.warning(
                 "backfill %s: %d rows written during the backfill still need work after %d sweeps; "
                 "the catch-up backfill of 0004_constraints (or a rerun) takes them",
                 job,
-                remaining,
-                sweep,
+                end.remaining,
+                at["sweep"],
             )
+        if end.next_mode is None:
             break
-        # More normal sweeps while children keep finding healthy parents (fewer wait each time: rows an old
-        # application keeps writing are done in every sweep, so `done` alone is no progress, seen: 49 sweeps);
-        # then flag the rest; then wait for the rows that workers held locked.
-        progressed = previous_waiting is None or waiting < previous_waiting
-        previous_waiting = waiting
-        if mode == NORMAL and waiting and done and progressed and sweep < config.max_sweeps - 1:
-            next_mode = NORMAL
-        elif mode == NORMAL:
-            next_mode = FINAL
-        else:
-            next_mode = WAITING
-        sweep, mode, after = sweep + 1, next_mode, None
-        conn.execute(  # the checkpoint of the new sweep: its rows_done counts this sweep's rows only
-            sa.text(
-                "UPDATE taskdb_backfill_progress SET sweep = :sweep, mode = :mode, last_id = NULL, rows_done = 0, "
-                "updated_at = clock_timestamp() WHERE job = :job"
-            ),
-            {"job": job, "sweep": sweep, "mode": mode},
-        )
+        previous_waiting, after = int(end.waiting), None
+        at.update(sweep=at["sweep"] + 1, mode=str(end.next_mode))
+        _step(conn, "next_sweep", **at)
 
     failpoint("backfill.before_finish")
-    conn.execute(
-        sa.text("UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = :job"),
-        {"job": job},
-    )
+    _step(conn, "finish_job", job=job)
     if progress:
         progress(result.done, max(total, result.done))
     return result
 
 
-def _checkpoint(conn: Connection, job: str, total: int) -> tuple[int, str, str | None]:
-    found = rows(
-        conn,
-        "SELECT sweep, mode, last_id::text AS last_id, finished_at FROM taskdb_backfill_progress WHERE job = :job",
-        {"job": job},
-    )
-    if found and found[0]["finished_at"] is not None and not total:
-        # finished, nothing new to do (e.g. rerun after a crash before the version table moved): keep its record
-        return int(found[0]["sweep"]), str(found[0]["mode"]), None
-    if not found or found[0]["finished_at"] is not None:
-        conn.execute(
-            sa.text(
-                "INSERT INTO taskdb_backfill_progress (job, sweep, mode) VALUES (:job, 1, :mode) "
-                "ON CONFLICT (job) DO UPDATE SET sweep = 1, mode = :mode, last_id = NULL, rows_done = 0, "
-                "started_at = clock_timestamp(), updated_at = clock_timestamp(), finished_at = NULL"
-            ),
-            {"job": job, "mode": NORMAL},
-        )
-        return 1, NORMAL, None
-    return int(found[0]["sweep"]), str(found[0]["mode"]), found[0]["last_id"]
-
-
-def _whole_sweep(conn: Connection, job: str, resumed_after: str, waiting: int) -> tuple[int, int]:
-    """A resumed sweep's rows done and rows waiting, the crashed run's batches included: the checkpoint's
-    rows_done counts every row of the sweep, and the rows up to the crash's cursor that still need work and
-    have an orchestrator task are the ones that waited for it."""
-    done = scalar(conn, "SELECT rows_done FROM taskdb_backfill_progress WHERE job = :job", {"job": job})
-    waited = scalar(conn, render("count_waiting_before"), {"after": resumed_after})
-    return int(done), waiting + int(waited)
-
-
 def _sweep(
     conn: Connection,
-    statements: dict[str, sa.TextClause],
-    *,
-    job: str,
-    actor: str,
-    sweep: int,
-    mode: str,
+    statement: sa.TextClause,
+    at: dict[str, Any],
     after: str | None,
+    actor: str,
     config: BackfillConfig,
     lock_policy: LockPolicy,
+    *,
     progress: ProgressFn | None,
     result: BackfillResult,
 ) -> tuple[int, int, int]:
-    statement = statements["" if mode == WAITING else "SKIP LOCKED"]
+    """The batches of the sweep ``at`` (job, sweep, mode) after ``after``: its rows done, flagged, waiting."""
     done = flagged = waiting = 0
     while True:
-        params = {
-            "after": after,
-            "batch_size": result.batch_size,
-            "final": mode != NORMAL,
-            "actor": actor,
-            "job": job,
-            "sweep": sweep,
-            "mode": mode,
-        }
-        batch: dict[str, object] = {}
+        params: dict[str, object] = {**at, "after": after, "batch_size": result.batch_size, "actor": actor}
+        batch: dict[str, Any] = {}
 
-        def run_batch(c: Connection, params: dict[str, object] = params, batch: dict = batch) -> None:
+        def run_batch(c: Connection, params: dict[str, object] = params, batch: dict[str, Any] = batch) -> None:
             batch.update(c.execute(statement, params).one()._mapping)
 
         started = time.monotonic()
@@ -355,17 +295,11 @@ def _sweep(
         # One line per batch; the record carries the figures, so a terminal can draw a progress bar instead.
         log.info(
             "backfill %s: sweep %d (%s) batch of %d ids in %.0f ms: %d of %d done, %d remaining",
-            job,
-            sweep,
-            mode,
-            batch["scanned"],
-            elapsed_ms,
-            result.done,
-            total,
-            total - result.done,
-            extra={"taskdb_progress": {"job": job, "done": result.done, "total": total}},
+            *at.values(),
+            *(batch["scanned"], elapsed_ms, result.done, total, total - result.done),
+            extra={"taskdb_progress": {"job": at["job"], "done": result.done, "total": total}},
         )
-        result.batch_size = config.next_size(result.batch_size, elapsed_ms)
+        result.batch_size = config.next_size(conn, result.batch_size, elapsed_ms)
         if progress:
             progress(result.done, total)
         failpoint("backfill.after_batch")  # the batch and its checkpoint are committed

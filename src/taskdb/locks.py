@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 import uuid
@@ -32,49 +31,13 @@ from sqlalchemy.exc import DBAPIError
 
 from taskdb.db import autocommit_connection, rows, scalar, sqlstate, transaction
 from taskdb.errors import LockRetriesExhausted, StatementTimedOut
+from taskdb.sql import queries
 
 log = logging.getLogger("taskdb.locks")
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 WATCH_INTERVAL_S = 0.05
-
-# Sessions that hold a lock on one of the relations we need, oldest transaction first. Only transactions
-# older than our wait (:waited_s seconds) can have made us wait: the writers that had queued behind our
-# request got their locks the moment it gave up, and must not be named instead of the real blocker.
-# pg_locks is read live and pg_stat_activity from a snapshot, so a writer seen between two transactions
-# (idle, no xact_start) can still show the lock of the transaction it began a moment later: a session
-# outside a transaction holds no relation lock, and that fresh one did not make us wait.
-BLOCKERS_SQL = """
-SELECT pid, application_name, state, mode, relation, xact_age, query, xact_start
-FROM (
-    SELECT DISTINCT ON (a.pid)
-           a.pid, a.application_name, a.state, l.mode, l.relation::regclass::text AS relation,
-           date_trunc('second', now() - a.xact_start)::text AS xact_age,
-           left(a.query, 120) AS query, a.xact_start
-    FROM pg_locks l
-    JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
-      AND l.relation = ANY (SELECT to_regclass(r)::oid FROM unnest(CAST(:relations AS text[])) AS r)
-      AND a.xact_start <= clock_timestamp() - make_interval(secs => :waited_s)
-    ORDER BY a.pid, a.xact_start
-) b
-ORDER BY xact_start, pid
-"""
-
-# CREATE INDEX CONCURRENTLY also waits for every older transaction of this database, whatever it touched
-# (its wait for old snapshots): those are named too, and when no session holds a lock on the relations.
-OPEN_TRANSACTIONS_SQL = """
-SELECT a.pid, a.application_name, a.state, 'a snapshot' AS mode, 'this database' AS relation,
-       date_trunc('second', now() - a.xact_start)::text AS xact_age,
-       left(a.query, 120) AS query, a.xact_start
-FROM pg_stat_activity a
-WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
-  AND a.xact_start IS NOT NULL AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
-  AND a.xact_start <= clock_timestamp() - make_interval(secs => :waited_s)
-ORDER BY a.xact_start
-LIMIT 5
-"""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -108,22 +71,21 @@ class LockPolicy:
         for name, value in (settings or {}).items():
             conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
 
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: several pods retrying at once do not retry in step."""
-        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+    def backoff(self, conn: Connection, attempt: int) -> float:
+        """The pause after failed attempt ``attempt``: ``backoff`` in sql/locks.sql, the formula the offline
+        script's procedures use too (with this policy's base and cap)."""
+        params = {"attempt": attempt, "backoff_base_s": self.backoff_base_s, "backoff_max_s": self.backoff_max_s}
+        return float(scalar(conn, queries("locks")["backoff"], params))
 
 
 def find_blockers(
     conn: Connection, relations: Sequence[str], waited_s: float = 0.0, *, snapshots: bool = False
 ) -> list[dict[str, object]]:
     """The sessions holding locks on ``relations`` whose transactions began at least ``waited_s`` ago; with
-    ``snapshots`` (a concurrent index build) also those holding a snapshot, oldest transaction first."""
-    params = {"relations": list(relations), "waited_s": float(waited_s)}
-    found = rows(conn, BLOCKERS_SQL, params)
-    if snapshots or (waited_s and not found):  # after a wait nobody's lock explains: the snapshots did
-        listed = {b["pid"] for b in found}
-        older = [b for b in rows(conn, OPEN_TRANSACTIONS_SQL, params) if b["pid"] not in listed]
-        found = sorted(found + older, key=lambda b: b["xact_start"])  # both queries name transactions only
+    ``snapshots`` (a concurrent index build) also those holding a snapshot, oldest transaction first
+    (``blockers`` in sql/locks.sql, which the offline script's procedures run too)."""
+    params = {"relations": list(relations), "waited_s": float(waited_s), "snapshots": snapshots}
+    found = rows(conn, queries("locks")["blockers"], params)
     for b in found:
         b.pop("xact_start", None)
     return found
@@ -186,7 +148,7 @@ def run_locked(
             )
             if attempt == policy.attempts:
                 raise LockRetriesExhausted(str(label), attempt, blockers) from None
-            pause = policy.backoff(attempt)
+            pause = policy.backoff(conn, attempt)
             log.warning(
                 "lock not available for %r (attempt %d/%d), held by pids %s; retrying in %.1fs",
                 str(label).strip().splitlines()[0],

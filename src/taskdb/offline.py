@@ -9,7 +9,8 @@ nothing. Transactions are explicit: DDL runs in short transactions under ``SET L
 LockPolicy's, from ``TASKDB_LOCK_TIMEOUT_MS``) and a ``statement_timeout``; CREATE INDEX CONCURRENTLY, the
 backfill and the cleanup run outside a transaction block (Alembic's ``autocommit_block`` emits the COMMIT /
 BEGIN around them). The backfill is a temporary procedure (``pg_temp.taskdb_backfill``) that runs the online
-engine's own batch statement, committing each batch.
+engine's own statements (``sql/backfill.sql``: every decision of a run), committing each batch; its lock retries,
+and the restore's, name the blockers and pause with ``sql/locks.sql``, as ``taskdb.locks`` does.
 
 The SQL templates are in ``sql/offline.sql``; the revisions compose them through :class:`OfflineScript`
 (see ``taskdb.migration.offline_step``).
@@ -33,7 +34,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine import Connection
 
 from taskdb import cron
-from taskdb.backfill import RESTORE_BATCH_SIZE, BackfillConfig, render
+from taskdb.backfill import LOCK_CLAUSES, RESTORE_BATCH_SIZE, BackfillConfig, render
 from taskdb.catalog import record_owned
 from taskdb.constraints import Index
 from taskdb.db import quote_ident
@@ -42,8 +43,40 @@ from taskdb.sql import SCHEMA_TOKEN, fill, queries, split_statements
 from taskdb.upgrade_lock import UPGRADE_LOCK_KEY
 from taskdb.version_table import DEFAULT, create_sql, taskdb_revisions
 
-# The resolve_batch statement's bind parameters, in the order the procedure passes them ($1..$7).
-BATCH_BINDS = ("after", "batch_size", "final", "actor", "job", "sweep", "mode")
+# The statements of sql/backfill.sql that pg_temp.taskdb_backfill EXECUTEs, each with what the procedure passes for
+# its binds (its parameters and variables, by bind name).
+BACKFILL_STEPS: dict[str, dict[str, str]] = {
+    "begin_job": {"job": "p_job"},
+    "resolve_batch": {
+        "after": "v_after",
+        "batch_size": "v_size",
+        "actor": "p_actor",
+        "job": "p_job",
+        "sweep": "v_sweep",
+        "mode": "v_mode",
+    },
+    "next_size": {
+        "batch_size": "v_size",
+        "elapsed_ms": "v_elapsed_ms",
+        "target_batch_ms": "p_target_batch_ms",
+        "min_batch_size": "p_min_batch_size",
+        "max_batch_size": "p_max_batch_size",
+    },
+    "end_sweep": {
+        "job": "p_job",
+        "sweep": "v_sweep",
+        "mode": "v_mode",
+        "done": "v_done",
+        "waiting": "v_waiting",
+        "after": "v_resumed",
+        "previous_waiting": "v_previous_waiting",
+        "max_sweeps": "p_max_sweeps",
+    },
+    "next_sweep": {"job": "p_job", "sweep": "v_sweep", "mode": "v_mode"},
+    "finish_job": {"job": "p_job"},
+}
+# The restore_batch statement's binds, as the restore procedure's parameters and variables.
+RESTORE_BINDS = {"actor": "p_actor", "after": "v_after", "batch_size": "p_batch_size"}
 # A safety net for short DDL transactions (lock waits are bounded by lock_timeout); scans get none.
 DDL_STATEMENT_TIMEOUT = "1min"
 
@@ -100,47 +133,69 @@ def record_owned_sql(kind: str, name: str, revision: str) -> str:
     return statement
 
 
+def positional(sql: str, binds: Mapping[str, str]) -> tuple[str, str]:
+    """``sql`` with its ``:name`` binds as ``$1..$n``, for a procedure's ``EXECUTE ... USING``, and the USING list:
+    what ``binds`` says the procedure passes for each, in their order (every bind must be named, and only those)."""
+    compiled = sa.text(sql).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    order = tuple(compiled.positiontup or ())
+    if sorted(set(order)) != sorted(binds):
+        raise RuntimeError(f"binds {order} are not {sorted(binds)}: {sql.splitlines()[0]}")
+    return str(compiled), ", ".join(binds[name] for name in order)
+
+
+def backfill_statement(name: str) -> tuple[str, str]:
+    """A statement of sql/backfill.sql exactly as the online engine renders it (the batch with ``${status_type}``
+    and ``${lock_clause}`` left for the procedure), as :func:`positional` for pg_temp.taskdb_backfill."""
+    kinds = {"status_type": "${status_type}", "lock_clause": "${lock_clause}"} if name == "resolve_batch" else {}
+    return positional(render(name, **kinds), BACKFILL_STEPS[name])
+
+
 def batch_statement() -> str:
-    """resolve_batch of sql/backfill.sql exactly as the online engine renders it, but with ``${status_type}``
-    and ``${lock_clause}`` left for the procedure, and the ``:name`` binds as ``$1..$7`` for EXECUTE ... USING."""
-    text = render("resolve_batch", status_type="${status_type}", lock_clause="${lock_clause}")
-    compiled = sa.text(text).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
-    if tuple(compiled.positiontup or ()) != BATCH_BINDS:
-        raise RuntimeError(f"resolve_batch binds {compiled.positiontup} are not {BATCH_BINDS}")
-    return str(compiled)
+    """resolve_batch as the offline procedure runs it."""
+    return backfill_statement("resolve_batch")[0]
 
 
 def backfill_procedure() -> str:
-    return template(
-        "backfill_procedure",
-        resolve_batch=dollar_quote(batch_statement(), "taskdb_batch"),
-        count_needs_work=dollar_quote(render("count_needs_work"), "taskdb_batch"),
-        count_waiting_before=dollar_quote(waiting_before_statement(), "taskdb_batch"),
+    steps: dict[str, str] = {}
+    for name in BACKFILL_STEPS:
+        statement, using = backfill_statement(name)
+        steps.update({name: dollar_quote(statement, "taskdb_batch"), f"{name}_using": using})
+    return template("backfill_procedure", **steps, lock_clauses=jsonb(LOCK_CLAUSES))
+
+
+def lock_wait_function(policy: LockPolicy) -> str:
+    """pg_temp.taskdb_lock_wait: the procedures' lock retries, with the online blockers query and backoff formula
+    (sql/locks.sql), and ``policy``'s backoff base and cap."""
+    sql = queries("locks")
+    blockers, blockers_using = positional(
+        sql["blockers"],
+        {
+            "relations": text_array(["tasks"]),
+            "waited_s": "extract(epoch FROM clock_timestamp() - p_attempt_started)",
+            "snapshots": "false",
+        },
     )
-
-
-# The restore_batch statement's bind parameters, as the procedure's variables that it passes for them.
-RESTORE_BINDS = {"actor": "p_actor", "after": "v_after", "batch_size": "p_batch_size"}
+    backoff, backoff_using = positional(
+        sql["backoff"],
+        {
+            "attempt": "p_attempt",
+            "backoff_base_s": repr(float(policy.backoff_base_s)),
+            "backoff_max_s": repr(float(policy.backoff_max_s)),
+        },
+    )
+    return template(
+        "lock_wait",
+        blockers=dollar_quote(blockers, "taskdb_query"),
+        blockers_using=blockers_using,
+        backoff=dollar_quote(backoff, "taskdb_query"),
+        backoff_using=backoff_using,
+    )
 
 
 def restore_statement() -> tuple[str, str]:
     """restore_batch of sql/backfill.sql exactly as the online restore renders it, with ``${status_type}`` left
-    for the procedure and the ``:name`` binds as ``$1..$3``; and the procedure's USING list in their order."""
-    compiled = sa.text(render("restore_batch", status_type="${status_type}")).compile(
-        dialect=psycopg.dialect(paramstyle="numeric_dollar")
-    )
-    order = tuple(compiled.positiontup or ())
-    if sorted(order) != sorted(RESTORE_BINDS):
-        raise RuntimeError(f"restore_batch binds {order} are not {sorted(RESTORE_BINDS)}")
-    return str(compiled), ", ".join(RESTORE_BINDS[name] for name in order)
-
-
-def waiting_before_statement() -> str:
-    """sql/backfill.sql's count_waiting_before with its one bind, the crashed run's cursor, as ``$1``."""
-    compiled = sa.text(render("count_waiting_before")).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
-    if tuple(compiled.positiontup or ()) != ("after",):
-        raise RuntimeError(f"count_waiting_before binds {compiled.positiontup} are not ('after',)")
-    return str(compiled)
+    for the procedure, as :func:`positional` for pg_temp.taskdb_restore."""
+    return positional(render("restore_batch", status_type="${status_type}"), RESTORE_BINDS)
 
 
 def _interval_ms(seconds: float) -> str:
@@ -213,6 +268,7 @@ class OfflineScript:
         self.emit(sql)
 
     def create_backfill_procedure(self) -> None:
+        self.emit(lock_wait_function(self.policy))
         self.emit(backfill_procedure())
 
     def call_backfill(self, job: str, actor: str) -> None:
@@ -266,9 +322,13 @@ class OfflineScript:
         """Put back what ``actors`` logged (taskdb.backfill.restore): the procedure, then a CALL per actor."""
         with self.transaction():
             statement, using = restore_statement()
+            self.emit(lock_wait_function(self.policy))
             self.emit(
                 template(
-                    "restore_procedure", restore_batch=dollar_quote(statement, "taskdb_batch"), restore_using=using
+                    "restore_procedure",
+                    restore_batch=dollar_quote(statement, "taskdb_batch"),
+                    restore_using=using,
+                    lock_attempts=str(self.policy.attempts),
                 )
             )
         with self.outside_transaction():

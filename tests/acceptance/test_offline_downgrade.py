@@ -204,3 +204,43 @@ def test_a_database_taskdb_never_upgraded_is_refused(db: Db, tmp_path: Path) -> 
     assert done.returncode == 3, done.stderr
     assert "has no taskdb_alembic_version table: taskdb never upgraded it" in done.stderr, done.stderr
     assert db.scalar("SELECT to_regprocedure('claim_next_task(text, text)') IS NOT NULL")  # the app's, untouched
+
+
+def test_a_task_a_worker_holds_makes_the_restore_retry_then_fail_naming_it_and_a_rerun_finishes(
+    db: Db, other_db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offline restore retries a batch that waited for a lock, as the online one does (the same blockers query
+    and backoff, the LockPolicy's attempts), then stops with exit 3 naming the session."""
+    twins(db, other_db, "half_migrated", False)
+    roles_exist(db)
+    for side in (db, other_db):  # Queued tasks older than queued_ttl: 0005's cleanup cancels (and logs) them
+        side.execute("UPDATE tasks SET created_at = timestamptz '2020-01-01 00:00Z' WHERE status = 'Queued'")
+    db.upgrade()
+    other_db.upgrade()
+    monkeypatch.setenv("TASKDB_LOCK_TIMEOUT_MS", "200")
+    monkeypatch.setenv("TASKDB_LOCK_ATTEMPTS", "2")
+    script = generate(tmp_path, "head:0004_constraints")  # 0005's restore comes before any DDL on tasks
+    actor = "taskdb revision 0005_hygiene"
+    worker = sa.create_engine(db.engine.url, poolclass=sa.NullPool)
+    with worker.connect() as conn:  # a worker holds a task the restore puts back, for the whole first run
+        conn.execute(sa.text("SET application_name = 'restore-blocker'"))
+        held = conn.execute(
+            sa.text(
+                "SELECT id FROM tasks WHERE id = (SELECT min(task_id::text)::uuid FROM task_hygiene_log "
+                "WHERE actor = :actor) FOR UPDATE"
+            ),
+            {"actor": actor},
+        )
+        assert held.scalar() is not None
+        done = psql(db, script)
+        conn.rollback()
+    worker.dispose()
+    assert done.returncode == 3, done.stderr
+    assert f"lock not available for restore {actor} batch (attempt 1/2), held by pid" in done.stderr
+    failed = done.stderr.split(f"Failed after 2 attempts to take the lock for: restore {actor} batch")
+    assert len(failed) == 2, done.stderr
+    assert "blocked by: pid" in failed[1] and "restore-blocker, idle in transaction" in failed[1], done.stderr
+
+    apply(db, script)
+    other_db.downgrade("0004_constraints")
+    assert_same(state(db), state(other_db))

@@ -1,24 +1,42 @@
-"""The backfill's batch window adapts towards its target duration, within bounds; explicit sizes stay fixed."""
+"""The backfill's batch window adapts towards its target duration, within bounds; explicit sizes stay fixed.
+
+The window's rule is a statement of sql/backfill.sql (the offline procedure runs it too): those tests ask the
+database, with both drivers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from taskdb.backfill import BackfillConfig
+from tests.helpers import DRIVERS, Db, with_driver
 
 
-def test_window_moves_towards_the_target_at_most_twofold_per_batch() -> None:
+@pytest.fixture(params=DRIVERS)
+def conn(request: pytest.FixtureRequest, db: Db) -> Iterator[Connection]:
+    engine = sa.create_engine(with_driver(db.url, request.param), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def test_window_moves_towards_the_target_at_most_twofold_per_batch(conn: Connection) -> None:
     config = BackfillConfig(target_batch_ms=50)
-    assert config.next_size(1000, 100) == 500  # twice too slow: halve
-    assert config.next_size(1000, 1000) == 500  # far too slow: still only halve
-    assert config.next_size(1000, 40) == 1250
-    assert config.next_size(1000, 1) == 2000  # far too fast: at most double
-    assert config.next_size(150, 1000) == 100  # never below the minimum
-    assert config.next_size(40_000, 1) == 50_000  # nor above the maximum
+    assert config.next_size(conn, 1000, 100) == 500  # twice too slow: halve
+    assert config.next_size(conn, 1000, 1000) == 500  # far too slow: still only halve
+    assert config.next_size(conn, 1000, 40) == 1250
+    assert config.next_size(conn, 1000, 1) == 2000  # far too fast: at most double
+    assert config.next_size(conn, 150, 1000) == 100  # never below the minimum
+    assert config.next_size(conn, 40_000, 1) == 50_000  # nor above the maximum
 
 
-def test_fixed_size_without_a_target() -> None:
-    assert BackfillConfig(target_batch_ms=0).next_size(10, 1) == 10
+def test_fixed_size_without_a_target(conn: Connection) -> None:
+    assert BackfillConfig(target_batch_ms=0).next_size(conn, 10, 1) == 10
 
 
 @pytest.mark.parametrize(

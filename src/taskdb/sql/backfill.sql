@@ -1,11 +1,15 @@
--- The backfill engine's queries (see taskdb/backfill.py for the algorithm).
+-- The backfill engine's queries (see taskdb/backfill.py for the algorithm). Every decision of a run (where it
+-- starts or resumes, each batch, what a sweep did and which comes next, the window size, the end) is a statement
+-- here, run as it is by the online engine (taskdb.backfill._run) and by the offline script's procedure
+-- (pg_temp.taskdb_backfill in sql/offline.sql), which only loop, log, pace and retry around them.
 --
 -- Placeholders filled in by Python before execution:
 --   ${needs_work_t} / ${needs_work_p}  the needs_work predicate below, for alias t / p
+--   ${count_needs_work}, ...           another section of this file, as a subquery
 --   ${status_type}                     the type of tasks.status: text, or the enum task_status
---   ${lock_clause}                     'SKIP LOCKED' in normal sweeps, '' when waiting for locked rows
--- Bind parameters: :after (keyset cursor, NULL = start), :batch_size, :final (flag rows still waiting
--- for a parent), :actor (recorded in task_hygiene_log), and the checkpoint's :job, :sweep, :mode.
+--   ${lock_clause}                     'SKIP LOCKED' in normal and final sweeps, '' when waiting for locked rows
+-- Bind parameters: :after (keyset cursor, NULL = start), :batch_size, :actor (recorded in task_hygiene_log),
+-- and the checkpoint's :job, :sweep, :mode (normal, final: flag rows still waiting for a parent, waiting).
 
 -- needs_work --
 -- A row the backfill has not finished: not flagged, and its status, user or run type is not yet right.
@@ -129,7 +133,7 @@ outcome AS (
     -- be flagged anyway (unknown status): so what it ends with never depends on batch boundaries.
     SELECT v.*,
            CASE WHEN v.reasons = '' THEN 'backfill'
-                WHEN v.parent_pending AND NOT CAST(:final AS boolean) THEN 'wait'
+                WHEN v.parent_pending AND CAST(:mode AS text) = 'normal' THEN 'wait'
                 ELSE 'flag' END AS action
     FROM verdict v
 ),
@@ -212,6 +216,88 @@ SELECT (SELECT size FROM bounds) AS scanned,
        (SELECT count(*) FROM updated) AS done,
        (SELECT count(*) FROM changes WHERE action = 'flag') AS flagged,
        (SELECT count(*) FROM outcome WHERE action = 'wait') AS waiting
+
+-- begin_job --
+-- A run of a job starts: the rows that need work (total: the progress total), and the sweep to run, from the
+-- checkpoint (taskdb_backfill_progress). A run that crashed resumes (resumed) in its sweep, after the last id it
+-- committed (last_id; NULL: none yet in that sweep); nothing is redone, and redoing would change nothing. A finished job with nothing left to do keeps its
+-- record (e.g. a rerun after a crash before the version table moved); else the job starts anew: sweep 1, normal.
+WITH total AS (
+    ${count_needs_work}
+),
+found AS (
+    SELECT p.sweep, p.mode, p.last_id, p.finished_at FROM taskdb_backfill_progress p WHERE p.job = :job
+),
+started AS (
+    INSERT INTO taskdb_backfill_progress AS p (job, sweep, mode)
+    SELECT :job, 1, 'normal'
+    WHERE NOT EXISTS (SELECT FROM found f WHERE f.finished_at IS NULL OR (SELECT count FROM total) = 0)
+    ON CONFLICT (job) DO UPDATE
+    SET sweep = 1, mode = 'normal', last_id = NULL, rows_done = 0, started_at = clock_timestamp(),
+        updated_at = clock_timestamp(), finished_at = NULL
+    RETURNING p.sweep, p.mode
+)
+SELECT (SELECT count FROM total) AS total,
+       coalesce(s.sweep, f.sweep) AS sweep,
+       coalesce(s.mode, f.mode) AS mode,
+       s.sweep IS NULL AND f.finished_at IS NULL AS resumed,
+       CASE WHEN s.sweep IS NULL AND f.finished_at IS NULL THEN f.last_id END AS last_id
+FROM (SELECT) one
+LEFT JOIN found f ON true
+LEFT JOIN started s ON true
+
+-- next_size --
+-- The next batch window: batch_size ids, scaled after a batch that took elapsed_ms towards target_batch_ms
+-- (0: a fixed size), at most x2 or /2 a step, within min_batch_size..max_batch_size. A batch holds its rows'
+-- locks until it commits, so its duration bounds how long an application UPDATE of one of them can wait.
+SELECT CASE WHEN CAST(:target_batch_ms AS double precision) = 0 THEN CAST(:batch_size AS integer)
+            ELSE CAST(trunc(least(greatest(least(greatest(
+                     CAST(:batch_size AS double precision) * CAST(:target_batch_ms AS double precision)
+                     / greatest(CAST(:elapsed_ms AS double precision), 1),
+                     CAST(:batch_size AS double precision) / 2), CAST(:batch_size AS double precision) * 2),
+                 CAST(:min_batch_size AS integer)), CAST(:max_batch_size AS integer))) AS integer)
+       END AS size
+
+-- end_sweep --
+-- A sweep is over: what it did, what remains, and which sweep comes next.
+-- Binds done and waiting: the rows this run backfilled or flagged in the sweep, and those that waited for their parent.
+-- Bind after: the cursor the run resumed the sweep after (NULL: it ran the whole sweep); the crashed run's part of the
+-- sweep counts too, so that a resumed run sweeps exactly as an uninterrupted one: the checkpoint's rows_done counts
+-- every row of the sweep, and count_waiting_before the rows up to the cursor that waited there.
+-- Bind previous_waiting: the waiting of the sweep before (NULL: none, or this run did not see it).
+-- next_mode: the next sweep's mode; NULL when the job is over (nothing remains, or left_over).
+WITH swept AS (
+    SELECT CASE WHEN CAST(:after AS uuid) IS NULL THEN CAST(:done AS bigint)
+                ELSE (SELECT p.rows_done FROM taskdb_backfill_progress p WHERE p.job = :job) END AS done,
+           CAST(:waiting AS bigint)
+           + CASE WHEN CAST(:after AS uuid) IS NULL THEN 0 ELSE (${count_waiting_before}) END AS waiting,
+           (${count_needs_work}) AS remaining
+)
+SELECT s.done, s.waiting, s.remaining,
+       CASE WHEN s.remaining = 0 OR CAST(:mode AS text) = 'waiting' THEN NULL
+            -- More normal sweeps while children keep finding healthy parents (fewer wait each time: rows an old
+            -- application keeps writing are done in every sweep, so `done` alone is no progress, seen: 49
+            -- sweeps); then flag the rest; then wait for the rows that workers held locked.
+            WHEN CAST(:mode AS text) = 'normal' AND s.waiting > 0 AND s.done > 0
+                 AND s.waiting < coalesce(CAST(:previous_waiting AS bigint), s.waiting + 1)
+                 AND CAST(:sweep AS integer) < CAST(:max_sweeps AS integer) - 1 THEN 'normal'
+            WHEN CAST(:mode AS text) = 'normal' THEN 'final'
+            ELSE 'waiting' END AS next_mode,
+       -- A waiting sweep finishes every row that existed when it began (it waits for locked ones): what remains
+       -- was written during it, e.g. by an old application version. Sweeping again would only chase new writes
+       -- with a whole-table scan each time (seen: 50 sweeps while an old app kept writing); 0004's catch-up
+       -- takes them, behind its write guard that lets no new one in.
+       CAST(:mode AS text) = 'waiting' AND s.remaining > 0 AS left_over
+FROM swept s
+
+-- next_sweep --
+-- The checkpoint moves to the next sweep, in end_sweep's next_mode: its rows_done counts that sweep's rows.
+UPDATE taskdb_backfill_progress
+SET sweep = :sweep, mode = :mode, last_id = NULL, rows_done = 0, updated_at = clock_timestamp()
+WHERE job = :job
+
+-- finish_job --
+UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = :job
 
 -- logged_values --
 -- Per task (the log rows l, grouped by task), each restorable column's value before the first logged change and

@@ -5,7 +5,10 @@
 --
 -- {{name}} placeholders are filled by src/taskdb/offline.py when the script is generated (literals already
 -- quoted). ${status_type} and ${lock_clause} stay in the backfill's batch statement: the procedure fills them
--- at run time (the generator cannot know whether tasks.status is text or an enum).
+-- at run time (the generator cannot know whether tasks.status is text or an enum). The procedures' decisions and
+-- queries are not written here: they EXECUTE the statements of src/taskdb/sql/backfill.sql and locks.sql, the
+-- online code's own ({{name}} and {{name_using}}: a statement with its binds as $1..$n, and what the procedure
+-- passes for them).
 
 -- schema_guard --
 -- The queue the script was generated for, checked before anything, as the online upgrade checks it: stop where
@@ -109,15 +112,57 @@ BEGIN
 END
 $taskdb$;
 
+-- lock_wait --
+-- A batch of an offline procedure waited for a lock longer than the session's lock_timeout (online,
+-- taskdb.locks.run_locked does the same): name the sessions that made it wait (blockers of src/taskdb/sql/locks.sql,
+-- the query taskdb.locks.find_blockers runs), give up with lock_not_available after p_attempts, else warn and pause
+-- (backoff of locks.sql, with the LockPolicy's base and cap from when the script was generated) before the caller's
+-- next attempt. The pid, application, state, age and lock named as taskdb.errors.LockRetriesExhausted names them.
+CREATE OR REPLACE FUNCTION pg_temp.taskdb_lock_wait(
+    p_label text,
+    p_attempt integer,
+    p_attempts integer,
+    p_attempt_started timestamptz,
+    p_rerun text
+)
+RETURNS void
+LANGUAGE plpgsql AS $taskdb_lock_wait$
+DECLARE
+    c_blockers CONSTANT text := {{blockers}};
+    c_backoff CONSTANT text := {{backoff}};
+    v_blocker record;
+    v_blockers text;
+    v_pause double precision;
+BEGIN
+    PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity as it is now, not as this transaction first read it
+    FOR v_blocker IN EXECUTE c_blockers USING {{blockers_using}} LOOP
+        v_blockers := concat_ws('; ', v_blockers, format('pid %s (%s, %s, transaction open %s, holds %s on %s)',
+            v_blocker.pid, coalesce(nullif(v_blocker.application_name, ''), 'no application_name'), v_blocker.state,
+            v_blocker.xact_age, v_blocker.mode, v_blocker.relation));
+    END LOOP;
+    IF p_attempt >= p_attempts THEN
+        RAISE EXCEPTION 'Failed after % attempts to take the lock for: % -- blocked by: %. Nothing half-done is left; '
+            'rerun when the blocker is gone (%).', p_attempt, p_label,
+            coalesce(v_blockers, 'no blocking session found any more'), p_rerun
+            USING ERRCODE = 'lock_not_available';
+    END IF;
+    EXECUTE c_backoff INTO v_pause USING {{backoff_using}};
+    RAISE WARNING 'lock not available for % (attempt %/%), held by %; retrying in % s', p_label, p_attempt,
+        p_attempts, coalesce(v_blockers, 'nobody any more'), round(v_pause::numeric, 1);
+    PERFORM pg_sleep(v_pause);
+END
+$taskdb_lock_wait$;
+
 -- backfill_procedure --
--- The backfill engine of src/taskdb/backfill.py (run_backfill) as a procedure of this session: the same
--- sweeps (normal while children wait for their parents and progress is made, then final, then waiting for
--- rows workers held locked), the same checkpoint (taskdb_backfill_progress: a killed run resumes after the
--- last committed batch), and each batch THE SAME statement (resolve_batch of src/taskdb/sql/backfill.sql),
--- committed on its own. One NOTICE per batch. A batch is a window of p_batch_size ids that, with
--- p_target_batch_ms, grows or shrinks after every batch towards that duration (x2 or /2 at most, within
--- p_min_batch_size..p_max_batch_size: BackfillConfig.next_size). Lock waits are bounded by the session's
--- lock_timeout, with p_lock_attempts jittered retries per batch. CALL it outside a transaction block (it COMMITs).
+-- The backfill engine of src/taskdb/backfill.py (run_backfill) as a procedure of this session. Every decision is
+-- a statement of src/taskdb/sql/backfill.sql, THE SAME the online engine runs: begin_job (the rows that need work,
+-- and the sweep to run from the checkpoint, taskdb_backfill_progress: a killed run resumes after its last
+-- committed batch), resolve_batch (one batch, committed on its own with its checkpoint), next_size (the next
+-- window), end_sweep (what the sweep did, what remains, the next sweep's mode), next_sweep and finish_job. This
+-- loop only logs (one NOTICE per batch), pauses p_batch_delay between batches, and retries a batch that waited
+-- longer than the session's lock_timeout (pg_temp.taskdb_lock_wait, p_lock_attempts attempts). The pacing
+-- (p_batch_size, p_target_batch_ms, p_min_batch_size, p_max_batch_size) is BackfillConfig's. CALL it outside a
+-- transaction block (it COMMITs).
 CREATE OR REPLACE PROCEDURE pg_temp.taskdb_backfill(
     p_job text,
     p_actor text,
@@ -131,32 +176,33 @@ CREATE OR REPLACE PROCEDURE pg_temp.taskdb_backfill(
 )
 LANGUAGE plpgsql AS $taskdb_backfill$
 DECLARE
-    -- resolve_batch: bind parameters $1 after, $2 batch_size, $3 final, $4 actor, $5 job, $6 sweep, $7 mode
+    -- the statements of src/taskdb/sql/backfill.sql, their binds as $1..$n
+    c_begin_job CONSTANT text := {{begin_job}};
     c_resolve_batch CONSTANT text := {{resolve_batch}};
-    c_count_needs_work CONSTANT text := {{count_needs_work}};
-    c_count_waiting_before CONSTANT text := {{count_waiting_before}};  -- binds $1: the crashed run's cursor
-    v_status_type text;
-    v_skip_locked text;
-    v_waiting_for_locks text;
+    c_next_size CONSTANT text := {{next_size}};
+    c_end_sweep CONSTANT text := {{end_sweep}};
+    c_next_sweep CONSTANT text := {{next_sweep}};
+    c_finish_job CONSTANT text := {{finish_job}};
+    c_lock_clauses CONSTANT jsonb := {{lock_clauses}};  -- how a sweep of each mode takes its rows
+    v_batch_statement text;
+    v_job record;
+    v_batch record;
+    v_end record;
     v_total bigint;
-    v_remaining bigint;
     v_done_total bigint := 0;
     v_sweep integer;
     v_mode text;
     v_after uuid;
-    v_finished timestamptz;
+    v_resumed uuid;  -- a crashed run committed this sweep's batches up to this id
     v_done bigint;
     v_flagged bigint;
     v_waiting bigint;
-    v_resumed uuid;  -- a crashed run committed this sweep's batches up to this id
-    v_waited bigint;
-    v_previous_waiting bigint;  -- children waiting in the last sweep: more normal sweeps only while fewer wait
-    v_batch record;
+    v_previous_waiting bigint;
     v_attempt integer;
     v_started timestamptz;
+    v_attempt_started timestamptz;
     v_elapsed_ms numeric;
     v_size integer := p_batch_size;
-    v_blockers text;
 BEGIN
     IF p_batch_size < 1 OR p_max_sweeps < 2 OR p_lock_attempts < 1 OR p_batch_delay < interval '0'
        OR p_target_batch_ms < 0 THEN
@@ -164,27 +210,19 @@ BEGIN
             'target_batch_ms >= 0';
     END IF;
     -- text, or the enum task_status: the batch casts the new status to it
-    SELECT format_type(a.atttypid, a.atttypmod) INTO STRICT v_status_type
+    SELECT replace(c_resolve_batch, '${status_type}', format_type(a.atttypid, a.atttypmod)) INTO STRICT v_batch_statement
     FROM pg_attribute a WHERE a.attrelid = 'tasks'::regclass AND a.attname = 'status' AND NOT a.attisdropped;
-    v_skip_locked := replace(replace(c_resolve_batch, '${status_type}', v_status_type), '${lock_clause}', 'SKIP LOCKED');
-    v_waiting_for_locks := replace(replace(c_resolve_batch, '${status_type}', v_status_type), '${lock_clause}', '');
 
-    EXECUTE c_count_needs_work INTO v_total;
-    SELECT p.sweep, p.mode, p.last_id, p.finished_at INTO v_sweep, v_mode, v_after, v_finished
-    FROM taskdb_backfill_progress p WHERE p.job = p_job;
-    IF FOUND AND v_finished IS NOT NULL AND v_total = 0 THEN
-        v_after := NULL;  -- finished, nothing new to do (a rerun): the job keeps its record
-    ELSIF NOT FOUND OR v_finished IS NOT NULL THEN
-        INSERT INTO taskdb_backfill_progress (job, sweep, mode) VALUES (p_job, 1, 'normal')
-        ON CONFLICT (job) DO UPDATE SET sweep = 1, mode = 'normal', last_id = NULL, rows_done = 0,
-            started_at = clock_timestamp(), updated_at = clock_timestamp(), finished_at = NULL;
-        v_sweep := 1;
-        v_mode := 'normal';
-        v_after := NULL;
-    ELSE
-        RAISE NOTICE 'backfill %: resuming sweep % (%) after id %', p_job, v_sweep, v_mode, v_after;
-    END IF;
+    EXECUTE c_begin_job INTO STRICT v_job USING {{begin_job_using}};
     COMMIT;
+    v_total := v_job.total;
+    v_sweep := v_job.sweep;
+    v_mode := v_job.mode;
+    v_after := v_job.last_id;
+    IF v_job.resumed THEN
+        RAISE NOTICE 'backfill %: resuming sweep % (%) %', p_job, v_sweep, v_mode,
+            coalesce('after id ' || v_after, 'from its start');
+    END IF;
     RAISE NOTICE 'backfill %: % rows need work', p_job, v_total;
 
     WHILE v_total > 0 LOOP  -- nothing to do (0004's catch-up, a rerun): no sweep over the table at all
@@ -196,30 +234,14 @@ BEGIN
             v_attempt := 1;
             v_started := clock_timestamp();
             LOOP  -- attempts at one batch: only lock_not_available is retried
+                v_attempt_started := clock_timestamp();
                 BEGIN
-                    EXECUTE CASE WHEN v_mode = 'waiting' THEN v_waiting_for_locks ELSE v_skip_locked END
-                    INTO STRICT v_batch
-                    USING v_after, v_size, v_mode <> 'normal', p_actor, p_job, v_sweep, v_mode;
+                    EXECUTE replace(v_batch_statement, '${lock_clause}', c_lock_clauses ->> v_mode)
+                    INTO STRICT v_batch USING {{resolve_batch_using}};
                     EXIT;
                 EXCEPTION WHEN lock_not_available THEN
-                    SELECT string_agg(format('pid %s (%s, %s, transaction open %s, holds %s on %s)', a.pid,
-                                             coalesce(nullif(a.application_name, ''), 'no application_name'),
-                                             a.state, date_trunc('second', now() - a.xact_start), l.mode,
-                                             l.relation::regclass), '; ')
-                    INTO v_blockers
-                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
-                      AND l.relation = 'tasks'::regclass;
-                    IF v_attempt >= p_lock_attempts THEN
-                        RAISE EXCEPTION 'Failed after % attempts to take the lock for: backfill % batch (sweep %, %) '
-                            '-- blocked by: %. Nothing half-done is left; rerun when the blocker is gone (the '
-                            'backfill resumes from its checkpoint).', v_attempt, p_job, v_sweep, v_mode,
-                            coalesce(v_blockers, 'no blocking session found any more')
-                            USING ERRCODE = 'lock_not_available';
-                    END IF;
-                    RAISE WARNING 'lock not available for backfill % batch (attempt %/%), held by %; retrying',
-                        p_job, v_attempt, p_lock_attempts, coalesce(v_blockers, 'nobody any more');
-                    PERFORM pg_sleep(random() * least(10.0, 0.5 * 2 ^ (v_attempt - 1)));
+                    PERFORM pg_temp.taskdb_lock_wait(format('backfill %s batch', p_job), v_attempt, p_lock_attempts,
+                        v_attempt_started, format('the backfill resumes from its checkpoint: sweep %s, %s', v_sweep, v_mode));
                     v_attempt := v_attempt + 1;
                 END;
             END LOOP;
@@ -234,47 +256,28 @@ BEGIN
             RAISE NOTICE 'backfill %: sweep % (%) batch of % ids in % ms: % of % done, % remaining',
                 p_job, v_sweep, v_mode, v_batch.scanned, round(v_elapsed_ms), v_done_total,
                 greatest(v_total, v_done_total), greatest(v_total, v_done_total) - v_done_total;
-            IF p_target_batch_ms > 0 THEN  -- the next window, scaled towards the target duration
-                v_size := trunc(least(greatest(
-                    least(greatest(v_size * p_target_batch_ms / greatest(v_elapsed_ms, 1), v_size / 2.0), v_size * 2.0),
-                    p_min_batch_size), p_max_batch_size));
-            END IF;
+            EXECUTE c_next_size INTO STRICT v_size USING {{next_size_using}};
             IF p_batch_delay > interval '0' THEN
                 PERFORM pg_sleep(extract(epoch FROM p_batch_delay)::float8);
             END IF;
         END LOOP;
-        IF v_resumed IS NOT NULL THEN  -- the crashed run's part of the sweep counts too: its rows_done, its waiting rows
-            SELECT p.rows_done INTO v_done FROM taskdb_backfill_progress p WHERE p.job = p_job;
-            EXECUTE c_count_waiting_before INTO v_waited USING v_resumed;
-            v_waiting := v_waiting + v_waited;
-        END IF;
-        EXECUTE c_count_needs_work INTO v_remaining;
+        EXECUTE c_end_sweep INTO STRICT v_end USING {{end_sweep_using}};
         RAISE NOTICE 'backfill %: sweep % (%) done: % rows, % flagged, % waiting; % remaining',
-            p_job, v_sweep, v_mode, v_done, v_flagged, v_waiting, v_remaining;
-        EXIT WHEN v_remaining = 0;
-        IF v_mode = 'waiting' THEN  -- what remains was written during that sweep: 0004's catch-up takes it
+            p_job, v_sweep, v_mode, v_end.done, v_flagged, v_end.waiting, v_end.remaining;
+        IF v_end.left_over THEN
             RAISE WARNING 'backfill %: % rows written during the backfill still need work after % sweeps; the '
-                'catch-up backfill of 0004_constraints (or a rerun) takes them', p_job, v_remaining, v_sweep;
-            EXIT;
+                'catch-up backfill of 0004_constraints (or a rerun) takes them', p_job, v_end.remaining, v_sweep;
         END IF;
-        -- More normal sweeps while children keep finding healthy parents; then flag the rest; then wait for
-        -- the rows that workers held locked.
-        -- (fewer children wait each time: rows an old application keeps writing make v_done > 0 every sweep)
-        v_mode := CASE WHEN v_mode = 'normal' AND v_waiting > 0 AND v_done > 0 AND v_sweep < p_max_sweeps - 1
-                            AND v_waiting < coalesce(v_previous_waiting, v_waiting + 1)
-                       THEN 'normal'
-                       WHEN v_mode = 'normal' THEN 'final'
-                       ELSE 'waiting' END;
-        v_previous_waiting := v_waiting;
+        EXIT WHEN v_end.next_mode IS NULL;
+        v_previous_waiting := v_end.waiting;
         v_sweep := v_sweep + 1;
+        v_mode := v_end.next_mode;
         v_after := NULL;
-        -- the checkpoint of the new sweep: its rows_done counts this sweep's rows only
-        UPDATE taskdb_backfill_progress SET sweep = v_sweep, mode = v_mode, last_id = NULL, rows_done = 0,
-            updated_at = clock_timestamp() WHERE job = p_job;
+        EXECUTE c_next_sweep USING {{next_sweep_using}};
         COMMIT;
     END LOOP;
 
-    UPDATE taskdb_backfill_progress SET finished_at = clock_timestamp() WHERE job = p_job;
+    EXECUTE c_finish_job USING {{finish_job_using}};
     COMMIT;
 END
 $taskdb_backfill$;
@@ -406,16 +409,23 @@ $taskdb$;
 -- The downgrade's restore (src/taskdb/backfill.py restore) as a procedure of this session: the actor's logged
 -- changes put back in keyset batches over task ids, each batch THE SAME statement (restore_batch of
 -- src/taskdb/sql/backfill.sql: a column is restored only where it still holds what the actor wrote), committed
--- on its own, one NOTICE per batch. Idempotent: a restored column no longer matches. Lock waits are bounded by
--- the session's lock_timeout. CALL it outside a transaction block (it COMMITs).
-CREATE OR REPLACE PROCEDURE pg_temp.taskdb_restore(p_actor text, p_batch_size integer DEFAULT 1000)
+-- on its own, one NOTICE per batch. Idempotent: a restored column no longer matches. A batch that waited longer
+-- than the session's lock_timeout is retried (pg_temp.taskdb_lock_wait, p_lock_attempts attempts), as online.
+-- CALL it outside a transaction block (it COMMITs).
+CREATE OR REPLACE PROCEDURE pg_temp.taskdb_restore(
+    p_actor text,
+    p_batch_size integer DEFAULT 1000,
+    p_lock_attempts integer DEFAULT {{lock_attempts}}  -- the LockPolicy's (TASKDB_LOCK_ATTEMPTS when generated)
+)
 LANGUAGE plpgsql AS $taskdb_restore$
 DECLARE
-    c_restore_batch CONSTANT text := {{restore_batch}};  -- its binds: {{restore_using}}
+    c_restore_batch CONSTANT text := {{restore_batch}};
     v_statement text;
     v_after uuid;
     v_batch record;
     v_total bigint := 0;
+    v_attempt integer;
+    v_attempt_started timestamptz;
 BEGIN
     IF to_regclass('task_hygiene_log') IS NULL THEN
         RETURN;  -- nothing was logged (or an earlier run of this script already dropped the log)
@@ -423,7 +433,18 @@ BEGIN
     SELECT replace(c_restore_batch, '${status_type}', format_type(a.atttypid, a.atttypmod)) INTO STRICT v_statement
     FROM pg_attribute a WHERE a.attrelid = 'tasks'::regclass AND a.attname = 'status' AND NOT a.attisdropped;
     LOOP
-        EXECUTE v_statement INTO v_batch USING {{restore_using}};
+        v_attempt := 1;
+        LOOP  -- attempts at one batch: only lock_not_available is retried
+            v_attempt_started := clock_timestamp();
+            BEGIN
+                EXECUTE v_statement INTO v_batch USING {{restore_using}};
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                PERFORM pg_temp.taskdb_lock_wait(format('restore %s batch', p_actor), v_attempt, p_lock_attempts,
+                    v_attempt_started, 'the script is idempotent');
+                v_attempt := v_attempt + 1;
+            END;
+        END LOOP;
         COMMIT;
         EXIT WHEN v_batch.scanned = 0;
         v_after := v_batch.last_id;
