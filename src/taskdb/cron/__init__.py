@@ -24,11 +24,11 @@ One module per concern; this package re-exports what callers use:
 
 - :mod:`taskdb.cron.config`: TASKDB_CRON, job names and limits, the cleanup command, errors, the cron
   database's connection, cron.job and taskdb_cron_jobs lookups;
-- :mod:`taskdb.cron.detect`: readiness, and the texts saying what is wrong and how to fix it;
-- :mod:`taskdb.cron.schedule`: scheduling here or in another database, and the record;
+- :mod:`taskdb.cron.readiness`: readiness, and the texts saying what is wrong and how to fix it;
+- :mod:`taskdb.cron.scheduling`: scheduling here or in another database, and the record;
 - :mod:`taskdb.cron.purge`: the run-history purge job;
-- :mod:`taskdb.cron.remove`: unscheduling (downgrade, ``taskdb cron remove``);
-- :mod:`taskdb.cron.status`: ``taskdb cron status``.
+- :mod:`taskdb.cron.removal`: unscheduling (downgrade, ``taskdb cron remove``);
+- :mod:`taskdb.cron.reporting`: ``taskdb cron status``.
 
 The statements the offline script shares with this package are in ``sql/cron.sql``; the schedule syntax is
 :mod:`taskdb.cron_schedule` (shared with doctor).
@@ -64,10 +64,11 @@ from taskdb.cron.config import (
     queue_schema,
     recorded_jobs,
 )
-from taskdb.cron.detect import CronReadiness, detect, how_to_enable, parse_version
 from taskdb.cron.purge import HISTORY_KEPT, PURGE_COMMAND, PURGE_SCHEDULE, purge_job
-from taskdb.cron.remove import Removal, remove, unschedule_jobs, unscheduling_sql
-from taskdb.cron.schedule import (
+from taskdb.cron.readiness import CronReadiness, detect, how_to_enable, parse_version
+from taskdb.cron.removal import Removal, remove, unschedule_jobs, unscheduling_sql
+from taskdb.cron.reporting import LAST_RUNS, status
+from taskdb.cron.scheduling import (
     CronNotInstalled,
     CronPlan,
     Installation,
@@ -82,7 +83,6 @@ from taskdb.cron.schedule import (
     sync,
     warn_if_missing,
 )
-from taskdb.cron.status import LAST_RUNS, status
 from taskdb.cron_schedule import SECONDS_SINCE
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The run-history purge job, ``taskdb_purge_cron_history``: one per cron database, shared by every taskdb
 database whose cleanup job lives there. It keeps 14 days of ``cron.job_run_details`` for taskdb's jobs and
-touches nobody else's history. Scheduled with the cleanup job (:mod:`taskdb.cron.schedule`), unscheduled with
-the server's last cleanup job (:mod:`taskdb.cron.remove`)."""
+touches nobody else's history. Scheduled with the cleanup job (:mod:`taskdb.cron.scheduling`), unscheduled with
+the server's last cleanup job (:mod:`taskdb.cron.removal`)."""
 
 from __future__ import annotations
 

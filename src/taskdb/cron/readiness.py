@@ -82,18 +82,36 @@ def no_cron_schema_usage(user: str, cron_db: str) -> str:
     return f"role {user} may not use the cron schema: GRANT USAGE ON SCHEMA cron TO {user} (in {cron_db!r})"
 
 
+# Words in CREATE EXTENSION's error that mean pg_cron itself is missing (library, files), not a privilege.
+MISSING_MARKERS = ("shared_preload_libraries", "control file")
+
+
 def extension_refused(cron_db: str, error: str, requested_by: str | None = None) -> tuple[str, bool]:
     """(problem, missing) when ``CREATE EXTENSION pg_cron`` failed with ``error``: pg_cron itself is missing
     (library, files), or this role may not create it (the remedy names who may)."""
+    missing = any(marker in error for marker in MISSING_MARKERS)
+    return refused_problem(cron_db, error, missing, requested_by), missing
+
+
+def refused_problem(cron_db: str, error: str, missing: bool, requested_by: str | None = None) -> str:
     problem = f"CREATE EXTENSION pg_cron in database {cron_db!r} failed: {error}"
-    missing = "shared_preload_libraries" in error or "control file" in error
     if not missing:
         rerun = "the upgrade" if requested_by is None else f"`{requested_by}`"
         problem += (
             f"; pg_cron is not a trusted extension: a superuser (on managed services the admin role, e.g. "
             f"rds_superuser) must run CREATE EXTENSION pg_cron in database {cron_db!r}, then rerun {rerun}"
         )
-    return problem, missing
+    return problem
+
+
+def out_of_reach(cron_db: str) -> str:
+    """The offline script's message (a whole sentence) where the online upgrade would connect to another cron
+    database."""
+    return (
+        f"pg_cron keeps its jobs in database {cron_db!r} (cron.database_name), which a script run in this database "
+        "cannot reach: run `taskdb cron install` on this database after the script (it connects there and "
+        "schedules the jobs with cron.schedule_in_database, as the online upgrade does), or upgrade online."
+    )
 
 
 def parse_version(text: str | None) -> tuple[int, int] | None:

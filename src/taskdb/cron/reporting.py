@@ -22,8 +22,8 @@ from taskdb.cron.config import (
     first_line,
     recorded_jobs,
 )
-from taskdb.cron.detect import CronReadiness, detect, how_to_enable
-from taskdb.cron.schedule import stored_schedule
+from taskdb.cron.readiness import CronReadiness, detect, how_to_enable
+from taskdb.cron.scheduling import stored_schedule
 from taskdb.db import rows, scalar
 from taskdb.errors import TaskdbError
 

@@ -45,7 +45,8 @@ from taskdb.cron.config import (
     queue_schema,
     recorded_jobs,
 )
-from taskdb.cron.detect import (
+from taskdb.cron.purge import purge_job
+from taskdb.cron.readiness import (
     CronReadiness,
     detect,
     extension_refused,
@@ -54,7 +55,6 @@ from taskdb.cron.detect import (
     unavailable,
     upgrade_warning,
 )
-from taskdb.cron.purge import purge_job
 from taskdb.db import pinned_schema, require_primary, scalar, search_path_sql, transaction
 from taskdb.errors import TaskdbError
 from taskdb.failpoints import failpoint
