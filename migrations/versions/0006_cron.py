@@ -50,8 +50,10 @@ def upgrade() -> None:
 
 
 def upgrade_offline() -> None:
-    """The same as static SQL: the record and the state function; the jobs are scheduled where pg_cron runs in
-    this very database, otherwise the script says (NOTICE) to install them online."""
+    """The same as static SQL: the record and the state function, then what the online upgrade does about pg_cron,
+    decided when the script runs (OfflineScript.schedule_cron_jobs): where pg_cron keeps its jobs in this very
+    database, create it if absent and schedule and record both jobs; where pg_cron cannot be used, the online
+    warning (NOTICE) or, under require, its error; a cron database elsewhere: a NOTICE to run taskdb cron install."""
     mode = cron.cron_mode()
     with offline_step(revision) as sql, sql.transaction():
         sql.frozen(SQL["taskdb_cron_jobs"])

@@ -423,16 +423,19 @@ class OfflineScript:
                 record_owned=record_owned_sql("extension", _MARK, self.revision).replace(literal(_MARK), "v_owned"),
                 names_lock_key=str(cron.NAMES_LOCK_KEY),
                 jobs=jsonb(jobs),
-                record_job=inline_binds(
-                    cron.cron_sql("record_job"),
-                    job="v_job.job",
-                    jobname="v_name",
-                    jobid="v_jobid",
-                    cron_database="current_database()",
-                    run_database="current_database()",
-                    schedule="v_schedule",
-                    command="v_command",
-                ),
+                record_job=textwrap.indent(
+                    inline_binds(
+                        cron.cron_sql("record_job"),
+                        job="v_job.job",
+                        jobname="v_name",
+                        jobid="v_jobid",
+                        cron_database="current_database()",
+                        run_database="current_database()",
+                        schedule="v_schedule",
+                        command="v_command",
+                    ),
+                    " " * 8,
+                ).lstrip(),
             )
         )
 

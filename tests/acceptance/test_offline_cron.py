@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from taskdb.cli import main
-from taskdb.cron import readiness
+from taskdb.cron.readiness import out_of_reach, require_failure, upgrade_warning
 from taskdb.testing import start_postgres
 from taskdb.testing.base import PostgresServer
 from tests.acceptance.test_offline_sql import PSQL, apply, assert_same, copy_rows, generate, psql, state
@@ -199,11 +199,11 @@ def test_pg_cron_in_another_database(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with twin_servers() as (offline, online), queue_db(offline) as db, queue_db(online, rows_of=db) as reference:
         done = psql(db, required)
         assert done.returncode == 3
-        assert f"ERROR:  {readiness.require_failure(readiness.out_of_reach('postgres'))}\n" in done.stderr
+        assert f"ERROR:  {require_failure(out_of_reach('postgres'))}\n" in done.stderr
         assert state(db)["version"] == [{"version_num": "0005_hygiene"}]
 
         output = apply(db, script)
-        assert f"NOTICE:  {readiness.upgrade_warning(readiness.out_of_reach('postgres'))}\n" in output
+        assert f"NOTICE:  {upgrade_warning(out_of_reach('postgres'))}\n" in output
         assert cron_state(offline, db)["recorded"] == []
         assert main(["--url", db.url, "cron", "install"]) == 0
         reference.upgrade()

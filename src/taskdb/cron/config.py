@@ -170,8 +170,9 @@ def extension_owner_name(cron_database: str) -> str:
 
 
 def cron_sql(name: str) -> str:
-    """A query of sql/cron.sql: the statements the online path runs and the offline script inlines."""
-    return queries("cron")[name]
+    """A query of sql/cron.sql, without its description: a statement the online path runs and the offline
+    script inlines (taskdb.offline)."""
+    return "\n".join(line for line in queries("cron")[name].splitlines() if not line.startswith("--"))
 
 
 def jobs_named(cconn: Connection, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ WHERE (r.jobname, r.jobid, r.cron_database, r.run_database, r.schedule, r.comman
 SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user
 
 -- pg_cron_in_use --
--- Whether pg_cron (in the cron database) serves anybody else, once taskdb unscheduled the jobs :ours: a job
--- is left, or history of a job that is not one of those (never drop a table holding rows taskdb did not write).
+-- Whether pg_cron (in the cron database) serves anybody else, once taskdb unscheduled the jobs it names: a
+-- job is left, or history of a job that is not one of those (never drop a table holding rows taskdb did not write).
 SELECT EXISTS (SELECT 1 FROM cron.job)
     OR EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid <> ALL (CAST(:ours AS bigint[])))
