@@ -210,3 +210,45 @@ def test_pg_cron_in_another_database(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert_same(state(db), state(reference))
         assert cron_state(offline, db) == cron_state(online, reference)
         assert [job[4] for job in cron_state(offline, db)["jobs"]] == [QUEUE_DB, "postgres"]
+
+
+@contextmanager
+def owned_by_app_role(server: PostgresServer, rows_of: Db | None = None) -> Iterator[Db]:
+    """QUEUE_DB owned by a role that is not a superuser (it may read settings), its tables the role's: it cannot
+    CREATE EXTENSION pg_cron, which is not a trusted extension. The Db connects as that role."""
+    password = "app-pw"
+    with server.connect() as conn:
+        conn.execute(f"CREATE ROLE taskdb_app LOGIN PASSWORD '{password}' IN ROLE pg_read_all_settings")
+        conn.execute(f"CREATE DATABASE {QUEUE_DB} OWNER taskdb_app")
+    with server.connect(QUEUE_DB) as conn:
+        conn.execute("ALTER SCHEMA public OWNER TO taskdb_app")
+    url = server.url_object(QUEUE_DB).set(username="taskdb_app", password=password).render_as_string(False)
+    db = Db(url, sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool))
+    try:
+        db.load("half_migrated", incident=rows_of is None)
+        if rows_of is not None:
+            copy_rows(rows_of, db)
+        yield db
+    finally:
+        db.engine.dispose()
+
+
+def test_pg_cron_this_role_cannot_create(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """cron.database_name is the queue's database, pg_cron is not created and the role applying the upgrade may
+    not create it: both try, neither schedules, and the script's NOTICE is the online warning's text (the
+    refusal and who may create pg_cron)."""
+    script = generate(tmp_path)
+    with (
+        twin_servers({"cron.database_name": QUEUE_DB}) as (offline, online),
+        owned_by_app_role(offline) as db,
+        owned_by_app_role(online, rows_of=db) as reference,
+    ):
+        output = apply(db, script)
+        with caplog.at_level(logging.WARNING, logger="taskdb.cron"):
+            reference.upgrade()
+        [warning] = online_warnings(caplog)
+        assert f"CREATE EXTENSION pg_cron in database '{QUEUE_DB}' failed: permission denied" in warning
+        assert f"NOTICE:  {warning}\n" in output
+        assert_same(state(db), state(reference))
+        assert cron_state(offline, db) == cron_state(online, reference)
+        assert cron_state(offline, db)["pg_cron"] is None
