@@ -48,9 +48,15 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextmanager
 def queue_db(server: PostgresServer, name: str = QUEUE_DB, rows_of: Db | None = None) -> Iterator[Db]:
-    """A database on ``server`` with the incident's half-migrated schema and rows (those of ``rows_of``: the
-    seeds' timestamps are relative to now())."""
-    url = server.url(server.create_database(name))
+    """A database on ``server`` with the incident's half-migrated schema and rows."""
+    with loaded(server.url(server.create_database(name)), rows_of) as db:
+        yield db
+
+
+@contextmanager
+def loaded(url: str, rows_of: Db | None) -> Iterator[Db]:
+    """The database at ``url`` with the incident's half-migrated schema and rows: those of ``rows_of`` where
+    given (the seeds' timestamps are relative to now())."""
     db = Db(url, sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool))
     try:
         db.load("half_migrated", incident=rows_of is None)
@@ -223,14 +229,8 @@ def owned_by_app_role(server: PostgresServer, rows_of: Db | None = None) -> Iter
     with server.connect(QUEUE_DB) as conn:
         conn.execute("ALTER SCHEMA public OWNER TO taskdb_app")
     url = server.url_object(QUEUE_DB).set(username="taskdb_app", password=password).render_as_string(False)
-    db = Db(url, sa.create_engine(with_driver(url, "psycopg"), poolclass=sa.NullPool))
-    try:
-        db.load("half_migrated", incident=rows_of is None)
-        if rows_of is not None:
-            copy_rows(rows_of, db)
+    with loaded(url, rows_of) as db:
         yield db
-    finally:
-        db.engine.dispose()
 
 
 def test_pg_cron_this_role_cannot_create(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
