@@ -37,6 +37,9 @@ from taskdb import cron
 from taskdb.backfill import LOCK_CLAUSES, RESTORE_BATCH_SIZE, BackfillConfig, render
 from taskdb.catalog import record_owned
 from taskdb.constraints import Index
+from taskdb.cron import readiness
+from taskdb.cron.config import NAMED_JOBS_SINCE
+from taskdb.cron.readiness import MISSING_MARKERS
 from taskdb.db import quote_ident
 from taskdb.locks import LockPolicy
 from taskdb.sql import SCHEMA_TOKEN, fill, queries, split_statements
@@ -303,6 +306,7 @@ class OfflineScript:
     # -- pg_cron ---------------------------------------------------------------
 
     def schedule_cron_jobs(self, mode: str) -> None:
+        """What 0006's online upgrade does about pg_cron, decided when the script runs (sql/offline.sql)."""
         jobs = [
             {"job": cron.CLEANUP_JOB, "base": cron.CLEANUP_JOB, "schedule": None, "command": None},
             {
@@ -313,7 +317,30 @@ class OfflineScript:
             },
         ]
         self.emit(
-            template("cron_schedule", mode=literal(mode), names_lock_key=str(cron.NAMES_LOCK_KEY), jobs=jsonb(jobs))
+            template(
+                "cron_schedule",
+                mode=literal(mode),
+                texts=jsonb(cron_texts()),
+                extension_owner=extension_owner(),
+                named_jobs_since=f"ARRAY[{', '.join(str(n) for n in NAMED_JOBS_SINCE)}]",
+                missing_markers=text_array([f"%{marker}%" for marker in MISSING_MARKERS]),
+                record_owned=record_owned_sql("extension", _MARK, self.revision).replace(literal(_MARK), "v_owned"),
+                names_lock_key=str(cron.NAMES_LOCK_KEY),
+                jobs=jsonb(jobs),
+                record_job=textwrap.indent(
+                    inline_binds(
+                        cron.cron_sql("record_job"),
+                        job="v_job.job",
+                        jobname="v_name",
+                        jobid="v_jobid",
+                        cron_database="current_database()",
+                        run_database="current_database()",
+                        schedule="v_schedule",
+                        command="v_command",
+                    ),
+                    " " * 8,
+                ).lstrip(),
+            )
         )
 
     # -- downgrades --------------------------------------------------------------------------------------
@@ -383,8 +410,66 @@ class OfflineScript:
                     purge_job=literal(cron.PURGE_JOB),
                     cleanup_jobs=cron.CLEANUP_JOBS_SQL,
                     revision=literal(revision),
+                    extension_owner=extension_owner(),
+                    sees_every_job=cron.cron_sql("sees_every_job"),
+                    pg_cron_in_use=inline_binds(cron.cron_sql("pg_cron_in_use"), ours="v_removed"),
                 )
             )
+
+
+_MARK = "@@mark@@"
+
+
+def inline_binds(sql: str, **values: str) -> str:
+    """A statement of taskdb's with each ``:name`` bind replaced by a PL/pgSQL expression (every bind named)."""
+    compiled = sa.text(sql).compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    order = tuple(compiled.positiontup or ())
+    if set(order) != set(values):
+        raise KeyError(f"binds {sorted(set(order))}, values for {sorted(values)}")
+    return re.sub(r"\$(\d+)", lambda m: values[order[int(m.group(1)) - 1]], str(compiled))
+
+
+def extension_owner() -> str:
+    """taskdb.cron.extension_owner_name of the database the script runs in, as a SQL expression."""
+    prefix = cron.extension_owner_name("")
+    if cron.extension_owner_name(_MARK) != prefix + _MARK:
+        raise RuntimeError("extension_owner_name is no longer a prefix and the database name")
+    return f"{literal(prefix)} || current_database()"
+
+
+def format_pattern(text: str) -> str:
+    """A text made with ``@@1@@``, ``@@2@@``... for its values as a format() pattern: ``'@@1@@'`` (a Python
+    repr) becomes ``%1$L``, a bare ``@@1@@`` ``%1$s``."""
+    text = text.replace("%", "%%")
+    text = re.sub(r"'@@(\d)@@'", r"%\1$L", text)
+    return re.sub(r"@@(\d)@@", r"%\1$s", text)
+
+
+def cron_texts() -> dict[str, str]:
+    """taskdb.cron.readiness's texts, as the script's cron_schedule block fills them in when it runs."""
+    one, two = "@@1@@", "@@2@@"
+    texts = {
+        "not_loaded": readiness.not_loaded(False),
+        "not_loaded_no_files": readiness.not_loaded(True),
+        "settings_denied": readiness.settings_denied(one, two),
+        "cron_database_unset": readiness.cron_database_unset(None),
+        "cron_database_denied": readiness.cron_database_unset(one),
+        "unknown_cron_database": readiness.unknown_cron_database(one),
+        "out_of_reach": readiness.out_of_reach(one),
+        "extension_files_missing": readiness.EXTENSION_FILES_MISSING,
+        "too_old": readiness.too_old(one, two),
+        "no_cron_schema_usage": readiness.no_cron_schema_usage(one, two),
+        "refused": readiness.refused_problem(one, two, False),
+        "refused_missing": readiness.refused_problem(one, two, True),
+        "missing": readiness.how_to_enable(one, True),
+        "unusable": readiness.how_to_enable(one, False),
+        "failure": readiness.require_failure(one),
+        "warning": readiness.upgrade_warning(one),
+    }
+    return {name: format_pattern(text) for name, text in texts.items()}
+
+
+# -- the script around the revisions (migrations/env.py, offline mode) ------------------------------------
 
 
 class VersionStatements:

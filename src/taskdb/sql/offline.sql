@@ -307,14 +307,29 @@ RESET statement_timeout;
 RESET lock_timeout;
 
 -- cron_schedule --
--- pg_cron keeps its jobs in one database per server (cron.database_name). When that is this database and the
--- extension is here, schedule the jobs now (cron.schedule) and record them in taskdb_cron_jobs. Otherwise the
--- jobs must be installed online: `taskdb cron install`, or an online `taskdb upgrade` (it connects to the cron
--- database and uses cron.schedule_in_database).
+-- What the online upgrade does about pg_cron (taskdb.cron: detect, schedule_jobs, record, warn_if_missing), read
+-- at run time. pg_cron keeps its jobs in one database per server (cron.database_name). When that is this
+-- database: create pg_cron if absent (a refusal is reported as online), schedule both jobs (cron.schedule) and
+-- record them in taskdb_cron_jobs. Where pg_cron cannot be used the online upgrade's own words are raised: a NOTICE
+-- under TASKDB_CRON=auto, the error under require. A cron database elsewhere cannot be reached from this script:
+-- it says to run `taskdb cron install` afterwards.
 DO $taskdb$
 DECLARE
     c_mode CONSTANT text := {{mode}};  -- TASKDB_CRON when the script was generated: auto or require
-    v_cron_db text := current_setting('cron.database_name', true);
+    c_texts CONSTANT jsonb := {{texts}};  -- taskdb.cron.readiness's texts as format() patterns
+    v_superuser boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+    v_libraries text;
+    v_denied text;  -- why this role may not read shared_preload_libraries
+    v_cron_db text;
+    v_cron_db_denied text;
+    v_available text := (SELECT default_version FROM pg_available_extensions WHERE name = 'pg_cron');
+    v_installed text := (SELECT extversion FROM pg_extension WHERE extname = 'pg_cron');
+    v_problem text;
+    v_missing boolean := false;  -- pg_cron itself is missing (the fix is to enable it), not a privilege
+    v_message text;
+    v_refused text;
+    v_search_path text := current_setting('search_path');
+    v_owned text := {{extension_owner}};
     v_job record;
     v_name text;
     v_qualified text;
@@ -323,19 +338,69 @@ DECLARE
     v_jobid bigint;
     v_database text;
 BEGIN
-    IF v_cron_db IS DISTINCT FROM current_database()
-       OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
-        IF c_mode = 'require' THEN
-            RAISE EXCEPTION 'TASKDB_CRON=require: pg_cron is not installed in this database (cron.database_name '
-                'is %): the offline script schedules jobs only there; install them online with `taskdb cron '
-                'install` or an online `taskdb upgrade`', coalesce(v_cron_db, 'not readable');
+    BEGIN
+        v_libraries := current_setting('shared_preload_libraries');
+    EXCEPTION WHEN insufficient_privilege THEN
+        v_denied := SQLERRM;
+    END;
+    BEGIN
+        v_cron_db := current_setting('cron.database_name', true);
+    EXCEPTION WHEN insufficient_privilege THEN
+        v_cron_db_denied := SQLERRM;
+    END;
+    IF v_denied IS NULL AND NOT 'pg_cron' = ANY (
+        SELECT regexp_replace(btrim(btrim(lib), '"'), '^.*/', '') FROM unnest(string_to_array(v_libraries, ',')) lib)
+    THEN
+        v_problem := c_texts ->> CASE WHEN v_available IS NULL THEN 'not_loaded_no_files' ELSE 'not_loaded' END;
+        v_missing := true;
+    ELSIF v_denied IS NOT NULL AND v_installed IS NULL THEN
+        v_problem := format(c_texts ->> 'settings_denied', current_user, v_denied);
+    ELSE
+        IF v_denied IS NOT NULL THEN
+            v_cron_db := current_database();  -- pg_cron's schema here proves it runs here
         END IF;
-        RAISE NOTICE 'pg_cron jobs not installed by this script (cron.database_name is %, pg_cron % here): '
-            'install them online with `taskdb cron install` (or an online `taskdb upgrade`); until then stale '
-            'Queued tasks are cancelled only when something calls taskdb_cancel_stale_queued_all',
-            coalesce(v_cron_db, 'not readable'),
-            CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN 'installed'
-                 ELSE 'not installed' END;
+        IF coalesce(v_cron_db, '') = '' THEN
+            v_problem := CASE WHEN v_cron_db_denied IS NULL THEN c_texts ->> 'cron_database_unset'
+                              ELSE format(c_texts ->> 'cron_database_denied', v_cron_db_denied) END;
+        ELSIF NOT EXISTS (SELECT FROM pg_database WHERE datname = v_cron_db) THEN
+            v_problem := format(c_texts ->> 'unknown_cron_database', v_cron_db);
+        ELSIF v_cron_db <> current_database() THEN
+            v_message := format(c_texts ->> 'out_of_reach', v_cron_db);
+        ELSIF v_installed IS NULL AND v_available IS NULL THEN
+            v_problem := c_texts ->> 'extension_files_missing';
+            v_missing := true;
+        ELSIF coalesce((regexp_match(coalesce(v_installed, v_available), '^(\d+)\.(\d+)'))::int[]
+                       < {{named_jobs_since}}, true) THEN
+            v_problem := format(c_texts ->> 'too_old', coalesce(v_installed, v_available), v_cron_db);
+        ELSIF v_installed IS NOT NULL AND NOT v_superuser AND NOT has_schema_privilege('cron', 'USAGE') THEN
+            v_problem := format(c_texts ->> 'no_cron_schema_usage', current_user, v_cron_db);
+        END IF;
+    END IF;
+    IF v_problem IS NULL AND v_message IS NULL AND v_installed IS NULL THEN
+        BEGIN
+            -- where the session's own search_path puts it, as online: pg_cron serves the whole database
+            SET LOCAL search_path TO DEFAULT;
+            CREATE EXTENSION IF NOT EXISTS pg_cron;
+            PERFORM set_config('search_path', v_search_path, true);
+            {{record_owned}};
+            RAISE NOTICE 'created pg_cron in this database';
+        EXCEPTION WHEN OTHERS THEN
+            v_refused := SQLERRM;
+        END;
+        IF v_refused IS NOT NULL THEN
+            v_missing := v_refused LIKE ANY ({{missing_markers}});
+            v_problem := format(c_texts ->> CASE WHEN v_missing THEN 'refused_missing' ELSE 'refused' END,
+                                v_cron_db, v_refused);
+        END IF;
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        v_message := format(c_texts ->> CASE WHEN v_missing THEN 'missing' ELSE 'unusable' END, v_problem);
+    END IF;
+    IF v_message IS NOT NULL THEN
+        IF c_mode = 'require' THEN
+            RAISE EXCEPTION '%', format(c_texts ->> 'failure', v_message);
+        END IF;
+        RAISE NOTICE '%', format(c_texts ->> 'warning', v_message);
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock({{names_lock_key}});  -- job names are chosen one upgrade at a time
@@ -364,15 +429,7 @@ BEGIN
         IF v_database IS DISTINCT FROM current_database() THEN
             RAISE EXCEPTION 'pg_cron stored job % for database %, not %', v_name, v_database, current_database();
         END IF;
-        INSERT INTO taskdb_cron_jobs AS r (job, jobname, jobid, cron_database, run_database, schedule, command)
-        VALUES (v_job.job, v_name, v_jobid, current_database(), current_database(), v_schedule, v_command)
-        ON CONFLICT (job) DO UPDATE
-        SET jobname = EXCLUDED.jobname, jobid = EXCLUDED.jobid, cron_database = EXCLUDED.cron_database,
-            run_database = EXCLUDED.run_database, schedule = EXCLUDED.schedule, command = EXCLUDED.command,
-            installed_at = now()
-        WHERE (r.jobname, r.jobid, r.cron_database, r.run_database, r.schedule, r.command)
-              IS DISTINCT FROM (EXCLUDED.jobname, EXCLUDED.jobid, EXCLUDED.cron_database, EXCLUDED.run_database,
-                                EXCLUDED.schedule, EXCLUDED.command);
+        {{record_job}};
         RAISE NOTICE 'pg_cron job % scheduled (%) in this database', v_name, v_schedule;
         v_name := NULL;
     END LOOP;
@@ -547,7 +604,7 @@ DECLARE
     v_job record;
     v_found record;
     v_removed bigint[] := ARRAY[]::bigint[];
-    v_owned text := 'pg_cron in database ' || current_database();
+    v_owned text := {{extension_owner}};
 BEGIN
     IF to_regclass('taskdb_cron_jobs') IS NULL THEN
         RETURN;
@@ -576,7 +633,7 @@ BEGIN
         v_found := NULL;
     END LOOP;
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') OR to_regclass('taskdb_owned_objects') IS NULL
-       OR NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) THEN
+       OR NOT ({{sees_every_job}}) THEN
         RETURN;  -- no pg_cron here, or this role cannot see every user's jobs
     END IF;
     IF NOT EXISTS (SELECT 1 FROM taskdb_owned_objects WHERE kind = 'extension' AND name = v_owned
@@ -584,8 +641,7 @@ BEGIN
         RETURN;  -- not taskdb's to drop
     END IF;
     -- (a separate IF: cron.job is only planned where pg_cron is installed)
-    IF NOT EXISTS (SELECT 1 FROM cron.job)
-       AND NOT EXISTS (SELECT 1 FROM cron.job_run_details WHERE jobid <> ALL (v_removed)) THEN
+    IF NOT ({{pg_cron_in_use}}) THEN
         BEGIN
             DROP EXTENSION IF EXISTS pg_cron;
             DELETE FROM taskdb_owned_objects WHERE kind = 'extension' AND name = v_owned;

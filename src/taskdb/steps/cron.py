@@ -49,6 +49,10 @@ class ScheduleCron(Step):
         cron.warn_if_missing(plan, installation)
 
     def offline(self, sql: OfflineScript) -> None:
+        """The record and the state function, then what the online upgrade does about pg_cron, decided when the
+        script runs (OfflineScript.schedule_cron_jobs): where pg_cron keeps its jobs in this very database,
+        create it if absent and schedule and record both jobs; where pg_cron cannot be used, the online warning
+        (NOTICE) or, under require, its error; a cron database elsewhere: a NOTICE to run taskdb cron install."""
         mode = cron.cron_mode()
         with sql.transaction():
             for name in RECORD:
