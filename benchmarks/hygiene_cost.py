@@ -8,7 +8,9 @@ Builds a throwaway PostgreSQL (taskdb.testing), an upgraded schema, N healthy ta
 backfill leaves behind (`--log-rows`, default 60 % of N), then times each call REPEAT times in a
 transaction it rolls back (so a claim or a cleanup meets the same queue every time: median and worst,
 milliseconds) and keeps the plans of one more call: the functions are opaque to EXPLAIN, so auto_explain
-reports every statement they run (log_nested_statements), with actual times and buffers.
+reports every statement they run (log_nested_statements), with actual times and buffers. The calls that
+read the log (queue_health, and claimable_task_count for comparison) are timed again with the log emptied
+(in a transaction rolled back): what the history costs them.
 """
 
 from __future__ import annotations
@@ -69,13 +71,22 @@ def load(engine: sa.Engine, rows: int, queued: int, log_rows: int) -> None:
             FROM generate_series(1, {queued}) n
             """
         )
-        # the log as an upgrade leaves it (a row per task its backfill changed), a month old
+        # the log as an upgrade leaves it (a row per task its backfill changed), a month old, and a hundredth
+        # as many cancellations of the last day (the upgrade's own cleanup, the daily job)
         conn.exec_driver_sql(
             f"""
             INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor, acted_at)
             SELECT id, 'backfill', 'user_id from the project owner', '{{"user_id": null}}',
                    jsonb_build_object('user_id', user_id), 'taskdb revision 0003_backfill', now() - interval '30 days'
             FROM tasks WHERE status <> 'Queued' LIMIT {log_rows}
+            """
+        )
+        conn.exec_driver_sql(
+            f"""
+            INSERT INTO task_hygiene_log (task_id, action, reason, previous, applied, actor, acted_at)
+            SELECT id, 'cancel', 'stale', '{{"status": "Queued"}}', '{{"status": "Cancelled"}}',
+                   'pg_cron job taskdb_cancel_stale_queued', now() - (n %% 1440) * interval '1 minute'
+            FROM (SELECT id, row_number() OVER () AS n FROM tasks WHERE status = 'Failed' LIMIT {log_rows // 100}) f
             """
         )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -91,6 +102,25 @@ def timed(engine: sa.Engine, sql: str) -> tuple[float, float, str]:
             samples.append((time.perf_counter() - started) * 1000)
             conn.rollback()  # a claim or a cleanup is undone: every sample sees the same queue
     return statistics.median(samples), max(samples), plans(engine, sql)
+
+
+# The calls timed a second time with an empty log.
+HISTORY_FREE = ("queue_health", "claimable_task_count('gpu')")
+
+
+def timed_without_log(engine: sa.Engine, sql: str) -> tuple[float, float]:
+    """As :func:`timed`, in a transaction that emptied task_hygiene_log (rolled back: the log stays)."""
+    samples = []
+    with engine.connect() as conn:
+        conn.exec_driver_sql("TRUNCATE task_hygiene_log")
+        for _ in range(REPEAT):
+            conn.exec_driver_sql("SAVEPOINT sample")
+            started = time.perf_counter()
+            conn.exec_driver_sql(sql).all()
+            samples.append((time.perf_counter() - started) * 1000)
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT sample")
+        conn.rollback()
+    return statistics.median(samples), max(samples)
 
 
 def plans(engine: sa.Engine, sql: str) -> str:
@@ -130,6 +160,7 @@ def main() -> None:
         load(engine, args.rows, args.queued, log_rows)
         load_s = time.perf_counter() - started
         results = {name: timed(engine, sql) for name, sql in CALLS.items()}
+        without_log = {name: timed_without_log(engine, CALLS[name]) for name in HISTORY_FREE}
         with engine.connect() as conn:
             cancelled = conn.exec_driver_sql("SELECT cancel_stale_queued_tasks()").scalar()
             conn.rollback()
@@ -147,6 +178,16 @@ def main() -> None:
             f"| call | median ms | worst ms (of {REPEAT}) |",
             "| --- | ---: | ---: |",
             *(f"| `{name}` | {med:.2f} | {worst:.2f} |" for name, (med, worst, _) in results.items()),
+            "",
+            "What the log costs the calls that read it (medians side by side in this run; the goal: at most x1.5):",
+            "",
+            "| call | with the log, ms | with an empty log, ms | ratio |",
+            "| --- | ---: | ---: | ---: |",
+            *(
+                f"| `{name}` | {results[name][0]:.2f} | {without_log[name][0]:.2f} | "
+                f"x{results[name][0] / max(without_log[name][0], 0.001):.2f} |"
+                for name in HISTORY_FREE
+            ),
             "",
             "<details><summary>plans (auto_explain, nested statements included)</summary>",
             "",

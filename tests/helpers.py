@@ -12,6 +12,18 @@ from taskdb import api, seeds
 
 DRIVERS = ("psycopg", "pg8000")
 
+
+def _chain() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(api.alembic_config(None))
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+# taskdb's revisions, base to head (tests that mean "the head" use HEAD, never a revision's name)
+REVISIONS = _chain()
+HEAD = REVISIONS[-1]
+
 # The constraints on tasks that DESIGN.md makes public.
 CONSTRAINTS = frozenset(
     {

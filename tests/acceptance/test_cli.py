@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.helpers import DRIVERS, Db, task_id, user_id, with_driver
+from tests.helpers import DRIVERS, HEAD, REVISIONS, Db, task_id, user_id, with_driver
 
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 
@@ -101,12 +101,12 @@ def test_plan_prints_a_table_and_json_and_writes_nothing(db: Db, driver: str) ->
     before = db.snapshot()
     human = taskdb("--url", url, "plan")
     assert human.returncode == 0, human.stderr
-    assert "Pending revisions (6):" in human.stdout and "0004_constraints" in human.stdout
+    assert f"Pending revisions ({len(REVISIONS)}):" in human.stdout and "0004_constraints" in human.stdout
     assert "reason missing_user_id" in human.stdout and "pg_cron:" in human.stdout
     machine = taskdb("plan", "--json", env={"DATABASE_URL": url})
     assert machine.returncode == 0, machine.stderr
     result = json.loads(machine.stdout)
-    assert result["head"] == "0006_cron" and result["rows"]["needs_work"] > 0
+    assert result["head"] == HEAD and result["rows"]["needs_work"] > 0
     assert db.snapshot() == before
     assert not db.scalar("SELECT to_regclass('taskdb_alembic_version') IS NOT NULL")
     assert_no_password(db, human)
@@ -123,7 +123,7 @@ def test_upgrade_json_reports_what_the_plan_predicted(db: Db, driver: str) -> No
     assert done.returncode == 0, done.stderr
     assert_no_password(db, done)
     summary = json.loads(done.stdout)
-    assert summary["from_revision"] is None and summary["to_revision"] == "0006_cron"
+    assert summary["from_revision"] is None and summary["to_revision"] == HEAD
     assert summary["changes"]["backfill"] == predicted["backfilled"]
     assert summary["changes"]["flag"] == predicted["flagged"]
     assert summary["changes"].get("cancel", 0) == predicted["cleanup_stale"] + predicted["cleanup_children"]
@@ -168,4 +168,4 @@ def test_upgrade_on_a_terminal_draws_a_progress_bar(db: Db) -> None:
     text = output.decode(errors="replace")
     assert "backfill 0003_backfill" in text and "━" in text  # rich's bar
     assert "batch of" not in text  # the bar replaces the per-batch lines
-    assert "-> 0006_cron" in text
+    assert f"-> {HEAD}" in text

@@ -19,7 +19,7 @@ from taskdb import report, seeds
 from taskdb.db import execute_script
 from taskdb.demo import MAX_ACTIVE_GPUS, QUESTION, run_demo
 from tests.acceptance.test_cli import taskdb
-from tests.helpers import DRIVERS, Db, with_driver
+from tests.helpers import DRIVERS, REVISIONS, Db, with_driver
 
 # A figure line: indentation, the number, two spaces, then in words what it counts.
 FIGURE = re.compile(r"^ {2,}(\d+) {2,}(\S.*)$")
@@ -182,7 +182,7 @@ def test_demo_cli_shows_the_question_before_and_after(db: Db) -> None:
     result = taskdb("demo")
     assert result.returncode == 0, result.stderr
     check_text(result.stdout, expected)
-    assert "Pending revisions (6):" in sections(result.stdout)["taskdb plan"]
+    assert f"Pending revisions ({len(REVISIONS)}):" in sections(result.stdout)["taskdb plan"]
     # the incident's legacy rows are all flagged, none left Queued
     assert (
         expected["legacy"] > 0

@@ -18,7 +18,7 @@ from taskdb import api
 from taskdb.testing import start_postgres
 from tests.acceptance.test_cli import taskdb
 from tests.acceptance.test_offline_sql import PSQL, apply, assert_same, psql, state, twins
-from tests.helpers import Db, schema_db, with_driver
+from tests.helpers import HEAD, Db, schema_db, with_driver
 
 pytestmark = pytest.mark.skipif(not Path(PSQL).exists(), reason=f"{PSQL} is not installed")
 CRON_DB = "taskdb_offline_down_cron"
@@ -142,7 +142,7 @@ def test_cli_writes_the_downgrade_without_a_database(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote the downgrade 0004_constraints" in result.stderr
     text = out.read_text(encoding="utf-8")
-    assert text.startswith("-- taskdb offline downgrade: 0006_cron -> 0004_constraints")
+    assert text.startswith(f"-- taskdb offline downgrade: {HEAD} -> 0004_constraints")
     assert "DROP INDEX CONCURRENTLY IF EXISTS taskdb_dropping_tasks_queued_run_type_created_at_idx" in text
     assert "UPDATE taskdb_alembic_version SET version_num='0004_constraints'" in text
     assert "CALL pg_temp.taskdb_restore('taskdb revision 0005_hygiene', 1000)" in text
@@ -221,16 +221,13 @@ def test_a_task_a_worker_holds_makes_the_restore_retry_then_fail_naming_it_and_a
     monkeypatch.setenv("TASKDB_LOCK_ATTEMPTS", "2")
     script = generate(tmp_path, "head:0004_constraints")  # 0005's restore comes before any DDL on tasks
     actor = "taskdb revision 0005_hygiene"
+    # a task the restore puts back (read first: a transaction that read the log would hold up the DROP INDEX
+    # CONCURRENTLY of 0007's log index, before the restore)
+    task = db.scalar("SELECT min(task_id::text) FROM task_hygiene_log WHERE actor = :actor", actor=actor)
     worker = sa.create_engine(db.engine.url, poolclass=sa.NullPool)
-    with worker.connect() as conn:  # a worker holds a task the restore puts back, for the whole first run
+    with worker.connect() as conn:  # a worker holds it for the whole first run
         conn.execute(sa.text("SET application_name = 'restore-blocker'"))
-        held = conn.execute(
-            sa.text(
-                "SELECT id FROM tasks WHERE id = (SELECT min(task_id::text)::uuid FROM task_hygiene_log "
-                "WHERE actor = :actor) FOR UPDATE"
-            ),
-            {"actor": actor},
-        )
+        held = conn.execute(sa.text("SELECT id FROM tasks WHERE id = CAST(:id AS uuid) FOR UPDATE"), {"id": task})
         assert held.scalar() is not None
         done = psql(db, script)
         conn.rollback()

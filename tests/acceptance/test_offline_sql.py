@@ -25,7 +25,7 @@ from taskdb.cli import main
 from taskdb.cron import PURGE_COMMAND
 from taskdb.offline import batch_statement
 from taskdb.testing import start_postgres
-from tests.helpers import Db, schema_db, with_driver
+from tests.helpers import HEAD, Db, schema_db, with_driver
 from tests.helpers_catalog import catalog
 
 PSQL = "/usr/bin/psql"
@@ -161,7 +161,7 @@ def test_script_does_what_the_online_upgrade_does(
     other_db.upgrade()
     offline, online = state(db), state(other_db)
     assert_same(offline, online)
-    assert online["version"] == [{"version_num": "0006_cron"}]
+    assert online["version"] == [{"version_num": HEAD}]
     if shape == "half_migrated":
         assert "backfill 0003_backfill: sweep 1 (normal) batch of" in output  # one progress line per batch
         assert len(offline["log"]) > 50
@@ -221,9 +221,7 @@ def test_script_for_another_starting_revision_refuses_to_run(db: Db, tmp_path: P
     db.upgrade("0002_columns")
     done = psql(db, generate(tmp_path, "0003_backfill:head"))
     assert done.returncode == 3
-    assert (
-        "this script upgrades 0003_backfill -> 0006_cron, but the database is at revision 0002_columns" in done.stderr
-    )
+    assert f"this script upgrades 0003_backfill -> {HEAD}, but the database is at revision 0002_columns" in done.stderr
     assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0002_columns"
 
 
@@ -335,7 +333,7 @@ def test_an_invalid_index_stops_the_script_until_dropped(db: Db, tmp_path: Path)
         "SELECT i.indisvalid, i.indisunique FROM pg_index i WHERE i.indexrelid = 'tasks_user_id_idx'::regclass"
     )
     assert index == [{"indisvalid": True, "indisunique": False}]
-    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == "0006_cron"
+    assert db.scalar("SELECT version_num FROM taskdb_alembic_version") == HEAD
 
 
 def _strip_quoted(script: str) -> str:
@@ -370,7 +368,7 @@ def test_cli_writes_plain_sql_without_a_database_or_a_secret(
     assert batch_statement() in script
     assert main(["sql", "head:base"]) == 1
     assert (
-        "0006_cron:base goes down the chain: for a downgrade script use `taskdb sql --downgrade 0006_cron:base`"
+        f"{HEAD}:base goes down the chain: for a downgrade script use `taskdb sql --downgrade {HEAD}:base`"
         in capsys.readouterr().err
     )
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from taskdb import api
+from tests.helpers import REVISIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-REVISIONS = ["0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene", "0006_cron"]
 RANGES = [f"{previous}:{revision}" for previous, revision in zip(["base", *REVISIONS], REVISIONS, strict=False)]
 
 

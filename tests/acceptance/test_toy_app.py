@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from taskdb import seeds
 from taskdb.autogenerate import TASKDB_OBJECTS, combine, include_name, include_object
-from tests.helpers import DRIVERS, Db, with_driver
+from tests.helpers import DRIVERS, HEAD, Db, with_driver
 from tests.helpers_catalog import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_the_release_deploys_in_either_order_to_the_same_schema_and_rows(
     assert catalog(app_first) == catalog(taskdb_first)
     assert without_roles(rows(app_first, deploy_started)) == without_roles(rows(taskdb_first, deploy_started))
     for db in (app_first, taskdb_first):
-        assert versions(db) == ([APP_HEAD], ["0006_cron"])  # each history in its own table, only its own
+        assert versions(db) == ([APP_HEAD], [HEAD])  # each history in its own table, only its own
         assert "legacy_reason" in db.columns() and "priority" in db.columns()
         assert db.scalar("SELECT count(*) FROM tasks WHERE legacy_reason IS NOT NULL") > 0  # the repair ran
         # (b) the application's autogenerate, with taskdb.autogenerate's filters, finds nothing to do
@@ -431,7 +431,7 @@ def test_taskdb_revisions_in_the_apps_version_locations_are_refused_and_change_n
     assert REFUSAL in result.stdout.splitlines()  # Alembic's one FAILED: line
     assert "Traceback" not in result.stdout + result.stderr
     assert state(db) == before  # nothing: not taskdb's objects, not its version, not the app's toy_0003 either
-    assert versions(db) == (["toy_0002"], ["0006_cron"] if taskdb_deployed else [])
+    assert versions(db) == (["toy_0002"], [HEAD] if taskdb_deployed else [])
 
     offline = run("upgrade", "heads", "--sql", url=url, ini=wrong)
     assert offline.returncode != 0

@@ -40,14 +40,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import CONSTRAINTS, Db, user_id
+from tests.helpers import CONSTRAINTS, HEAD, Db, user_id
 
 pytestmark = pytest.mark.slow
 
 KINDS = ("insert_healthy", "claim", "complete", "fail", "update_legacy", "insert_old_style")
 # The windows every kind of write must reach: the revision being applied (taskdb_alembic_version shows the one
 # before it), and the two long windows inside 0003 and 0004.
-WINDOWS = ("0002", "0003 backfill", "0004 catch-up", "0004 NOT VALID", "0005", "0006")
+WINDOWS = ("0002", "0003 backfill", "0004 catch-up", "0004 NOT VALID", "0005", "0006", "0007")
 NEXT = {
     None: "0001",
     "0001_baseline": "0002",
@@ -55,7 +55,8 @@ NEXT = {
     "0003_backfill": "0004",
     "0004_constraints": "0005",
     "0005_hygiene": "0006",
-    "0006_cron": "done",
+    "0006_cron": "0007",
+    "0007_log_index": "done",
 }
 GUARD = "tasks_healthy_has_owner_and_run_type"
 WRITE_GUARD = "tasks_taskdb_write_guard"  # 0004's temporary trigger
@@ -534,7 +535,7 @@ def test_application_writes_go_through_every_step_of_the_upgrade(busy: Db, taskd
 
     # And the upgrade finished clean: head, everything validated, no INVALID index.
     summary = json.loads(upgrade.stdout)
-    assert summary["to_revision"] == "0006_cron"
+    assert summary["to_revision"] == HEAD
     assert summary["constraints_not_valid"] == [] and summary["invalid_indexes"] == []
     assert db.scalar("SELECT count(*) FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND NOT convalidated") == 0
     kinds_per_window = {window: dict(Counter(w.kind for w in writes if window in w.windows)) for window in WINDOWS}

@@ -29,7 +29,7 @@ from psycopg import sql
 from taskdb import api
 from taskdb.testing import start_postgres
 from taskdb.testing.base import PostgresServer, scram_verifier
-from tests.helpers import CONSTRAINTS, DRIVERS, load_incident
+from tests.helpers import CONSTRAINTS, DRIVERS, HEAD, load_incident
 
 ROOT = Path(api.alembic_ini()).parent
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL", "PGHOST", "PGHOSTADDR", "PGSERVICE", "PGPASSWORD")
@@ -158,7 +158,7 @@ def test_a_non_superuser_owner_upgrades_to_head_and_downgrades_to_base(server: P
     up = taskdb("--url", role_url(server, role, database), "upgrade", "--json")
     assert up.returncode == 0, up.stderr
     head = json.loads(up.stdout)
-    assert head["to_revision"] == "0006_cron" and head["constraints_not_valid"] == head["invalid_indexes"] == []
+    assert head["to_revision"] == HEAD and head["constraints_not_valid"] == head["invalid_indexes"] == []
     validated = value(
         server,
         database,

@@ -15,7 +15,7 @@ from taskdb import doctor
 from taskdb.cli.common import connection
 from taskdb.testing import start_postgres
 from taskdb.testing.base import PostgresServer
-from tests.helpers import DRIVERS, Db, user_id, with_driver
+from tests.helpers import DRIVERS, HEAD, REVISIONS, Db, user_id, with_driver
 
 ALL_CHECKS = ["schema", "revision", "constraints", "indexes", "flagged_queued", "stale_queued", "cleanup_job"]
 QUEUED_TASK = (
@@ -84,7 +84,7 @@ def test_a_healthy_upgraded_incident_database_has_no_findings(healthy: Db, drive
     report = diagnose(healthy, driver)
     assert report.findings == [] and report.status == "ok" and report.exit_code == 0
     assert report.checked == ALL_CHECKS
-    assert report.revision == report.head == "0006_cron"
+    assert report.revision == report.head == HEAD
     health = report.queue_health
     assert health["queued_total"] == healthy.scalar("SELECT count(*) FROM tasks WHERE status = 'Queued'") > 0
     assert health["claimable_cloud"] == healthy.scalar("SELECT claimable_task_count('cloud')")
@@ -175,7 +175,7 @@ def test_a_database_behind_head_is_a_warning(healthy: Db) -> None:
     report = diagnose(healthy)
     assert report.exit_code == 1 and report.checked == ALL_CHECKS
     [behind] = findings(report, "revision")
-    assert behind.message == "database revision 0005_hygiene is 1 behind head 0006_cron"
+    assert behind.message == f"database revision 0005_hygiene is {len(REVISIONS) - 5} behind head {HEAD}"
     assert "taskdb upgrade" in behind.fix
     [job] = findings(report, "cleanup_job")  # 0006 is what schedules the job
     assert "has not had 0006_cron" in job.message
@@ -189,7 +189,10 @@ def test_before_the_hygiene_revision_it_cannot_check_but_says_how_far_behind(hea
     assert report.checked == ["schema", "revision"]
     [schema] = findings(report, "schema")
     assert schema.severity == "error" and "not upgraded to 0005_hygiene" in schema.message
-    assert findings(report, "revision")[0].message == "database revision 0004_constraints is 2 behind head 0006_cron"
+    assert (
+        findings(report, "revision")[0].message
+        == f"database revision 0004_constraints is {len(REVISIONS) - 4} behind head {HEAD}"
+    )
 
 
 def test_a_database_without_taskdb_cannot_be_checked(db: Db) -> None:

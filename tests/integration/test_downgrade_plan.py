@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.test_cli import taskdb
-from tests.helpers import DRIVERS, Db, with_driver
+from tests.helpers import DRIVERS, REVISIONS, Db, with_driver
 
 COLUMNS = ("status", "user_id", "run_type", "error_message", "legacy_reason", "updated_at")
 
@@ -119,14 +119,7 @@ def test_downgrade_plan_changes_nothing_and_runs_on_a_read_only_connection(db: D
     read_only = with_driver(db.url, driver)
     plan = plan_json(db, "base", url=read_only)
     assert state() == before
-    assert [s["revision"] for s in plan["revisions"]] == [
-        "0006_cron",
-        "0005_hygiene",
-        "0004_constraints",
-        "0003_backfill",
-        "0002_columns",
-        "0001_baseline",
-    ]
+    assert [s["revision"] for s in plan["revisions"]] == list(reversed(REVISIONS))
     assert plan["log_dropped"] is True
     assert plan["log_not_restored"] == [{"actor": "pg_cron job taskdb_cancel_stale_queued", "log_rows": 2}]
     text = taskdb("downgrade", "base", "--plan", "--url", read_only)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from taskdb import cron, seeds
-from tests.helpers import Db, with_driver
+from tests.helpers import HEAD, Db, with_driver
 
 URL_VARS = ("TASKDB_DATABASE_URL", "DATABASE_URL")
 
@@ -92,7 +92,7 @@ def test_a_search_path_of_app_puts_the_queue_and_every_object_in_app(db: Db) -> 
         done = taskdb(db, *command)
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (command, done.stderr[-3000:])
         assert "taskdb:" not in done.stderr, (command, done.stderr[-3000:])  # no refusal, no error line
-    assert "0006_cron (head)" in taskdb(db, "current").stdout
+    assert f"{HEAD} (head)" in taskdb(db, "current").stdout
     assert db.scalar("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
     assert db.scalar("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace") == 0
     assert db.scalar("SELECT to_regclass('app.taskdb_alembic_version') IS NOT NULL")

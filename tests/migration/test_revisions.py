@@ -18,7 +18,7 @@ def script() -> ScriptDirectory:
 
 def test_single_head_and_linear_history() -> None:
     directory = script()
-    assert directory.get_heads() == ["0006_cron"]
+    assert directory.get_heads() == ["0007_log_index"]
     revisions = list(directory.walk_revisions())
     assert [r.revision for r in reversed(revisions)] == [
         "0001_baseline",
@@ -27,6 +27,7 @@ def test_single_head_and_linear_history() -> None:
         "0004_constraints",
         "0005_hygiene",
         "0006_cron",
+        "0007_log_index",
     ]
     assert all(len(r._all_down_revisions) <= 1 for r in revisions)
 

@@ -11,10 +11,8 @@ import pytest
 from taskdb.db import execute_script, pin_schema
 from taskdb.sql import load
 from tests.conftest import QUEUE_SCHEMAS
-from tests.helpers import Db
+from tests.helpers import REVISIONS, Db
 from tests.helpers_catalog import Picture, by_object, catalog, counts, differences
-
-REVISIONS = ["0001_baseline", "0002_columns", "0003_backfill", "0004_constraints", "0005_hygiene", "0006_cron"]
 
 
 @QUEUE_SCHEMAS
@@ -69,7 +67,7 @@ def test_migrations_produce_the_declared_schema(db: Db, other_db: Db, driver: st
         "tables": 15,
         "columns": 89,
         "constraints": 25,
-        "indexes": 17,
+        "indexes": 18,
         "views": 3,
         "functions": 10,
         "triggers": 1,

@@ -107,6 +107,10 @@ COMMENT ON INDEX tasks_user_id_idx IS
 
 CREATE INDEX task_hygiene_log_task_id_idx ON task_hygiene_log (task_id);
 CREATE INDEX task_hygiene_log_actor_task_id_idx ON task_hygiene_log (actor, task_id);
+-- 0007: queue_health's cancelled_last_24h reads only the last day's cancellations
+CREATE INDEX task_hygiene_log_cancelled_at_idx ON task_hygiene_log (acted_at) WHERE action = 'cancel';
+COMMENT ON INDEX task_hygiene_log_cancelled_at_idx IS
+    'queue_health counts the last day''s cancellations without reading the whole log.';
 
 -- Functions ------------------------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def ensure_index(conn: Connection, index: Index, revision: str, policy: LockPoli
         failpoint("index.after_create_concurrently")
     run_locked(
         conn,
-        [f"COMMENT ON INDEX {index.name} IS '{index.why}'"],
+        [f"COMMENT ON INDEX {index.name} IS {literal(index.why)}"],
         relations=[index.table],
         policy=policy,
     )
@@ -80,7 +80,7 @@ class BuildIndex(Step):
             f"CREATE INDEX CONCURRENTLY {self.index.name} ON {self.index.table} "
             + self.index.definition.replace(f"{SCHEMA_TOKEN}.", ""),
             SHARE_UPDATE.format(table=self.index.table),
-            True,
+            self.index.table == "tasks",  # it reads the whole table it indexes
         )
 
     def online(self, run: Online) -> None:
