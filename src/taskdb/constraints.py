@@ -45,19 +45,6 @@ class Index:
     why: str
 
 
-def _comment(kind: str, name: str, table: str, why: str) -> str:
-    return f"COMMENT ON {kind} {name} ON {table} IS '{why.replace(chr(39), chr(39) * 2)}'"
-
-
-def _add_sql(item: Check | ForeignKey) -> str:
-    if isinstance(item, Check):
-        return f"ALTER TABLE {item.table} ADD CONSTRAINT {item.name} CHECK ({item.expression}) NOT VALID"
-    return (
-        f"ALTER TABLE {item.table} ADD CONSTRAINT {item.name} FOREIGN KEY ({item.column}) "
-        f"REFERENCES {item.references} NOT VALID"
-    )
-
-
 def not_null_check_name(table: str, column: str) -> str:
     return f"{table}_{column}_not_null"
 
@@ -159,9 +146,17 @@ END
 $guard$;
 COMMENT ON FUNCTION {guard.function}() IS 'temporary: taskdb revision 0004 enforces its checks on new row versions \
 while it adds them; dropped when they exist';
-DROP TRIGGER IF EXISTS {guard.trigger} ON {guard.table};
-CREATE TRIGGER {guard.trigger} BEFORE INSERT OR UPDATE ON {guard.table}
-    FOR EACH ROW EXECUTE FUNCTION {guard.function}();
+-- only where absent (a rerun finds it): DROP TRIGGER would take ACCESS EXCLUSIVE, and queue every reader of
+-- {guard.table} behind it; CREATE TRIGGER takes SHARE ROW EXCLUSIVE, and the function above is already replaced
+DO $guard_trigger$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = '{guard.table}'::regclass AND tgname = '{guard.trigger}' AND NOT tgisinternal) THEN
+        CREATE TRIGGER {guard.trigger} BEFORE INSERT OR UPDATE ON {guard.table}
+            FOR EACH ROW EXECUTE FUNCTION {guard.function}();
+    END IF;
+END
+$guard_trigger$;
 """
 
 

@@ -204,17 +204,14 @@ def _statement(exc: BaseException) -> str | None:
 
 def _running_revision(chain: list[BaseException]) -> tuple[str | None, str | None]:
     """The revision whose upgrade()/downgrade() was on the stack, and the step it was running (taskdb.steps: the
-    innermost one, named as the plan names it) or else the library function it had called. The chain's errors
-    each hold part of the stack (a cleanup's error does not reach down to the step), so all are searched."""
-    from taskdb.steps import Step
+    one announced last, named as the plan names it) or else the library function it had called. The chain's
+    errors each hold part of the stack (a cleanup's error does not reach down to the step), so all are searched."""
+    from taskdb.steps import Online
 
     tracebacks = [[frame for frame, _ in traceback.walk_tb(exc.__traceback__)] for exc in reversed(chain)]
-    # the innermost step in the first error that reached down to one (its frames are Step.online's)
-    running = (
-        [frame.f_locals["self"] for frame in frames if isinstance(frame.f_locals.get("self"), Step)]
-        for frames in tracebacks
-    )
-    steps = next((found for found in running if found), [])
+    # the runner of the steps (taskdb.steps.Online), in any error that reached down to it
+    runners = (frame.f_locals.get("self") for frames in tracebacks for frame in frames)
+    runner = next((r for r in runners if isinstance(r, Online) and r.current is not None), None)
     # from the original error: later ones may be raised by cleanup (__exit__)
     for frames in tracebacks:
         for i, frame in enumerate(frames):
@@ -224,8 +221,8 @@ def _running_revision(chain: list[BaseException]) -> tuple[str | None, str | Non
                 and "down_revision" in names
                 and isinstance(names.get("revision"), str)
             ):
-                if steps:
-                    return names["revision"], next(steps[-1].facts()).what
+                if runner is not None and runner.current is not None:
+                    return names["revision"], runner.current.what
                 callee = frames[i + 1].f_code.co_name if i + 1 < len(frames) else None
                 return names["revision"], (f"{callee}()" if callee else None)
     return None, None

@@ -219,6 +219,8 @@ class OfflineScript:
         self.policy = LockPolicy.from_env()
         self.backfill_config = BackfillConfig.from_env()
         self._stack = ExitStack()
+        self._depth = 0  # transaction() blocks open: an inner one joins the outer
+        self._pending_comment: str | None = None  # comment_next(): written before the next statement
         self._state = "alembic"  # alembic: in Alembic's transaction, unused; used: we ran in it; autocommit
 
     # -- output and transactions ------------------------------------------------------------------------
@@ -226,11 +228,18 @@ class OfflineScript:
     def emit(self, sql: str) -> None:
         """Write SQL (one statement or several, with their comments), each statement terminated, the schema
         placeholder filled in."""
+        if self._pending_comment is not None:
+            text, self._pending_comment = self._pending_comment, None
+            self.comment(text)
         for statement in split_statements(sql.replace(SCHEMA_TOKEN, quote_ident(script_schema(self.context)))):
             self.context.impl.static_output(statement.strip() + ";")
 
     def comment(self, text: str) -> None:
         self.context.impl.static_output("\n".join(f"-- {line}".rstrip() for line in text.strip().splitlines()))
+
+    def comment_next(self, text: str) -> None:
+        """A comment written just before the next statement (after the COMMIT that closes what came before)."""
+        self._pending_comment = text
 
     @property
     def lock_timeout(self) -> str:
@@ -238,7 +247,11 @@ class OfflineScript:
 
     @contextmanager
     def transaction(self, statement_timeout: str = DDL_STATEMENT_TIMEOUT) -> Iterator[None]:
-        """One short transaction, its lock waits bounded by lock_timeout (no retries: rerun the script)."""
+        """One short transaction, its lock waits bounded by lock_timeout (no retries: rerun the script). Inside
+        another, it is part of that one."""
+        if self._depth:
+            yield
+            return
         if self._state == "alembic":
             self._state = "used"
         else:
@@ -246,13 +259,19 @@ class OfflineScript:
             self.emit("BEGIN")
         self.emit(f"SET LOCAL lock_timeout = {self.lock_timeout}")
         self.emit(f"SET LOCAL statement_timeout = {literal(statement_timeout)}")
-        yield
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
         if self._state == "autocommit":
             self.emit("COMMIT")
 
     @contextmanager
     def outside_transaction(self) -> Iterator[None]:
         """Statements that must not run in a transaction block (CONCURRENTLY, CALL of a committing procedure)."""
+        if self._depth:
+            raise RuntimeError("taskdb: a step outside any transaction, inside a transaction() block")
         self._leave_alembic_transaction()
         yield
 
@@ -456,6 +475,7 @@ def cron_texts() -> dict[str, str]:
         "cron_database_denied": readiness.cron_database_unset(one),
         "unknown_cron_database": readiness.unknown_cron_database(one),
         "out_of_reach": readiness.out_of_reach(one),
+        "out_of_reach_required": readiness.out_of_reach(one, required=True),
         "extension_files_missing": readiness.EXTENSION_FILES_MISSING,
         "too_old": readiness.too_old(one, two),
         "no_cron_schema_usage": readiness.no_cron_schema_usage(one, two),

@@ -104,12 +104,20 @@ def refused_problem(cron_db: str, error: str, missing: bool, requested_by: str |
     return problem
 
 
-def out_of_reach(cron_db: str) -> str:
+def out_of_reach(cron_db: str, required: bool = False) -> str:
     """The offline script's message (a whole sentence) where the online upgrade would connect to another cron
-    database."""
-    return (
+    database; ``required``: the script was generated with TASKDB_CRON=require, and stops there."""
+    where = (
         f"pg_cron keeps its jobs in database {cron_db!r} (cron.database_name), which a script run in this database "
-        "cannot reach: run `taskdb cron install` on this database after the script (it connects there and "
+        "cannot reach: "
+    )
+    if required:
+        return where + (
+            "generate the script with TASKDB_CRON=auto and run `taskdb cron install` on this database after it "
+            "(it connects there and schedules the jobs with cron.schedule_in_database), or upgrade online."
+        )
+    return where + (
+        "run `taskdb cron install` on this database after the script (it connects there and "
         "schedules the jobs with cron.schedule_in_database, as the online upgrade does), or upgrade online."
     )
 

@@ -365,7 +365,8 @@ BEGIN
         ELSIF NOT EXISTS (SELECT FROM pg_database WHERE datname = v_cron_db) THEN
             v_problem := format(c_texts ->> 'unknown_cron_database', v_cron_db);
         ELSIF v_cron_db <> current_database() THEN
-            v_message := format(c_texts ->> 'out_of_reach', v_cron_db);
+            v_message := format(c_texts ->> CASE WHEN c_mode = 'require' THEN 'out_of_reach_required'
+                                                 ELSE 'out_of_reach' END, v_cron_db);
         ELSIF v_installed IS NULL AND v_available IS NULL THEN
             v_problem := c_texts ->> 'extension_files_missing';
             v_missing := true;

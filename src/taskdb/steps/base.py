@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy.engine import Connection
 
@@ -20,7 +20,10 @@ log = logging.getLogger("taskdb.steps")
 BRIEF_EXCLUSIVE = "ACCESS EXCLUSIVE on {table} for milliseconds, lock_timeout + retries"
 BRIEF_SHARE_ROW = "SHARE ROW EXCLUSIVE on {tables} for milliseconds, lock_timeout + retries"
 SHARE_UPDATE = "SHARE UPDATE EXCLUSIVE on {table} (reads and writes continue)"
-ROW_LOCKS = "row locks FOR NO KEY UPDATE SKIP LOCKED, one batch (one short transaction) at a time"
+ROW_LOCKS = (
+    "row locks FOR NO KEY UPDATE, one batch (one short transaction) at a time; SKIP LOCKED, but for a last sweep"
+    " that waits (lock_timeout) for the rows workers held"
+)
 NO_LOCK = "none on existing tables"
 
 
@@ -35,9 +38,12 @@ class Facts:
 
 class Step:
     """One online-safe step of a revision (see the package doc). ``before``: a failpoint fired just before
-    the step starts online (the crash suite's hooks)."""
+    the step starts online (the crash suite's hooks). ``shares_transaction``: offline, consecutive steps of a
+    revision that say so run in one transaction, the one that also moves the version (0001's and 0002's
+    catalog-only steps: a rerun after a failure finds nothing of them half-done)."""
 
     before: str | None = None
+    shares_transaction: ClassVar[bool] = False
 
     def facts(self) -> Iterator[Facts]:
         """The plan's lines for this step, in the order :meth:`online` announces them."""
@@ -57,8 +63,10 @@ class Online:
 
     conn: Connection
     revision: str
+    current: Facts | None = None  # the step announced last: what an error names (taskdb.errors)
 
     def announce(self, fact: Facts) -> None:
+        self.current = fact
         log.info("%s: %s", self.revision, fact.what, extra={"taskdb_step": {"revision": self.revision, **vars(fact)}})
 
     def run(self, step: Step) -> None:
@@ -71,8 +79,8 @@ class Online:
 
 
 def note(sql: OfflineScript, fact: Facts) -> None:
-    """The offline twin of :meth:`Online.announce`: a comment in the script before the step's SQL."""
-    sql.comment(f"step: {fact.what}\nlock: {fact.lock}")
+    """The offline twin of :meth:`Online.announce`: a comment in the script just before the step's SQL."""
+    sql.comment_next(f"step: {fact.what}\nlock: {fact.lock}")
 
 
 def write(sql: OfflineScript, step: Step) -> None:
@@ -94,8 +102,20 @@ def upgrade(revision: str, steps: Sequence[Step]) -> None:
 
     if offline_mode():
         with offline_step(revision) as sql:
-            for step in steps:
-                write(sql, step)
+            index = 0
+            while index < len(steps):
+                together = 1
+                while steps[index].shares_transaction and index + together < len(steps):
+                    if not steps[index + together].shares_transaction:
+                        break
+                    together += 1
+                if together > 1:
+                    with sql.transaction():  # each step's own transaction() joins this one
+                        for step in steps[index : index + together]:
+                            write(sql, step)
+                else:
+                    write(sql, steps[index])
+                index += together
         return
     with online_step(revision) as conn:
         runner = Online(conn, revision)

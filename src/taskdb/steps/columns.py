@@ -68,6 +68,8 @@ def ensure_enum_labels(conn: Connection, type_name: str, labels: Sequence[str], 
 class AddColumns(Step):
     """Each absent column, nullable and without a default (no table rewrite), recorded as the revision's."""
 
+    shares_transaction = True
+
     table: str
     wanted: Mapping[str, str]  # column: type
 
@@ -101,6 +103,8 @@ class AddColumns(Step):
 @dataclass(frozen=True)
 class EnumLabels(Step):
     """Where ``status`` is an enum, the labels it lacks (PostgreSQL cannot drop them: a downgrade keeps them)."""
+
+    shares_transaction = True
 
     labels: Sequence[str]
 

@@ -23,8 +23,6 @@ from taskdb.constraints import (
     Check,
     ForeignKey,
     WriteGuard,
-    _add_sql,
-    _comment,
     drop_write_guard,
     drop_write_guard_sql,
     not_null_check_name,
@@ -43,6 +41,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskdb.constraints")
 SQL = beside(__file__)
+
+
+def comment_sql(kind: str, name: str, table: str, why: str) -> str:
+    return f"COMMENT ON {kind} {name} ON {table} IS {literal(why)}"
+
+
+def add_sql(item: Check | ForeignKey) -> str:
+    """ALTER TABLE ... ADD CONSTRAINT ... NOT VALID."""
+    if isinstance(item, Check):
+        return f"ALTER TABLE {item.table} ADD CONSTRAINT {item.name} CHECK ({item.expression}) NOT VALID"
+    return (
+        f"ALTER TABLE {item.table} ADD CONSTRAINT {item.name} FOREIGN KEY ({item.column}) "
+        f"REFERENCES {item.references} NOT VALID"
+    )
 
 
 def add_not_valid_sql(
@@ -65,8 +77,8 @@ def add_not_valid_sql(
                 table_literal=literal(item.table),
                 name_literal=literal(item.name),
                 also=also,
-                add_sql=_add_sql(item),
-                comment_sql=_comment("CONSTRAINT", item.name, item.table, item.why),
+                add_sql=add_sql(item),
+                comment_sql=comment_sql("CONSTRAINT", item.name, item.table, item.why),
                 record_owned=record,
             )
         )
@@ -91,12 +103,12 @@ def add_not_valid(
         relations.append(item.references.split("(")[0])
 
     def add(c: Connection) -> None:
-        c.execute(sa.text(_add_sql(item)))
-        c.execute(sa.text(_comment("CONSTRAINT", item.name, item.table, item.why)))
+        c.execute(sa.text(add_sql(item)))
+        c.execute(sa.text(comment_sql("CONSTRAINT", item.name, item.table, item.why)))
         if revision:
             record_owned(c, "constraint", f"{item.table}.{item.name}", revision)
 
-    run_locked(conn, add, relations=relations, policy=policy, label=_add_sql(item))
+    run_locked(conn, add, relations=relations, policy=policy, label=add_sql(item))
     failpoint("constraints.after_add_not_valid")
 
 
@@ -208,7 +220,8 @@ class SetNotNull(Step):
     def facts(self) -> Iterator[Facts]:
         yield Facts(
             f"SET NOT NULL on {self.table}.{self.column} via a validated CHECK",
-            f"{SHARE_UPDATE.format(table=self.table)} to validate, then "
+            f"{BRIEF_EXCLUSIVE.format(table=self.table)} to add the CHECK NOT VALID; "
+            f"{SHARE_UPDATE.format(table=self.table)} to validate it; then "
             + BRIEF_EXCLUSIVE.format(table=self.table).replace(" for milliseconds", " for milliseconds (no scan)"),
             True,
         )

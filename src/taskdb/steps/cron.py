@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from taskdb import cron
-from taskdb.db import execute_script, scalar, transaction
+from taskdb.db import execute_script, transaction
 from taskdb.steps.base import Facts, Online, Step
-from taskdb.steps.objects import grants_if_role_sql
+from taskdb.steps.objects import grants_if_role, grants_if_role_sql
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
@@ -43,8 +43,7 @@ class ScheduleCron(Step):
         with transaction(conn):
             for name in RECORD:
                 execute_script(conn, self.sql[name])
-            if scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role)", {"role": MONITOR}):
-                execute_script(conn, self.sql["grants"])
+            grants_if_role(conn, MONITOR, self.sql["grants"])
             cron.record(conn, installation, run.revision)
         cron.warn_if_missing(plan, installation)
 

@@ -27,6 +27,12 @@ def _indented(statements: str, spaces: int) -> str:
     return "\n".join(textwrap.indent(s.strip() + ";", " " * spaces) for s in split_statements(statements))
 
 
+def grants_if_role(conn: Connection, role: str, grants: str) -> None:
+    """Run ``grants`` where ``role`` exists (a group role an earlier revision made where it could)."""
+    if scalar(conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role)", {"role": role}):
+        execute_script(conn, grants)
+
+
 def grants_if_role_sql(role: str, grants: str) -> str:
     """A DO block running ``grants`` only where ``role`` exists."""
     return fill(SQL["grants_if_role"], "grants_if_role", role=literal(role), grants=_indented(grants, 8))
@@ -40,14 +46,13 @@ class CreateObjects(Step):
     TRIGGER: SHARE ROW EXCLUSIVE, as ``lock`` says): then the transaction runs under lock_timeout with
     retries (taskdb.locks.run_locked), and a lock failure names who holds them. ``roles``: group
     roles created where the migration role may (never dropped: roles are cluster-wide), and then the
-    ``grants`` section. ``grants_if``: the ``grants`` section only where that role exists."""
+    ``grants`` section."""
 
     what: str
     sql: Mapping[str, str]
     names: Sequence[str]
     locked: Sequence[str] = ()
     roles: Sequence[str] = ()
-    grants_if: str | None = None
     lock: str = "none on tasks"
     before: str | None = None
 
@@ -58,12 +63,7 @@ class CreateObjects(Step):
         def create(conn: Connection) -> None:
             for name in self.names:
                 execute_script(conn, self.sql[name])
-            if self.roles:
-                if ensure_roles(conn, tuple(self.roles), run.revision):
-                    execute_script(conn, self.sql["grants"])
-            elif self.grants_if and scalar(
-                conn, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :role)", {"role": self.grants_if}
-            ):
+            if self.roles and ensure_roles(conn, tuple(self.roles), run.revision):
                 execute_script(conn, self.sql["grants"])
 
         if self.locked:
@@ -82,5 +82,3 @@ class CreateObjects(Step):
                 sql.emit(
                     fill(SQL["roles_and_grants"], "roles_and_grants", roles=roles, revision=revision, grants=grants)
                 )
-            elif self.grants_if:
-                sql.emit(grants_if_role_sql(self.grants_if, self.sql["grants"]))

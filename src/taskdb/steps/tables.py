@@ -80,6 +80,8 @@ def create_missing_tables(conn: Connection, specs: Sequence[TableSpec], revision
 class CheckShapes(Step):
     """Every existing table has the columns (and types) taskdb needs: a catalog read, nothing written."""
 
+    shares_transaction = True
+
     specs: Sequence[TableSpec]
     optional: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)  # table: column: types
 
@@ -113,13 +115,16 @@ class CreateMissingTables(Step):
     """The absent tables, created in the legacy shape and recorded as the revision's (downgrade drops only
     those, and only while empty)."""
 
+    shares_transaction = True
+
     specs: Sequence[TableSpec]
 
     def facts(self) -> Iterator[Facts]:
         names = ", ".join(spec.name for spec in self.specs)
         yield Facts(
             f"create the absent ones of {names} (legacy shape)",
-            "none on existing tables; ACCESS EXCLUSIVE on tables it creates (new, empty)",
+            "ACCESS EXCLUSIVE on the tables it creates (new, empty); SHARE ROW EXCLUSIVE on an existing table a new"
+            " one references (projects -> users), for milliseconds",
             False,
         )
 
