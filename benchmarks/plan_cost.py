@@ -6,8 +6,9 @@ For each size: a throwaway PostgreSQL (taskdb.testing), a legacy tasks table as 
 or run_type column yet: users and run types to derive from params or the project, 'GPU' spellings, a fifth
 Queued, orchestrator parent chains, Queued tasks that depend on others) built once, then `taskdb plan` (the
 library's taskdb.plan.plan on one connection, as the CLI runs it) and `taskdb upgrade` on the same rows, in that
-order, in the same run. Reported: both times, their ratio, plan seconds per 100,000 rows, and how long plan's
-REPEATABLE READ transaction (its snapshot, which holds back vacuum) stayed open.
+order, in the same run. Reported: both times, their ratio, plan seconds per 100,000 rows, how long plan's
+REPEATABLE READ transaction (its snapshot, which holds back vacuum) stayed open, the temporary files its
+queries wrote, and whether the upgrade then did what the plan said (its counts against the upgrade's log).
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ def timed_plan(engine: sa.Engine) -> tuple[float, float, dict[str, Any]]:
     return seconds, marks["commit"] - marks["begin"], result
 
 
+def temp_bytes(engine: sa.Engine) -> int:
+    """Bytes of temporary files this database's queries have written (pg_stat_database; a session's statistics
+    reach it when the session ends, hence the pause)."""
+    time.sleep(1.5)
+    with engine.connect() as conn:
+        return int(
+            conn.exec_driver_sql(
+                "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
+            ).scalar_one()
+        )
+
+
 def bench(rows: int, backend: str | None) -> dict[str, Any]:
     with start_postgres(backend) as server:
         url = normalize_url(server.url(server.create_database("bench")))
@@ -101,16 +114,35 @@ def bench(rows: int, backend: str | None) -> dict[str, Any]:
         started = time.perf_counter()
         build(engine, rows)
         build_s = time.perf_counter() - started
+        temp_before = temp_bytes(engine)
         plan_s, snapshot_s, result = timed_plan(engine)
+        temp_mb = (temp_bytes(engine) - temp_before) / 2**20
         engine.dispose()
         upgrade = api.upgrade(url)
+        counts = result["rows"]
+        # the plan's counts against what the upgrade logged (tests/integration/test_plan.py holds them row by row)
+        predicted = (
+            counts["backfilled"],
+            counts["flagged"],
+            counts["cleanup_stale"] + counts["cleanup_children"],
+            counts["flag_reasons"],
+        )
+        changes = upgrade["changes"]
+        done = (
+            changes.get("backfill", 0),
+            changes.get("flag", 0),
+            changes.get("cancel", 0),
+            upgrade["flagged_by_reason"],
+        )
         return {
+            "as_predicted": predicted == done,
             "rows": rows,
             "build_s": build_s,
             "plan_s": plan_s,
             "snapshot_s": snapshot_s,
+            "temp_mb": temp_mb,
             "upgrade_s": upgrade["seconds"],
-            "counts": result["rows"],
+            "counts": counts,
             "major": server.major,
             "backend": server.backend,
         }
@@ -125,18 +157,21 @@ def report(results: list[dict[str, Any]], command: str) -> str:
         "A legacy table (no user_id / run_type columns: users and run types from params or the project, 'GPU' "
         "spellings, a fifth Queued, orchestrator parent chains, Queued tasks depending on others), built once per "
         "size; `taskdb plan` then `taskdb upgrade` on the same rows, in one run. snapshot s: how long plan's "
-        f"REPEATABLE READ transaction was open. Command: `{command}`",
+        "REPEATABLE READ transaction was open; temp files: what its queries wrote to disk (work_mem 4MB, the "
+        "default); as the plan said: its backfilled, flagged, cancelled counts and flag reasons equal what the "
+        f"upgrade logged. Command: `{command}`",
         "",
-        "| rows | plan s | upgrade s | plan / upgrade | plan s per 100k rows | snapshot s | backfilled / flagged "
-        "/ cancelled by the cleanup |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| rows | plan s | upgrade s | plan / upgrade | plan s per 100k rows | snapshot s | plan temp files MB "
+        "| backfilled / flagged / cancelled by the cleanup | as the plan said |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
         c = r["counts"]
         lines.append(
             f"| {r['rows']:,} | {r['plan_s']:.2f} | {r['upgrade_s']:.1f} | {r['plan_s'] / r['upgrade_s']:.3f} | "
-            f"{r['plan_s'] * 100_000 / r['rows']:.2f} | {r['snapshot_s']:.2f} | "
-            f"{c['backfilled']:,} / {c['flagged']:,} / {c['cleanup_stale'] + c['cleanup_children']:,} |"
+            f"{r['plan_s'] * 100_000 / r['rows']:.2f} | {r['snapshot_s']:.2f} | {r['temp_mb']:.0f} | "
+            f"{c['backfilled']:,} / {c['flagged']:,} / {c['cleanup_stale'] + c['cleanup_children']:,} | "
+            f"{'yes' if r['as_predicted'] else '**no**'} |"
         )
     if len(results) > 1:
         lines += ["", "Growth (plan s per row, relative to the smallest size):", ""]
