@@ -189,17 +189,22 @@ doomed(id) AS (  -- the Queued descendants of stale rows, as tasks_cancel_childr
     SELECT e.id FROM cleanup s JOIN queued_edges e ON e.parent = s.id WHERE s.stale
     UNION
     SELECT e.id FROM doomed d JOIN queued_edges e ON e.parent = d.id
+),
+-- Only Queued rows can be doomed: only they are joined to it.
+cancelled AS (
+    SELECT c.*, false AS doomed FROM cleanup c WHERE c.new_status IS DISTINCT FROM 'Queued'
+    UNION ALL
+    SELECT c.*, d.id IS NOT NULL FROM cleanup c LEFT JOIN doomed d ON d.id = c.id WHERE c.new_status = 'Queued'
 )
 SELECT c.id, c.status, c.needs_work, c.flagged_now, c.dangling_user, c.user_source, c.run_type_source,
        c.canonical_status IS NOT NULL AND c.canonical_status <> c.status AND c.needs_work AS status_normalised,
        c.flagged_now AND (c.canonical_status IS NULL OR c.canonical_status = 'Queued') AS cancelled_flagged,
        c.new_legacy_reason AS legacy_reason,
-       CASE WHEN c.stale THEN 'stale' WHEN d.id IS NOT NULL THEN 'child of a cancelled task' END AS cleanup,
-       CASE WHEN c.stale OR d.id IS NOT NULL THEN 'Cancelled' ELSE c.new_status END AS final_status,
+       CASE WHEN c.stale THEN 'stale' WHEN c.doomed THEN 'child of a cancelled task' END AS cleanup,
+       CASE WHEN c.stale OR c.doomed THEN 'Cancelled' ELSE c.new_status END AS final_status,
        -- a flagged row keeps a run type that cannot be derived (the DBA reads it), as the engine does
        c.new_user_id AS user_id, coalesce(c.new_run_type, c.run_type) AS run_type, c.created_at, c.dependant_on
-FROM cleanup c
-LEFT JOIN doomed d ON d.id = c.id
+FROM cancelled c
 
 -- summary --
 -- Counts from the per-task prediction (the query predict, embedded), in one pass over it. ready: the view
