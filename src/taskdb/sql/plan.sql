@@ -10,12 +10,13 @@
 --   ${project_owners}  (project_id, user_id): each project's owner who is a user (empty without a projects table)
 --   ${users}           users, or an empty relation of the same shape when the table does not exist yet
 -- Bind parameter :queued_ttl: the interval after which the cleanup at the end of 0005 cancels Queued tasks.
+-- Inline helpers take their argument as ${x}: canonical_status, canonical_run_type, try_uuid.
 --
 -- Set-based, so that the time grows with the table, not with its square (issue 15: 550 s at 300,000 rows, 38x
--- the upgrade): every lookup is an equi-join on one key (the planner hashes it), never a subquery per row inside
--- an OR or an IN over a CTE (a CTE has no index: each such lookup scanned it again), and the recursive CTEs walk
--- only the rows that need their parent, or the Queued children of cancelled rows.
--- Inline helpers take their argument as ${x}: canonical_status, canonical_run_type, try_uuid.
+-- the upgrade; now about a sixth of it, docs/benchmarks.md): every lookup is a join on one key (hashed or
+-- merged), never a subquery per row inside an OR or an IN over a CTE (a CTE has no index: each such lookup
+-- scanned it again), and the recursive CTEs walk only the rows that wait for their parent, or the Queued
+-- children of cancelled rows. plan.py turns JIT and nested loops off for the summary (SUMMARY_SETTINGS).
 
 -- canonical_status --
 -- = taskdb_canonical_status(x); a canonical spelling (most rows) skips the regular expression, which costs
@@ -208,8 +209,8 @@ FROM cancelled c
 
 -- summary --
 -- Counts from the per-task prediction (the query predict, embedded), in one pass over it. ready: the view
--- taskdb_ready_tasks on the predicted rows; its few candidates (Queued, healthy, younger than queued_ttl) are
--- joined to their dependency and user, not the whole table.
+-- taskdb_ready_tasks on the predicted rows, its dependency and its user found by joins (a subquery inside the
+-- OR ran once per row); a row is in it at most once, so the Queued ones it does not hold are a difference.
 WITH p AS (${predict}),
 ready AS (
     SELECT q.id, q.status, q.run_type
