@@ -78,9 +78,19 @@ def queued_ttl(conn: Connection) -> str:
     return DEFAULT_QUEUED_TTL
 
 
+# For the summary query, in plan's transaction (SET LOCAL: gone at its end). Its CTEs have no statistics, so the
+# planner's row estimates multiply up to 1e40 and more: JIT then compiles it for ~1.2 s (as long as the whole query
+# takes at 100,000 rows), and a CTE it guesses to be one row may be joined in a nested loop, rescanning the other
+# side for each row (the quadratic time of issue 15). Every join in it is on one key, so hash and merge joins serve.
+SUMMARY_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL enable_nestloop = off")
+
+
 def predict_summary(conn: Connection) -> dict[str, Any]:
-    """The counts the upgrade will produce (backfill sources, flag reasons, cancellations, ready work)."""
+    """The counts the upgrade will produce (backfill sources, flag reasons, cancellations, ready work). Runs in
+    plan's transaction."""
     ttl = queued_ttl(conn)
+    for setting in SUMMARY_SETTINGS:
+        conn.exec_driver_sql(setting)
     summary = dict(conn.execute(sa.text(render(conn, "summary")), {"queued_ttl": ttl}).one()._mapping)
     summary["queued_ttl"] = ttl
     return summary
@@ -99,15 +109,15 @@ def render(conn: Connection, query: str) -> str:
                     "project_id": "uuid"}  # fmt: skip
     no_users = "(SELECT NULL::uuid AS id, NULL::numeric AS credits WHERE false)"  # 0001 creates the table
     users = "users" if table_exists(conn, "users") else no_users
-    project_owner = (
-        f"SELECT u.id FROM projects pr JOIN {users} u ON u.id = pr.user_id WHERE pr.id = s.project_id"
+    project_owners = (
+        f"(SELECT pr.id AS project_id, u.id AS user_id FROM projects pr JOIN {users} u ON u.id = pr.user_id)"
         if table_exists(conn, "projects")
-        else "SELECT NULL::uuid"
+        else "(SELECT NULL::uuid AS project_id, NULL::uuid AS user_id WHERE false)"
     )
     values = {
         **{name: (f"t.{name}" if name in cols else f"NULL::{kind}") for name, kind in column_types.items()},
         "users": users,
-        "project_owner": project_owner,
+        "project_owners": project_owners,
     }
 
     def fill(match: re.Match[str]) -> str:
