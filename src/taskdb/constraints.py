@@ -169,6 +169,17 @@ def drop_write_guard_sql(guard: WriteGuard) -> str:
     )
 
 
+def install_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
+    """Create (or replace) the guard: CREATE TRIGGER takes SHARE ROW EXCLUSIVE for a moment."""
+    run_locked(
+        conn,
+        lambda c: execute_script(c, write_guard_sql(guard)),
+        relations=[guard.table],
+        policy=policy,
+        label=f"CREATE TRIGGER {guard.trigger}",
+    )
+
+
 def drop_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
     """Drop the guard (also a leftover of an interrupted run); nothing to do when it is gone."""
     if scalar(conn, "SELECT to_regprocedure(:f) IS NOT NULL", {"f": f"{guard.function}()"}):

@@ -289,34 +289,28 @@ class OfflineScript:
         """A section of the revision's frozen .sql, verbatim."""
         self.emit(sql)
 
-    def create_backfill_procedure(self) -> None:
-        self.emit(lock_wait_function(self.policy))
-        self.emit(backfill_procedure())
-
-    def call_backfill(self, job: str, actor: str) -> None:
-        config, policy = self.backfill_config, self.policy
-        self.emit(
-            template(
-                "backfill_call",
-                lock_timeout=self.lock_timeout,
-                job=literal(job),
-                actor=literal(actor),
-                batch_size=str(config.batch_size),
-                target_batch_ms=repr(float(config.target_batch_ms)),
-                min_batch_size=str(config.min_batch_size),
-                max_batch_size=str(config.max_batch_size),
-                batch_delay=_interval_ms(config.batch_delay_s),
-                max_sweeps=str(config.max_sweeps),
-                lock_attempts=str(policy.attempts),
-            )
-        )
-
     def backfill(self, job: str, actor: str) -> None:
-        """The batched backfill: the procedure in a transaction, then its CALL outside any."""
+        """The batched backfill: the procedures in a transaction, then the CALL outside any."""
+        config, policy = self.backfill_config, self.policy
         with self.transaction():
-            self.create_backfill_procedure()
+            self.emit(lock_wait_function(policy))
+            self.emit(backfill_procedure())
         with self.outside_transaction():
-            self.call_backfill(job, actor)
+            self.emit(
+                template(
+                    "backfill_call",
+                    lock_timeout=self.lock_timeout,
+                    job=literal(job),
+                    actor=literal(actor),
+                    batch_size=str(config.batch_size),
+                    target_batch_ms=repr(float(config.target_batch_ms)),
+                    min_batch_size=str(config.min_batch_size),
+                    max_batch_size=str(config.max_batch_size),
+                    batch_delay=_interval_ms(config.batch_delay_s),
+                    max_sweeps=str(config.max_sweeps),
+                    lock_attempts=str(policy.attempts),
+                )
+            )
 
     def cleanup(self, actor: str) -> None:
         with self.outside_transaction():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy.engine import Connection
@@ -72,9 +74,7 @@ class Online:
     def run(self, step: Step) -> None:
         if step.before:
             failpoint(step.before)
-        for fact in step.facts():
-            self.announce(fact)
-            break  # a step that has several facts announces the later ones itself, when it gets to them
+        self.announce(next(step.facts()))  # a step with several facts announces the later ones itself
         step.online(self)
 
 
@@ -85,9 +85,7 @@ def note(sql: OfflineScript, fact: Facts) -> None:
 
 def write(sql: OfflineScript, step: Step) -> None:
     """A step's SQL, after a comment with its (first) facts."""
-    for fact in step.facts():
-        note(sql, fact)
-        break
+    note(sql, next(step.facts()))
     step.offline(sql)
 
 
@@ -102,20 +100,11 @@ def upgrade(revision: str, steps: Sequence[Step]) -> None:
 
     if offline_mode():
         with offline_step(revision) as sql:
-            index = 0
-            while index < len(steps):
-                together = 1
-                while steps[index].shares_transaction and index + together < len(steps):
-                    if not steps[index + together].shares_transaction:
-                        break
-                    together += 1
-                if together > 1:
-                    with sql.transaction():  # each step's own transaction() joins this one
-                        for step in steps[index : index + together]:
-                            write(sql, step)
-                else:
-                    write(sql, steps[index])
-                index += together
+            for shared, group in groupby(steps, key=lambda step: step.shares_transaction):
+                run = list(group)
+                with sql.transaction() if shared and len(run) > 1 else nullcontext():  # their own transactions join it
+                    for step in run:
+                        write(sql, step)
         return
     with online_step(revision) as conn:
         runner = Online(conn, revision)

@@ -25,10 +25,11 @@ from taskdb.constraints import (
     WriteGuard,
     drop_write_guard,
     drop_write_guard_sql,
+    install_write_guard,
     not_null_check_name,
     write_guard_sql,
 )
-from taskdb.db import execute_script, rows, scalar, sqlstate
+from taskdb.db import rows, scalar, sqlstate
 from taskdb.errors import ConstraintViolated
 from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
@@ -154,17 +155,6 @@ def ensure_not_null(conn: Connection, table: str, column: str, revision: str, po
     failpoint("constraints.before_set_not_null")
     run_locked(conn, set_not_null, relations=[table], policy=policy)
     return True
-
-
-def install_write_guard(conn: Connection, guard: WriteGuard, policy: LockPolicy | None = None) -> None:
-    """Create (or replace) the guard: CREATE TRIGGER takes SHARE ROW EXCLUSIVE for a moment."""
-    run_locked(
-        conn,
-        lambda c: execute_script(c, write_guard_sql(guard)),
-        relations=[guard.table],
-        policy=policy,
-        label=f"CREATE TRIGGER {guard.trigger}",
-    )
 
 
 def _referenced(item: ForeignKey) -> str:
