@@ -10,7 +10,9 @@ if it references a user, else the project's owner, else params.user_id, else the
 task's; run_type normalised ('gpu' = 'cloud') from the row, else params.run_type, else the orchestrator
 task's; a row still lacking either is flagged in legacy_reason, and Cancelled if it was Queued. Every
 changed value is logged in task_hygiene_log with its previous value; downgrade restores them.
-Locks: row locks only, one keyset batch (one short transaction) at a time, SKIP LOCKED; resumable.
+Locks: row locks only, one keyset batch (one short transaction) at a time, SKIP LOCKED; resumable. The
+log's index by task is built after the backfill (CONCURRENTLY, SHARE UPDATE EXCLUSIVE on task_hygiene_log
+only): kept up to date row by row it cost ~7 % of the backfill.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from taskdb import steps
 from taskdb.backfill import restore
 from taskdb.catalog import table_exists
 from taskdb.constraints import (
+    Index,
     drop_constraint,
     drop_owned,
     drop_write_guard,
@@ -30,6 +33,7 @@ from taskdb.constraints import (
 from taskdb.db import execute_script, transaction
 from taskdb.migration import actor, offline_mode, offline_step, online_step, revision_module, revision_sql
 from taskdb.steps.backfill import Backfill
+from taskdb.steps.indexes import BuildIndex
 from taskdb.steps.objects import CreateObjects
 
 revision: str = "0003_backfill"
@@ -48,11 +52,20 @@ OBJECTS = (
     "taskdb_canonical_run_type",
     "taskdb_try_uuid",
 )
-
+# Built once the backfill has written its log rows: one sort instead of an index insert per row.
+INDEXES = (
+    Index(
+        "task_hygiene_log_task_id_idx",
+        "task_hygiene_log",
+        "(task_id)",
+        "What taskdb changed in one task, and when (SELECT ... FROM task_hygiene_log WHERE task_id = ...).",
+    ),
+)
 
 STEPS = (
     CreateObjects("create task_hygiene_log, taskdb_backfill_progress and the helper functions", SQL, OBJECTS),
     Backfill(),
+    *(BuildIndex(index) for index in INDEXES),
 )
 
 
@@ -80,6 +93,7 @@ def downgrade() -> None:
         if table_exists(conn, "task_hygiene_log"):
             for author in RESTORES:
                 restore(conn, actor=actor(author))
+        drop_owned(conn, revision)  # the log's index (a record only: the table goes below)
         with transaction(conn):
             execute_script(conn, SQL["drop_objects"])
 
@@ -94,5 +108,6 @@ def downgrade_offline() -> None:
         sql.drop_owned("0004_constraints", ("not_null", "constraint"))
         sql.drop_constraints("tasks", [not_null_check_name("tasks", column) for column in leftover.NOT_NULL])
         sql.restore([actor(author) for author in RESTORES])
+        sql.drop_indexes(revision, INDEXES)
         with sql.transaction():
             sql.frozen(SQL["drop_objects"])

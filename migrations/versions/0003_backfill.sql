@@ -16,7 +16,6 @@ CREATE TABLE IF NOT EXISTS task_hygiene_log (
     CONSTRAINT task_hygiene_log_previous_is_object CHECK (jsonb_typeof(previous) = 'object'),
     CONSTRAINT task_hygiene_log_applied_is_object CHECK (jsonb_typeof(applied) = 'object')
 );
-CREATE INDEX IF NOT EXISTS task_hygiene_log_task_id_idx ON task_hygiene_log (task_id);
 -- downgrades walk one actor's rows by task
 CREATE INDEX IF NOT EXISTS task_hygiene_log_actor_task_id_idx ON task_hygiene_log (actor, task_id);
 COMMENT ON TABLE task_hygiene_log IS 'Every value taskdb changed in tasks, with the value before: downgrades restore from it.';

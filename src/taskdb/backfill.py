@@ -193,7 +193,11 @@ def run_backfill(
 # - custom plans: a driver may prepare a statement it runs repeatedly, and PostgreSQL then switches to a
 #   generic plan in which ``:after IS NULL OR id > :after`` cannot use the cursor, so every batch scanned
 #   the index from the start: 809 s instead of about 60 at 1,000,000 rows.
-BATCH_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+# - asynchronous commit: a batch does not wait for its WAL to reach the disk (nor holds the WAL flush the
+#   application's commits queue on). A crash can lose the last batches committed (up to 3 x wal_writer_delay),
+#   never a part of one: each batch commits with its checkpoint, so the rerun resumes before them and redoes
+#   them. Their rows are not lost either: a lost batch's changes and log rows go together.
+BATCH_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan", "synchronous_commit": "off"}
 
 
 def _step(conn: Connection, name: str, **params: object) -> Any:

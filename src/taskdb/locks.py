@@ -65,11 +65,18 @@ class LockPolicy:
         )
 
     def set_local(self, conn: Connection, settings: Mapping[str, str] | None = None) -> None:
-        """The transaction's own timeouts (and ``settings``), all ``SET LOCAL``."""
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_ms)}ms'")
-        conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{int(self.statement_timeout_ms)}ms'")
-        for name, value in (settings or {}).items():
-            conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
+        """The transaction's own timeouts (and ``settings``), all transaction-local (``set_config(..., true)``,
+        i.e. ``SET LOCAL``), in one round trip: a backfill sets them before every batch."""
+        values = {
+            "lock_timeout": f"{int(self.lock_timeout_ms)}ms",
+            "statement_timeout": f"{int(self.statement_timeout_ms)}ms",
+            **(settings or {}),
+        }
+        calls = ", ".join(f"set_config(:name_{i}, :value_{i}, true)" for i in range(len(values)))
+        binds: dict[str, str] = {}
+        for i, (name, value) in enumerate(values.items()):
+            binds |= {f"name_{i}": name, f"value_{i}": value}
+        conn.execute(sa.text(f"SELECT {calls}"), binds)
 
     def backoff(self, conn: Connection, attempt: int) -> float:
         """The pause after failed attempt ``attempt``: ``backoff`` in sql/locks.sql, the formula the offline

@@ -288,12 +288,15 @@ SET lock_timeout = {{lock_timeout}};
 SET statement_timeout = 0;
 -- every batch is short: JIT compiling it would cost more than it saves
 SET jit = off;
+-- a batch does not wait for its WAL flush: a crash loses at most the last batches, with their checkpoint
+SET synchronous_commit = off;
 CALL pg_temp.taskdb_backfill(
     p_job => {{job}}, p_actor => {{actor}},
     p_batch_size => {{batch_size}}, p_target_batch_ms => {{target_batch_ms}},
     p_min_batch_size => {{min_batch_size}}, p_max_batch_size => {{max_batch_size}},
     p_batch_delay => {{batch_delay}}, p_max_sweeps => {{max_sweeps}}, p_lock_attempts => {{lock_attempts}}
 );
+RESET synchronous_commit;
 RESET jit;
 RESET statement_timeout;
 RESET lock_timeout;

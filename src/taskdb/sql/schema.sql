@@ -106,6 +106,8 @@ COMMENT ON INDEX tasks_user_id_idx IS
     'Per-user counts, and deleting a user without scanning tasks for the foreign key.';
 
 CREATE INDEX task_hygiene_log_task_id_idx ON task_hygiene_log (task_id);
+COMMENT ON INDEX task_hygiene_log_task_id_idx IS
+    'What taskdb changed in one task, and when (SELECT ... FROM task_hygiene_log WHERE task_id = ...).';
 CREATE INDEX task_hygiene_log_actor_task_id_idx ON task_hygiene_log (actor, task_id);
 -- 0007: queue_health's cancelled_last_24h reads only the last day's cancellations
 CREATE INDEX task_hygiene_log_cancelled_at_idx ON task_hygiene_log (acted_at) WHERE action = 'cancel';
