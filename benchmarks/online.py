@@ -47,7 +47,8 @@ DURABLE = {
     "checkpoint_timeout": "15min",
 }
 WARMUP_S, BEFORE_S, AFTER_S = 2.0, 6.0, 2.0
-RUNNING_UPGRADE = re.compile(r"Running upgrade \S* ?-> (\S+),")
+# taskdb's log line as a step starts ("INFO  [taskdb.steps] 0003_backfill: backfill / flag ..."): its revision
+STEP_STARTS = re.compile(r"\[taskdb\.steps\] (\d{4}_\w+): ")
 
 # The application's traffic: one statement per operation, each in its own transaction (autocommit).
 WRITES = {
@@ -235,11 +236,11 @@ def run_under_load(url: str, migration: str, rate: float, tmp: Path) -> Run:
         else [sys.executable, "-c", NAIVE_RUNNER, NAIVE_MIGRATION]
     )
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    starts: list[tuple[str, float]] = []  # "Running upgrade A -> B" lines, timed as they arrive
+    starts: list[tuple[str, float]] = []  # each revision's first step line, timed as it arrives
     stderr = []
     for line in proc.stderr or ():
         stderr.append(line)
-        if match := RUNNING_UPGRADE.search(line):
+        if (match := STEP_STARTS.search(line)) and (not starts or starts[-1][0] != match.group(1)):
             starts.append((match.group(1), time.perf_counter() - started))
     returncode = proc.wait()
     seconds = time.perf_counter() - started

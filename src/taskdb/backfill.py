@@ -28,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from string import Template
 from typing import Any
@@ -41,6 +41,7 @@ from taskdb.db import read_only_transaction, scalar
 from taskdb.failpoints import failpoint
 from taskdb.locks import LockPolicy, run_locked
 from taskdb.sql import queries
+from taskdb.throttle import ReplicaThrottle
 
 log = logging.getLogger("taskdb.backfill")
 
@@ -63,6 +64,7 @@ class BackfillConfig:
 
     batch_size: int = 1000
     batch_delay_s: float = 0.0  # pause between batches, to leave I/O to the application
+    throttle: ReplicaThrottle = field(default_factory=ReplicaThrottle)  # waits before a batch while replicas lag
     max_sweeps: int = 50  # a chain of orchestrator tasks this deep resolves; deeper ones are flagged
     target_batch_ms: float = 50.0  # 0: fixed batch_size
     min_batch_size: int = 100
@@ -71,13 +73,15 @@ class BackfillConfig:
     @classmethod
     def from_env(cls) -> BackfillConfig:
         """``TASKDB_BACKFILL_BATCH_SIZE`` (the first window; a fixed size unless ``TASKDB_BACKFILL_TARGET_MS``
-        is set too), ``TASKDB_BACKFILL_TARGET_MS`` (default 50; 0 = fixed), ``TASKDB_BACKFILL_DELAY_MS``."""
+        is set too), ``TASKDB_BACKFILL_TARGET_MS`` (default 50; 0 = fixed), ``TASKDB_BACKFILL_DELAY_MS``; the throttle's
+        ``TASKDB_MAX_REPLICA_LAG_MS`` and ``TASKDB_MAX_THROTTLE_WAIT_S`` (taskdb.throttle)."""
         size = os.environ.get("TASKDB_BACKFILL_BATCH_SIZE")
         target = os.environ.get("TASKDB_BACKFILL_TARGET_MS")
         config = cls(
             batch_size=int(size or cls.batch_size),
             batch_delay_s=int(os.environ.get("TASKDB_BACKFILL_DELAY_MS") or 0) / 1000,
             target_batch_ms=float(target) if target else (0.0 if size else cls.target_batch_ms),
+            throttle=ReplicaThrottle.from_env(),
         )
         config.validate()
         return config
@@ -284,6 +288,7 @@ def _sweep(
         def run_batch(c: Connection, params: dict[str, object] = params, batch: dict[str, Any] = batch) -> None:
             batch.update(c.execute(statement, params).one()._mapping)
 
+        config.throttle.wait(conn, f"a backfill batch of {at['job']}")
         started = time.monotonic()
         run_locked(conn, run_batch, policy=lock_policy, settings=BATCH_SETTINGS)
         if not batch["scanned"]:

@@ -77,6 +77,20 @@ class StatementTimedOut(TaskdbError):
         super().__init__(fix)
 
 
+class ReplicaLagTooHigh(TaskdbError):
+    """A streaming replica stayed too far behind for longer than taskdb may wait."""
+
+    exit_code = 3
+
+    def __init__(self, before: str, lag: str, waited_s: float) -> None:
+        self.before, self.lag, self.waited_s = before, lag, waited_s
+        super().__init__(
+            f"throttled before {before} for {waited_s:.0f} s (TASKDB_MAX_THROTTLE_WAIT_S): {lag}. Nothing half-done "
+            "is left; rerun once the replica has caught up (a backfill resumes from its checkpoint), or raise "
+            "TASKDB_MAX_REPLICA_LAG_MS (0: do not throttle)."
+        )
+
+
 class UpgradeInProgress(TaskdbError):
     """Another taskdb upgrade holds the upgrade lock on this database."""
 

@@ -25,7 +25,8 @@ def cancel_stale_queued(
 
     ``actor`` is recorded in task_hygiene_log and task_hygiene_runs. Paced as the backfill is (``pacing``,
     default from the environment: ``TASKDB_BACKFILL_TARGET_MS`` / ``_DELAY_MS`` / ``_BATCH_SIZE``): each batch
-    sized towards the target duration, at most the settings' cleanup_batch_size, with the delay between batches.
+    sized towards the target duration, at most the settings' cleanup_batch_size, with the delay between batches,
+    each waiting while a replica replays too far behind (taskdb.throttle).
     A batch cancels its rows, logs them and fires the lifecycle trigger for each, so a fixed 10,000-row batch
     was what the application's writers waited behind during the upgrade (docs/benchmarks.md).
     """
@@ -37,6 +38,7 @@ def cancel_stale_queued(
     size = min(pacing.batch_size, most)
     total = 0
     for _ in range(max_batches):
+        pacing.throttle.wait(conn, f"a cleanup batch ({actor})")
         started = time.monotonic()
         with transaction(conn):  # the actor is transaction-local: nothing stays on a pooled server session
             # its own statement_timeout, not the role's (managed services set short ones)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 from sqlalchemy.engine import Connection
 
 from taskdb.failpoints import failpoint
+from taskdb.throttle import ReplicaThrottle
 
 if TYPE_CHECKING:
     from taskdb.offline import OfflineScript
@@ -74,7 +75,9 @@ class Online:
     def run(self, step: Step) -> None:
         if step.before:
             failpoint(step.before)
-        self.announce(next(step.facts()))  # a step with several facts announces the later ones itself
+        fact = next(step.facts())
+        self.announce(fact)  # a step with several facts announces the later ones itself
+        ReplicaThrottle.from_env().wait(self.conn, f"step {fact.what!r} of {self.revision}")
         step.online(self)
 
 
