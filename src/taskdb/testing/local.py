@@ -306,6 +306,8 @@ class LocalServer(PostgresServer):
                 "-U",
                 primary.user,
                 "--no-sync",
+                # not the default spread checkpoint, paced over checkpoint_timeout: 90 s here after a CREATE DATABASE
+                "--checkpoint=fast",
             ],
             capture_output=True,
             text=True,
@@ -417,6 +419,15 @@ class LocalServer(PostgresServer):
     def _cleanup(self) -> None:
         self._kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def crash(self) -> None:
+        """Stop at once, as a dying machine would (immediate shutdown: no checkpoint, sessions cut, nothing
+        more sent to standbys), then remove what it left as :meth:`stop` does."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGQUIT)
+            with suppress_all():
+                self._proc.wait(10)
+        self.stop()
 
     def _stop(self) -> None:
         LIVE_SERVERS.discard(self)
