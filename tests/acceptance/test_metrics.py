@@ -13,6 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,25 +96,33 @@ def upgraded(db: Db) -> Db:
     return db
 
 
-@pytest.fixture
-def monitor_role(upgraded: Db) -> Iterator[Callable[..., str]]:
+@contextmanager
+def monitor_roles(db: Db) -> Iterator[Callable[..., str]]:
     """``make(driver, columns=True) -> url``: a LOGIN role granted taskdb_monitor (and, with ``columns``, the
-    three columns of tasks README's Monitoring section grants), dropped after the test."""
+    three columns of tasks README's Monitoring section grants), dropped at the end."""
     made: list[str] = []
 
     def make(driver: str = "psycopg", *, columns: bool = True) -> str:
         role, password = f"metrics_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-        upgraded.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE taskdb_monitor")
+        db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE taskdb_monitor")
         made.append(role)
         if columns:
-            upgraded.execute(f"GRANT SELECT (status, run_type, legacy_reason) ON tasks TO {role}")
-        url = sa.make_url(with_driver(upgraded.url, driver)).set(username=role, password=password)
+            db.execute(f"GRANT SELECT (status, run_type, legacy_reason) ON tasks TO {role}")
+        url = sa.make_url(with_driver(db.url, driver)).set(username=role, password=password)
         return url.render_as_string(hide_password=False)
 
-    yield make
-    for role in made:
-        upgraded.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        upgraded.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    try:
+        yield make
+    finally:
+        for role in made:
+            db.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+            db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.fixture
+def monitor_role(upgraded: Db) -> Iterator[Callable[..., str]]:
+    with monitor_roles(upgraded) as make:
+        yield make
 
 
 def busy_queue(db: Db) -> None:
