@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -299,3 +300,10 @@ def test_scrapes_through_a_transaction_pooler_leave_the_session_untouched(
             finally:
                 scraper.close()
     assert before is not None and all(found == before for found in seen), (before, seen)
+
+
+def test_the_readme_documents_every_metric_with_its_type() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `(taskdb_\w+)` \| (gauge|counter) \|", readme, re.MULTILINE))
+    assert documented == {spec.name: spec.kind for spec in METRICS}
+    assert "| `taskdb metrics --listen HOST:PORT" in readme
