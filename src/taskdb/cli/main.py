@@ -12,13 +12,13 @@ from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 import taskdb
-from taskdb.cli import cleanup, cron, demo, doctor, migrate, plan, reset, sql
+from taskdb.cli import cleanup, cron, demo, doctor, metrics, migrate, plan, reset, sql
 from taskdb.cli.common import EXAMPLES
 from taskdb.cli.progress import setup_logging
 from taskdb.config import redact, resolve_url
 from taskdb.errors import TaskdbError, connection_lost
 
-COMMANDS = (plan, migrate, sql, doctor, cleanup, cron, reset, demo)  # the order of `taskdb --help`
+COMMANDS = (plan, migrate, sql, doctor, metrics, cleanup, cron, reset, demo)  # the order of `taskdb --help`
 
 
 def parser() -> argparse.ArgumentParser:
