@@ -170,7 +170,8 @@ def kill_mid_backfill(primary: LocalServer, standby: Standby, driver: str, scena
     has applied two batches, pause its replay or cut it off. Returns the primary's checkpoint at the kill."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskdb.cli", "upgrade"],
-        env=env(primary, driver, kill, TASKDB_BACKFILL_DELAY_MS=DELAY_MS),
+        # not throttled on the standby's lag (taskdb.throttle): it must reach the kill however far behind it falls
+        env=env(primary, driver, kill, TASKDB_BACKFILL_DELAY_MS=DELAY_MS, TASKDB_MAX_REPLICA_LAG_MS="0"),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
