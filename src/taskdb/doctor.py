@@ -52,6 +52,33 @@ CONSTRAINTS = (
 # A seconds schedule ('5 seconds') doubled would call a job late after a few seconds of scheduler jitter.
 MIN_LATE_AFTER_SECONDS = 60.0
 
+# What to do, for the findings the alert rules (monitoring/prometheus/taskdb-alerts.yml) also raise: a finding
+# fills in the database's figures ({name}); an alert's description repeats the text with <name> in their place
+# (tests/monitoring/test_alert_rules.py holds the two equal).
+FIX_CONNECTION = "pass --url or set TASKDB_DATABASE_URL / DATABASE_URL to a reachable database"
+FIX_STALE_QUEUED = (
+    "SELECT * FROM stale_queued_tasks shows them and when the cleanup cancels them (queued_ttl {queued_ttl}); "
+    "check the workers of their run type, and that the cleanup runs (`taskdb cleanup --dry-run`)"
+)
+FIX_FLAGGED_QUEUED = (
+    "UPDATE tasks SET status = 'Cancelled' WHERE legacy_reason IS NOT NULL AND status = 'Queued'; then make sure "
+    "constraint tasks_flagged_not_queued exists and is valid"
+)
+FIX_CLEANUP_LATE = (
+    "in database {cron_database}: SELECT status, return_message, start_time FROM cron.job_run_details WHERE jobid = "
+    "{jobid} ORDER BY runid DESC LIMIT 5; check that pg_cron's scheduler runs and can connect (cron.host, .pgpass); "
+    "meanwhile `taskdb cleanup`"
+)
+FIX_CLEANUP_NOT_INSTALLED = "`taskdb cron install`, or run `taskdb cleanup` on a schedule of your own"
+
+
+def late_after(every: float) -> float:
+    """Seconds without a successful run after which a job that runs every ``every`` seconds is late: twice its
+    schedule, at least :data:`MIN_LATE_AFTER_SECONDS`. The one rule: the cleanup_job check judges by it, and
+    `taskdb metrics` reports it (taskdb_cleanup_late_after_seconds, which TaskdbCleanupLate compares with)."""
+    return max(2 * every, MIN_LATE_AFTER_SECONDS)
+
+
 SQL = queries("doctor")
 
 # How long a check waits for a lock (e.g. behind an upgrade's ACCESS EXCLUSIVE) before it gives up.
@@ -118,7 +145,7 @@ def cannot_connect(reason: str) -> Report:
                 CHECK_CONNECTION,
                 ERROR,
                 f"cannot check: {reason}",
-                "pass --url or set TASKDB_DATABASE_URL / DATABASE_URL to a reachable database",
+                FIX_CONNECTION,
             )
         ],
         checked=[CHECK_CONNECTION],
@@ -317,8 +344,7 @@ class _Checks:
                 WARNING,
                 f"{found['n']} flagged task(s) (legacy_reason set) are Queued, which tasks_flagged_not_queued "
                 f"forbids (e.g. {sample}): the claim skips them, nothing will ever run them",
-                "UPDATE tasks SET status = 'Cancelled' WHERE legacy_reason IS NOT NULL AND "
-                "status = 'Queued'; then make sure constraint tasks_flagged_not_queued exists and is valid",
+                FIX_FLAGGED_QUEUED,
             )
         ]
 
@@ -338,9 +364,7 @@ class _Checks:
                 WARNING,
                 f"{health.get('stale_count')} Queued task(s) older than stale_after "
                 f"({settings['stale_after']}); the oldest has waited {waited}",
-                "SELECT * FROM stale_queued_tasks shows them and when the cleanup cancels them (queued_ttl "
-                f"{settings['queued_ttl']}); check the workers of their run type, and that the cleanup runs "
-                "(`taskdb cleanup --dry-run`)",
+                FIX_STALE_QUEUED.format(queued_ttl=settings["queued_ttl"]),
             )
         ]
 
@@ -409,7 +433,7 @@ class _Checks:
                 WARNING,
                 f"pg_cron is ready in database {readiness.cron_database} but the cleanup job is not "
                 "installed (upgraded with TASKDB_CRON=skip, pg_cron came later, or `taskdb cron remove`)",
-                "`taskdb cron install`, or run `taskdb cleanup` on a schedule of your own",
+                FIX_CLEANUP_NOT_INSTALLED,
             )
         ]
 
@@ -442,13 +466,13 @@ class _Checks:
         last_success = min(agos) if agos else None
         installed_ago = float(job["installed_seconds_ago"])
         quiet_for = installed_ago if last_success is None else min(installed_ago, last_success)
-        late_after = max(2 * every, MIN_LATE_AFTER_SECONDS)
+        limit = late_after(every)
         if unreadable:
             self.report.notes.append(
                 f"cron.job in database {job['cron_database']} not readable ({unreadable}); "
                 "the job's runs were read from task_hygiene_runs"
             )
-        if quiet_for <= late_after:
+        if quiet_for <= limit:
             return []
         seen = (
             f"none since it was installed {duration(installed_ago)} ago"
@@ -467,10 +491,8 @@ class _Checks:
                 CHECK_CLEANUP_JOB,
                 WARNING,
                 f"the pg_cron job {job['jobname']} (schedule '{schedule}', every {duration(every)}) is late: "
-                f"no successful run within {duration(late_after)} ({seen}){last}",
-                f"in database {job['cron_database']}: SELECT status, return_message, start_time FROM "
-                f"cron.job_run_details WHERE jobid = {jobid} ORDER BY runid DESC LIMIT 5; check that "
-                "pg_cron's scheduler runs and can connect (cron.host, .pgpass); meanwhile `taskdb cleanup`",
+                f"no successful run within {duration(limit)} ({seen}){last}",
+                FIX_CLEANUP_LATE.format(cron_database=job["cron_database"], jobid=jobid),
             )
         ]
 

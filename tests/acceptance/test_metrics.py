@@ -24,10 +24,11 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskdb.metrics import METRICS, RUN_TYPES, Scraper
+from taskdb.metrics.collector import MONITOR_GRANTS_REVISION
 from taskdb.testing.base import PostgresServer, free_port
 from taskdb.testing.pgbouncer import PgBouncer, pgbouncer_available
 from tests.acceptance.test_cli import assert_no_password, taskdb
-from tests.helpers import DRIVERS, Db, user_id, with_driver
+from tests.helpers import DRIVERS, REVISIONS, Db, user_id, with_driver
 
 NAMES = {spec.name for spec in METRICS}
 ALWAYS = {"taskdb_up", "taskdb_scrape_duration_seconds"}  # what a failed scrape still answers
@@ -99,16 +100,14 @@ def upgraded(db: Db) -> Db:
 
 @contextmanager
 def monitor_roles(db: Db) -> Iterator[Callable[..., str]]:
-    """``make(driver, columns=True) -> url``: a LOGIN role granted taskdb_monitor (and, with ``columns``, the
-    three columns of tasks README's Monitoring section grants), dropped at the end."""
+    """``make(driver) -> url``: a LOGIN role granted taskdb_monitor and nothing else (README, Monitoring: membership
+    is enough), dropped at the end."""
     made: list[str] = []
 
-    def make(driver: str = "psycopg", *, columns: bool = True) -> str:
+    def make(driver: str = "psycopg") -> str:
         role, password = f"metrics_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
         db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE taskdb_monitor")
         made.append(role)
-        if columns:
-            db.execute(f"GRANT SELECT (status, run_type, legacy_reason) ON tasks TO {role}")
         url = sa.make_url(with_driver(db.url, driver)).set(username=role, password=password)
         return url.render_as_string(hide_password=False)
 
@@ -191,13 +190,20 @@ def test_an_empty_queue_reports_zeros_and_a_textfile_is_written_whole(
 def test_a_failed_scrape_answers_taskdb_up_0_and_says_what_to_grant(
     upgraded: Db, monitor_role: Callable[..., str], driver: str, tmp_path: Path
 ) -> None:
-    result = taskdb("--url", monitor_role(driver, columns=False), "metrics", "--once")
+    """On a database before the revision that grants taskdb_monitor the columns of tasks (its downgrade revokes
+    them), membership is not enough: the log says to upgrade."""
+    url = monitor_role(driver)
+    assert taskdb("--url", url, "metrics", "--once").returncode == 0
+    upgraded.downgrade(REVISIONS[REVISIONS.index(MONITOR_GRANTS_REVISION) - 1])
+    result = taskdb("--url", url, "metrics", "--once")
     assert result.returncode == 1
     found = samples(result.stdout)
     assert found["taskdb_up", None] == 0 and {name for name, _ in found} == ALWAYS  # no invented figures
     [line] = result.stderr.splitlines()
     assert "permission denied for table tasks" in line
-    assert "granted taskdb_monitor and SELECT (status, run_type, legacy_reason) ON tasks" in line
+    role = sa.make_url(url).username
+    assert f"membership of taskdb_monitor is all the exporter needs: GRANT taskdb_monitor TO {role};" in line
+    assert f"before {MONITOR_GRANTS_REVISION}, `taskdb upgrade` (it grants taskdb_monitor SELECT (status, " in line
     scheme = "postgresql" if driver == "psycopg" else f"postgresql+{driver}"
     gone = taskdb("--url", f"{scheme}://app:s3cr%40t@127.0.0.1:1/prod", "metrics", "--textfile", str(tmp_path / "t"))
     assert gone.returncode == 1 and samples((tmp_path / "t").read_text())["taskdb_up", None] == 0
@@ -256,10 +262,11 @@ def test_listen_serves_every_scrape_logs_an_outage_once_and_stops_on_sigterm(
     try:
         wait_for(port, process)
         assert_figures(scrape(port), upgraded)
-        upgraded.execute(f"REVOKE SELECT (status, run_type, legacy_reason) ON tasks FROM {role}")
+        # as on a database before MONITOR_GRANTS_REVISION
+        upgraded.execute("REVOKE SELECT (status, run_type, legacy_reason) ON tasks FROM taskdb_monitor")
         for _ in range(3):
             assert {name for name, _ in scrape(port)} == ALWAYS
-        upgraded.execute(f"GRANT SELECT (status, run_type, legacy_reason) ON tasks TO {role}")
+        upgraded.execute("GRANT SELECT (status, run_type, legacy_reason) ON tasks TO taskdb_monitor")
         upgraded.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
         scrape(port)  # the connection was killed under it: this scrape may fail (a new error), the next connects
         assert_figures(scrape(port), upgraded)

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.slow
 KINDS = ("insert_healthy", "claim", "complete", "fail", "update_legacy", "insert_old_style")
 # The windows every kind of write must reach: the revision being applied (taskdb_alembic_version shows the one
 # before it), and the two long windows inside 0003 and 0004.
-WINDOWS = ("0002", "0003 backfill", "0004 catch-up", "0004 NOT VALID", "0005", "0006", "0007")
+WINDOWS = ("0002", "0003 backfill", "0004 catch-up", "0004 NOT VALID", "0005", "0006", "0007", "0008")
 NEXT = {
     None: "0001",
     "0001_baseline": "0002",
@@ -56,7 +56,8 @@ NEXT = {
     "0004_constraints": "0005",
     "0005_hygiene": "0006",
     "0006_cron": "0007",
-    "0007_log_index": "done",
+    "0007_log_index": "0008",
+    "0008_monitor_grants": "done",
 }
 GUARD = "tasks_healthy_has_owner_and_run_type"
 WRITE_GUARD = "tasks_taskdb_write_guard"  # 0004's temporary trigger

@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 
 from taskdb import api
+from tests.helpers import HEAD, REVISIONS
 
 VERSIONS = Path(api.alembic_ini()).parent / "migrations" / "versions"
 
@@ -18,17 +19,12 @@ def script() -> ScriptDirectory:
 
 def test_single_head_and_linear_history() -> None:
     directory = script()
-    assert directory.get_heads() == ["0007_log_index"]
+    assert directory.get_heads() == [HEAD]
     revisions = list(directory.walk_revisions())
-    assert [r.revision for r in reversed(revisions)] == [
-        "0001_baseline",
-        "0002_columns",
-        "0003_backfill",
-        "0004_constraints",
-        "0005_hygiene",
-        "0006_cron",
-        "0007_log_index",
-    ]
+    assert [r.revision for r in reversed(revisions)] == REVISIONS
+    # the files, numbered 0001.. without a gap, are the chain: a new revision revises the one before it
+    files = sorted(path.stem for path in VERSIONS.glob("*.py"))
+    assert files == REVISIONS and [int(r[:4]) for r in REVISIONS] == list(range(1, len(REVISIONS) + 1))
     assert all(len(r._all_down_revisions) <= 1 for r in revisions)
 
 

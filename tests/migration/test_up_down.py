@@ -113,6 +113,11 @@ CHANGES = {
         "",
         {"functions claim_next_task(p_worker_id text, p_run_type text)": ["acl"]},
     ),
+    "column grant": (
+        "GRANT SELECT (status, run_type, legacy_reason) ON tasks TO taskdb_monitor;",
+        "GRANT SELECT (status, run_type) ON tasks TO taskdb_monitor;",
+        {"columns tasks.legacy_reason": ["acl"]},
+    ),
     "table comment": (
         "IS 'taskdb queue hygiene: one row; tune with UPDATE.'",
         "IS 'taskdb queue hygiene.'",

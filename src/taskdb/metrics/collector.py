@@ -25,13 +25,13 @@ from typing import Any, Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
 from taskdb import cron_schedule, target
 from taskdb.config import redact
 from taskdb.db import read_only_transaction, rows, sqlstate
-from taskdb.doctor import MIN_LATE_AFTER_SECONDS
+from taskdb.doctor import late_after
 from taskdb.sql import beside
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,11 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 # takes ('gpu' is only its alias of 'cloud'). Both are always reported, 0 when no row has them.
 RUN_TYPES = ("cloud", "local")
 
-# What the exporter's role needs beyond taskdb_monitor: the Queued rows per run type and the flagged ones among
-# them are counted from tasks itself (queue_health has neither), three columns, no task's content.
+# The columns of tasks a scrape reads: the Queued rows per run type and the flagged ones among them are counted
+# from tasks itself (queue_health has neither). Revision 0008_monitor_grants grants taskdb_monitor SELECT on
+# them, so that membership of taskdb_monitor is all an exporter's login role needs.
 TASKS_COLUMNS = ("status", "run_type", "legacy_reason")
+MONITOR_GRANTS_REVISION = "0008_monitor_grants"
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,11 @@ METRICS = (
 )
 
 
-def late_after(schedule: str) -> float:
-    """Seconds without a successful run after which a job on ``schedule`` is late (doctor's rule); NaN when
-    the schedule is not understood."""
+def cleanup_late_after(schedule: str) -> float:
+    """Seconds without a successful run after which the cleanup on ``schedule`` is late (doctor's rule,
+    :func:`taskdb.doctor.late_after`); NaN when the schedule is not understood."""
     every = cron_schedule.interval(schedule)
-    return math.nan if every is None else max(2 * every, MIN_LATE_AFTER_SECONDS)
+    return math.nan if every is None else late_after(every)
 
 
 def figures(row: Mapping[str, Any]) -> dict[str, float]:
@@ -170,7 +172,7 @@ def figures(row: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, value in row.items():
         if key == "cleanup_schedule":
-            out["cleanup_late_after_seconds"] = late_after(str(value))
+            out["cleanup_late_after_seconds"] = cleanup_late_after(str(value))
         elif value is None:
             out[key] = math.nan  # only cron_job_active: the job is in another database
         else:
@@ -283,9 +285,11 @@ def reason(exc: BaseException, url: str, timeout_ms: int) -> str:
     text = redact(str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else type(exc).__name__, url)
     code = sqlstate(exc) if isinstance(exc, DBAPIError) else None
     if code == "42501":  # insufficient_privilege
+        role = make_url(url).username or "<the role it connects as>"
         return (
-            f"{text} -> connect as a role granted taskdb_monitor and SELECT ({', '.join(TASKS_COLUMNS)}) ON tasks "
-            "(README, Monitoring)"
+            f"{text} -> membership of taskdb_monitor is all the exporter needs: GRANT taskdb_monitor TO {role}; "
+            f"and on a database before {MONITOR_GRANTS_REVISION}, `taskdb upgrade` (it grants taskdb_monitor "
+            f"SELECT ({', '.join(TASKS_COLUMNS)}) ON tasks); README, Monitoring"
         )
     if code in ("55P03", "57014"):  # lock_not_available, query_canceled (statement_timeout)
         return (

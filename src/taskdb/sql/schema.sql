@@ -558,3 +558,5 @@ GRANT EXECUTE ON FUNCTION claim_next_task(text, text) TO taskdb_worker;
 GRANT EXECUTE ON FUNCTION taskdb_cron_job_state() TO taskdb_monitor;
 GRANT SELECT ON stale_queued_tasks, queue_health, task_hygiene_settings, task_hygiene_runs, taskdb_cron_jobs
     TO taskdb_monitor;
+-- `taskdb metrics` counts Queued and flagged rows from tasks itself: three columns, no task's content (0008).
+GRANT SELECT (status, run_type, legacy_reason) ON tasks TO taskdb_monitor;
