@@ -156,5 +156,5 @@ def test_installing_taskdb_does_not_pull_test_tools(wheel_venv: Path) -> None:
     def needed_with(extra: str) -> set[str]:
         return {r.name.lower() for r in requires if r.marker is None or r.marker.evaluate({"extra": extra})}
 
-    assert needed_with("") == {"alembic", "sqlalchemy", "psycopg", "pg8000", "rich"}, requires
+    assert needed_with("") == {"alembic", "sqlalchemy", "psycopg", "pg8000", "rich", "prometheus-client"}, requires
     assert {"pytest", "testcontainers"} <= needed_with("testing"), requires

@@ -256,6 +256,8 @@ def test_session_killed_mid_validate_constraint(db: Db, reference: Db) -> None:
             "FROM generate_series(1, 100000) n"
         )
     reference.upgrade()
+    # 0003 ends with a CREATE INDEX CONCURRENTLY, which waits for every older transaction: the watcher's too
+    db.upgrade("0003_backfill")
 
     with watcher(db, "ALTER TABLE tasks VALIDATE CONSTRAINT %") as killed:
         failed = run("taskdb", db)
@@ -312,8 +314,14 @@ def test_session_killed_mid_create_index_concurrently(db: Db, reference: Db) -> 
         holder_engine.dispose()
     # the killed build left its index behind INVALID
     assert db.scalar("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)", n=name) is False
+    # the first index build on the way: 0003's index of the log by task, once its backfill is done
+    assert name == "task_hygiene_log_task_id_idx"
     assert_clear_failure(
-        db, failed, "0004_constraints", f"step CREATE INDEX CONCURRENTLY {name} ON tasks", "`CREATE INDEX CONCURRENTLY"
+        db,
+        failed,
+        "0003_backfill",
+        f"step CREATE INDEX CONCURRENTLY {name} ON task_hygiene_log",
+        "`CREATE INDEX CONCURRENTLY",
     )
 
     rerun = run("taskdb", db)
